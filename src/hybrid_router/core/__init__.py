@@ -1,0 +1,1 @@
+"""Pure domain: no I/O, no asyncio; time is passed in as `now` (seconds since the epoch)."""

@@ -1,0 +1,243 @@
+"""Domain objects: regions, models, providers, jobs, executions, containers, failures."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region with its own GPU limit; `max_running` bounds executions running at once."""
+
+    name: str
+    gpu_limit: int
+    aliases: tuple[str, ...] = ()
+    max_running: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model and the GPUs one container of it holds."""
+
+    name: str
+    gpus: int = 1
+
+
+class ProviderKind(enum.StrEnum):
+    MODAL = "modal"
+    OPENAI = "openai"
+    SIMULATED = "simulated"
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """A deployment serving some models in one region (Modal's words, on purpose)."""
+
+    name: str
+    kind: ProviderKind
+    region: str
+    models: tuple[str, ...]
+    url: str = ""
+    token_env: str | None = None
+    timeout_s: float = 600.0
+    scaledown_window_s: float = 120.0
+    max_inputs: int = 1
+    max_containers: int | None = None
+    # Simulated providers only: how much faster than production the simulation runs.
+    time_scale: float = 1.0
+    seed: int = 0
+
+
+class ExecutionState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FailureKind(enum.StrEnum):
+    """How a failed call is treated: see core.retry."""
+
+    PERMANENT = "permanent"  # the request itself is wrong: never retried
+    TRANSIENT = "transient"  # retried with backoff, spends an attempt
+    CAPACITY = "capacity"  # provider at capacity: wait and retry, no attempt spent
+    UNAVAILABLE = "unavailable"  # provider unreachable: the queue waits, no attempt spent
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a call failed, with a stable code and a human message."""
+
+    code: str
+    message: str
+    kind: FailureKind = FailureKind.TRANSIENT
+
+    @property
+    def transient(self) -> bool:
+        return self.kind is not FailureKind.PERMANENT
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A successful provider answer."""
+
+    response: str
+    inference_time: float | None = None
+    tokens_generated: int | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a client submitted; expands into one execution per (question, model, region)."""
+
+    id: str
+    models: tuple[str, ...]
+    regions: tuple[str, ...]
+    questions: tuple[str, ...]
+    owner: str = "anonymous"
+    priority: int = 0
+    temperature: float = 0.7
+    max_tokens: int = 256
+    max_attempts: int = 3
+    created_at: float = 0.0
+
+    def expand(self) -> list[Execution]:
+        """Executions question by question, so every model's container stays busy."""
+        executions = []
+        for q_index, question in enumerate(self.questions):
+            for model in self.models:
+                for region in self.regions:
+                    executions.append(
+                        Execution(
+                            id=f"{self.id}:{q_index}:{model}:{region}",
+                            job_id=self.id,
+                            region=region,
+                            model=model,
+                            question_index=q_index,
+                            prompt=question,
+                            priority=self.priority,
+                            temperature=self.temperature,
+                            max_tokens=self.max_tokens,
+                            max_attempts=self.max_attempts,
+                            queued_at=self.created_at,
+                        )
+                    )
+        return executions
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The unit that is queued, admitted, run and retried.
+
+    `seq` is the queue order, given by the store at submission and kept through retries
+    and crash recovery, so a retry goes back to the front rather than the back.
+    """
+
+    id: str
+    job_id: str
+    region: str
+    model: str
+    question_index: int
+    prompt: str
+    priority: int = 0
+    temperature: float = 0.7
+    max_tokens: int = 256
+    max_attempts: int = 3
+    seq: int = 0
+    state: ExecutionState = ExecutionState.QUEUED
+    attempts: int = 0
+    not_before: float = 0.0  # backoff: not admitted before this instant
+    waits: int = 0  # capacity / unavailable answers so far (they spend no attempt)
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    provider: str | None = None
+    container_id: str | None = None
+    response: str | None = None
+    inference_time: float | None = None
+    error: Failure | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container the router believes is up at a provider, holding `gpus` GPUs.
+
+    Busy while `in_flight` is non-empty, then warm (reusable, still holding its GPUs) until
+    `warm_until`. An orphan is one whose in-flight call was lost in a crash: it cannot be
+    reused and holds its GPUs until `warm_until` (the call's timeout plus the scaledown window).
+    """
+
+    id: str
+    provider: str
+    model: str
+    region: str
+    gpus: int
+    in_flight: tuple[str, ...] = ()
+    warm_until: float = 0.0
+    orphan: bool = False
+
+    def held_at(self, now: float) -> bool:
+        """Whether this container still holds its GPUs at `now`."""
+        return bool(self.in_flight) or self.warm_until > now
+
+
+def job_state(states: list[ExecutionState]) -> JobState:
+    """A job's state from its executions' states."""
+    if any(not s.terminal for s in states):
+        started = any(s is not ExecutionState.QUEUED for s in states)
+        return JobState.RUNNING if started else JobState.QUEUED
+    if ExecutionState.CANCELLED in states:
+        return JobState.CANCELLED
+    if ExecutionState.FAILED in states or ExecutionState.EXPIRED in states:
+        return JobState.FAILED
+    return JobState.SUCCEEDED
+
+
+@dataclass(frozen=True)
+class ExecutionStatus:
+    """An execution as a client sees it: with its place in its region's queue while queued."""
+
+    execution: Execution
+    position: int | None = None  # 1 = next to start in its region
+    estimated_start_s: float | None = None  # seconds from now
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job with its derived state, per-state counts and executions."""
+
+    job: Job
+    state: JobState
+    counts: dict[str, int]
+    executions: tuple[ExecutionStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    """One region's queue and GPU picture (the seed's status fields plus GPUs)."""
+
+    region: str
+    queue_size: int
+    running: tuple[Execution, ...]
+    completed: int
+    failed: int
+    gpus_in_use: int  # held by containers with a call in flight
+    gpus_warm: int  # held by idle containers inside their scaledown window (or orphans)
+    gpu_limit: int
+    max_running: int | None = None

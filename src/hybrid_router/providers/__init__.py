@@ -1,0 +1,1 @@
+"""Providers: one protocol, `run(request) -> Completion`, failures as ProviderFailure."""

@@ -1,0 +1,41 @@
+"""The Provider protocol and the one exception a provider raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hybrid_router.core.model import Completion, Failure, ProviderSpec
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One call to a provider: what the model is asked, and where."""
+
+    execution_id: str
+    model: str
+    prompt: str
+    region: str
+    temperature: float = 0.7
+    max_tokens: int = 256
+
+
+class ProviderFailure(Exception):
+    """A call failed; `failure` says how (see FailureKind) and why."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.code}: {failure.message}")
+        self.failure = failure
+
+
+class Provider(Protocol):
+    spec: ProviderSpec
+
+    async def run(self, request: InferenceRequest) -> Completion:
+        """Run one inference. The timeout `spec.timeout_s` counts from this call's start.
+
+        Raises ProviderFailure. Cancelling the calling task closes the request.
+        """
+
+    async def aclose(self) -> None:
+        """Close connections."""

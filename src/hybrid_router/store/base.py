@@ -1,0 +1,78 @@
+"""The Store protocol: everything the router persists, in domain terms.
+
+Writes that move an execution between states are compare-and-set on the state the caller
+last saw, so a cancellation racing an admission or a completion never loses either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    async def close(self) -> None:
+        """Release connections (and the scheduler lock, if held)."""
+
+    async def acquire_scheduler_lock(self) -> bool:
+        """Try to become the one process that schedules on this store; True if it did."""
+
+    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
+        """Store a job and its executions atomically, giving each execution the next `seq`.
+
+        If a job with this id exists, nothing is written and (existing job, False) is returned.
+        """
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job, or None."""
+
+    async def list_jobs(
+        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[tuple[Job, dict[ExecutionState, int]]]:
+        """Jobs newest first, each with the count of its executions per state."""
+
+    async def executions_of(self, job_id: str) -> list[Execution]:
+        """A job's executions in `seq` order."""
+
+    async def queued(self) -> list[Execution]:
+        """Every queued execution, in `seq` order."""
+
+    async def running(self) -> list[Execution]:
+        """Every running execution, in `seq` order."""
+
+    async def containers(self) -> list[Container]:
+        """Every container in the ledger."""
+
+    async def admit(self, execution: Execution, container: Container) -> bool:
+        """Record `execution` (now running) and its container, if it is still queued.
+
+        Returns False, writing nothing, when the execution is no longer queued (cancelled).
+        """
+
+    async def finish(
+        self, execution: Execution, container: Container | None, container_id: str | None
+    ) -> bool:
+        """Record a running execution's outcome (terminal or queued again) and its container.
+
+        `container` replaces the ledger row `container_id`; None deletes it. Returns False,
+        writing nothing, when the stored execution is not running with the same attempt.
+        """
+
+    async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
+        """Cancel a job's queued executions atomically; returns them as cancelled."""
+
+    async def save_containers(
+        self, containers: Sequence[Container], removed: Sequence[str] = ()
+    ) -> None:
+        """Upsert ledger rows and delete the `removed` ids, atomically."""
+
+    async def requeue(self, executions: Sequence[Execution]) -> None:
+        """Put running executions back in the queue as given (crash recovery)."""
+
+    async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
+        """Per region, the count of executions per state."""
