@@ -1,0 +1,67 @@
+"""The container ledger: which containers hold GPUs, and the transitions that change it.
+
+The ledger is the single source of truth for promise 1 (never over the limit): a container
+holds its GPUs while a call is in flight and for the scaledown window after its last call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from hybrid_router.core.model import Container
+
+
+@dataclass(frozen=True)
+class Usage:
+    """GPUs held at one instant, per region and in total."""
+
+    by_region: dict[str, int]
+    busy_by_region: dict[str, int]
+    total: int
+
+    def region(self, name: str) -> int:
+        return self.by_region.get(name, 0)
+
+
+def held(containers: Iterable[Container], now: float) -> list[Container]:
+    """The containers still holding GPUs at `now`."""
+    return [c for c in containers if c.held_at(now)]
+
+
+def expired(containers: Iterable[Container], now: float) -> list[str]:
+    """Ids of containers that no longer hold GPUs at `now` and can be forgotten."""
+    return [c.id for c in containers if not c.held_at(now)]
+
+
+def usage(containers: Iterable[Container], now: float) -> Usage:
+    """GPUs held at `now` by busy, warm and orphaned containers."""
+    by_region: Counter[str] = Counter()
+    busy: Counter[str] = Counter()
+    for c in held(containers, now):
+        by_region[c.region] += c.gpus
+        if c.in_flight:
+            busy[c.region] += c.gpus
+    return Usage(dict(by_region), dict(busy), sum(by_region.values()))
+
+
+def occupy(container: Container, execution_id: str) -> Container:
+    """The container with one more call in flight."""
+    return replace(container, in_flight=(*container.in_flight, execution_id))
+
+
+def release(container: Container, execution_id: str, now: float, scaledown_s: float) -> Container:
+    """The container after a call ends: warm for the scaledown window once it is idle."""
+    in_flight = tuple(e for e in container.in_flight if e != execution_id)
+    warm_until = container.warm_until
+    if not in_flight:
+        warm_until = max(warm_until, now + scaledown_s)
+    return replace(container, in_flight=in_flight, warm_until=warm_until)
+
+
+def orphan(container: Container, until: float) -> Container:
+    """A container whose calls were lost in a crash: not reusable, held until `until`."""
+    return replace(
+        container, in_flight=(), orphan=True, warm_until=max(container.warm_until, until)
+    )

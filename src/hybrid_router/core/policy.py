@@ -1,0 +1,241 @@
+"""Admission policy: which queued executions start now (DESIGN section 3).
+
+Each region's queue is walked in order (higher priority first, then queue order), the
+regions' next executions interleaved by age. An execution reuses a free input slot of its
+model, else opens a container if its GPUs fit the region's and the global limit, else waits:
+
+* behind a container of its model that is up: later executions of that model wait too;
+* for a GPU, when none of its model is up: later executions in its region may then neither
+  open containers nor reuse idle ones (that would keep warm a GPU it needs), and while the
+  global limit is what binds, younger executions elsewhere may neither open containers nor
+  reuse idle ones either, so the oldest waiting head gets the first GPU that frees anywhere.
+
+Busy containers' spare input slots stay usable throughout: they free no GPU by waiting.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from hybrid_router.core import ledger
+from hybrid_router.core.model import (
+    Container,
+    Execution,
+    ExecutionState,
+    ModelSpec,
+    ProviderSpec,
+    Region,
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The limits and the providers the policy decides within."""
+
+    gpu_limit: int
+    regions: Mapping[str, Region]
+    models: Mapping[str, ModelSpec]
+    providers: Mapping[str, ProviderSpec]
+
+    def providers_for(self, region: str, model: str) -> list[ProviderSpec]:
+        """Providers serving `model` in `region`, in config order."""
+        return [p for p in self.providers.values() if p.region == region and model in p.models]
+
+    def gpus(self, model: str) -> int:
+        spec = self.models.get(model)
+        return spec.gpus if spec else 1
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An execution to start now (already marked running) and its container after placing."""
+
+    execution: Execution
+    container: Container
+    opened: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    admissions: tuple[Admission, ...]
+    # The next instant the answer may change with no event: a backoff ends or a GPU frees.
+    wake_at: float | None
+
+
+def queue_key(execution: Execution) -> tuple[int, int]:
+    """Order within a region: higher priority first, then queue order."""
+    return (-execution.priority, execution.seq)
+
+
+@dataclass
+class _RegionWalk:
+    blocked_models: set[str] = field(default_factory=set)
+    waiting_for_gpu: bool = False
+    closed: bool = False  # nothing more can start in this region this round
+
+
+def decide(
+    queued: Iterable[Execution],
+    containers: Iterable[Container],
+    topology: Topology,
+    now: float,
+) -> Decision:
+    """The admissions that keep every promise at `now`, and when to decide again."""
+    live = {c.id: c for c in ledger.held(containers, now)}
+    use = ledger.usage(live.values(), now)
+    region_used = Counter(use.by_region)
+    total_used = use.total
+    running = Counter({r: 0 for r in topology.regions})
+    for c in live.values():
+        running[c.region] += len(c.in_flight)
+
+    walks = {r: _RegionWalk() for r in topology.regions}
+    global_binds = False
+    admissions: list[Admission] = []
+    wake_at: float | None = None
+
+    def wake(at: float) -> None:
+        nonlocal wake_at
+        if at > now and (wake_at is None or at < wake_at):
+            wake_at = at
+
+    for c in live.values():
+        if not c.in_flight:
+            wake(c.warm_until)
+
+    for e in _interleaved(queued, topology):
+        region = topology.regions[e.region]
+        walk = walks[e.region]
+        if walk.closed or e.model in walk.blocked_models:
+            continue
+        if e.not_before > now:
+            wake(e.not_before)
+            walk.blocked_models.add(e.model)
+            if region.max_running == 1:
+                walk.closed = True  # the seed's sequential mode is strict FIFO
+            continue
+        providers = topology.providers_for(e.region, e.model)
+        if not providers:
+            continue  # refused at submission; never blocks anyone
+        if region.max_running is not None and running[e.region] >= region.max_running:
+            walk.closed = True
+            continue
+
+        may_reuse_idle = not walk.waiting_for_gpu and not global_binds
+        slot = _free_slot(live.values(), providers, e.model, may_reuse_idle)
+        if slot is not None:
+            placed = ledger.occupy(slot, e.id)
+            admissions.append(Admission(_started(e, placed, now), placed, opened=False))
+        else:
+            gpus = topology.gpus(e.model)
+            region_fits = region_used[e.region] + gpus <= region.gpu_limit
+            global_fits = total_used + gpus <= topology.gpu_limit
+            opener = None
+            if region_fits and global_fits and not walk.waiting_for_gpu and not global_binds:
+                opener = _provider_with_room(live.values(), providers, e.model)
+            if opener is None:
+                walk.blocked_models.add(e.model)
+                if not _model_up(live.values(), e.region, e.model):
+                    walk.waiting_for_gpu = True
+                    if region_fits and not global_fits:
+                        global_binds = True
+                continue
+            placed = Container(
+                id=f"{e.id}@{now:.6f}",  # unique even after a crash requeues e
+                provider=opener.name,
+                model=e.model,
+                region=e.region,
+                gpus=gpus,
+                in_flight=(e.id,),
+            )
+            region_used[e.region] += gpus
+            total_used += gpus
+            admissions.append(Admission(_started(e, placed, now), placed, opened=True))
+        live[placed.id] = placed
+        running[e.region] += 1
+
+    return Decision(tuple(admissions), wake_at)
+
+
+def positions(queued: Iterable[Execution]) -> dict[str, int]:
+    """Each queued execution's place in its region's queue, 1 = first."""
+    by_region: dict[str, list[Execution]] = {}
+    for e in queued:
+        by_region.setdefault(e.region, []).append(e)
+    result = {}
+    for executions in by_region.values():
+        for place, e in enumerate(sorted(executions, key=queue_key), start=1):
+            result[e.id] = place
+    return result
+
+
+def _interleaved(queued: Iterable[Execution], topology: Topology) -> Iterable[Execution]:
+    """Every region's queue in order, the regions' next executions merged oldest first."""
+    by_region: dict[str, list[Execution]] = {}
+    for e in queued:
+        if e.state is ExecutionState.QUEUED and e.region in topology.regions:
+            by_region.setdefault(e.region, []).append(e)
+    iterators = [iter(sorted(q, key=queue_key)) for q in by_region.values()]
+    heads: list[tuple[int, int, Execution]] = []
+    for index, it in enumerate(iterators):
+        first = next(it, None)
+        if first is not None:
+            heads.append((first.seq, index, first))
+    heapq.heapify(heads)
+    while heads:
+        _, index, e = heapq.heappop(heads)
+        yield e
+        following = next(iterators[index], None)
+        if following is not None:
+            heapq.heappush(heads, (following.seq, index, following))
+
+
+def _free_slot(
+    live: Iterable[Container],
+    providers: list[ProviderSpec],
+    model: str,
+    may_reuse_idle: bool,
+) -> Container | None:
+    """A container of `model` with a free input slot: busy ones first, idle ones if allowed."""
+    max_inputs = {p.name: p.max_inputs for p in providers}
+    candidates = [
+        c
+        for c in live
+        if c.provider in max_inputs
+        and c.model == model
+        and not c.orphan
+        and len(c.in_flight) < max_inputs[c.provider]
+        and (c.in_flight or may_reuse_idle)
+    ]
+    if not candidates:
+        return None
+    # Busy first (no GPU kept warm that would otherwise free), then the longest-warm idle one.
+    return min(candidates, key=lambda c: (not c.in_flight, -c.warm_until, c.id))
+
+
+def _provider_with_room(
+    live: Iterable[Container], providers: list[ProviderSpec], model: str
+) -> ProviderSpec | None:
+    open_count = Counter(c.provider for c in live if c.model == model)
+    for p in providers:
+        if p.max_containers is None or open_count[p.name] < p.max_containers:
+            return p
+    return None
+
+
+def _model_up(live: Iterable[Container], region: str, model: str) -> bool:
+    return any(c.region == region and c.model == model and not c.orphan for c in live)
+
+
+def _started(execution: Execution, container: Container, now: float) -> Execution:
+    return replace(
+        execution,
+        state=ExecutionState.RUNNING,
+        attempts=execution.attempts + 1,
+        started_at=now,
+        provider=container.provider,
+        container_id=container.id,
+    )

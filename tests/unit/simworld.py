@@ -1,0 +1,146 @@
+"""A discrete-event world that drives the pure core the way the runtime does.
+
+Used by the property tests: random workloads, completion orders, failures and crashes go
+through `policy.decide`, the ledger and the retry decisions, and every step is checked.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from hybrid_router.core import ledger, retry
+from hybrid_router.core.model import (
+    Completion,
+    Container,
+    Execution,
+    ExecutionState,
+    Failure,
+    FailureKind,
+    Job,
+)
+from hybrid_router.core.policy import Topology, decide, queue_key
+
+
+class PromiseBroken(AssertionError):
+    pass
+
+
+@dataclass
+class World:
+    topology: Topology
+    rng: random.Random
+    crash_rate: float = 0.0
+    failure_rate: float = 0.0
+    capacity_rate: float = 0.0
+    now: float = 0.0
+    seq: int = 0
+    executions: dict[str, Execution] = field(default_factory=dict)
+    containers: dict[str, Container] = field(default_factory=dict)
+    finishing: dict[str, float] = field(default_factory=dict)  # execution id -> finish time
+    starts: list[Execution] = field(default_factory=list)
+    terminal_records: dict[str, int] = field(default_factory=dict)
+    retry_policy: retry.RetryPolicy = field(default_factory=lambda: retry.RetryPolicy(0.5, 4.0))
+
+    def submit(self, job: Job) -> None:
+        for e in job.expand():
+            self.seq += 1
+            self.executions[e.id] = replace(e, seq=self.seq, queued_at=self.now)
+
+    def queued(self) -> list[Execution]:
+        return [e for e in self.executions.values() if e.state is ExecutionState.QUEUED]
+
+    def step(self, until: float | None) -> float | None:
+        """Decide at `now`, then advance to the next event (no later than `until`)."""
+        self._expire()
+        decision = decide(self.queued(), self.containers.values(), self.topology, self.now)
+        for admission in decision.admissions:
+            self._check_order(admission.execution)
+            self._start(admission.execution, admission.container)
+        self._check_limits()
+        candidates = [t for t in self.finishing.values()]
+        if decision.wake_at is not None:
+            candidates.append(decision.wake_at)
+        if until is not None:
+            candidates.append(until)
+        if not candidates:
+            return None
+        self.now = max(self.now, min(candidates))
+        for execution_id, at in sorted(self.finishing.items(), key=lambda kv: kv[1]):
+            if at <= self.now:
+                self._finish(execution_id)
+        if self.finishing and self.rng.random() < self.crash_rate:
+            self._crash()
+        return self.now
+
+    def _start(self, execution: Execution, container: Container) -> None:
+        self.executions[execution.id] = execution
+        self.containers[container.id] = container
+        self.starts.append(execution)
+        provider = self.topology.providers[container.provider]
+        duration = self.rng.uniform(0.1, provider.timeout_s)
+        self.finishing[execution.id] = self.now + duration
+
+    def _finish(self, execution_id: str) -> None:
+        del self.finishing[execution_id]
+        e = self.executions[execution_id]
+        assert e.container_id is not None
+        container = self.containers[e.container_id]
+        provider = self.topology.providers[container.provider]
+        self.containers[container.id] = ledger.release(
+            container, e.id, self.now, provider.scaledown_window_s
+        )
+        roll = self.rng.random()
+        if roll < self.capacity_rate:
+            failure = Failure("PROVIDER_CAPACITY", "busy", FailureKind.CAPACITY)
+            after = self.retry_policy.after_failure(e, failure, self.now, self.rng.random())
+        elif roll < self.capacity_rate + self.failure_rate:
+            failure = Failure("PROVIDER_ERROR", "boom", FailureKind.TRANSIENT)
+            after = self.retry_policy.after_failure(e, failure, self.now, self.rng.random())
+        else:
+            after = retry.succeeded(e, Completion(response="ok"), self.now)
+        self.executions[e.id] = after
+        if after.state.terminal:
+            self.terminal_records[e.id] = self.terminal_records.get(e.id, 0) + 1
+
+    def _crash(self) -> None:
+        """The router dies: running calls are lost, their containers held until timeout."""
+        for execution_id in list(self.finishing):
+            e = self.executions[execution_id]
+            assert e.container_id is not None and e.started_at is not None
+            container = self.containers[e.container_id]
+            provider = self.topology.providers[container.provider]
+            until = e.started_at + provider.timeout_s + provider.scaledown_window_s
+            self.containers[container.id] = ledger.orphan(container, until)
+            self.executions[e.id] = retry.recovered(e)
+            del self.finishing[execution_id]
+
+    def _expire(self) -> None:
+        for container_id in ledger.expired(self.containers.values(), self.now):
+            del self.containers[container_id]
+
+    def _check_limits(self) -> None:
+        use = ledger.usage(self.containers.values(), self.now)
+        if use.total > self.topology.gpu_limit:
+            raise PromiseBroken(f"global {use.total} > {self.topology.gpu_limit} at {self.now}")
+        for name, region in self.topology.regions.items():
+            if use.region(name) > region.gpu_limit:
+                raise PromiseBroken(f"{name} {use.region(name)} > {region.gpu_limit}")
+            if region.max_running is not None:
+                running = sum(
+                    1
+                    for e in self.executions.values()
+                    if e.state is ExecutionState.RUNNING and e.region == name
+                )
+                if running > region.max_running:
+                    raise PromiseBroken(f"{name} runs {running} > {region.max_running}")
+
+    def _check_order(self, started: Execution) -> None:
+        """No earlier (priority, queue order) execution of the same lane is still queued."""
+        region = self.topology.regions[started.region]
+        for e in self.queued():
+            if e.id == started.id or e.region != started.region:
+                continue
+            same_lane = e.model == started.model or region.max_running == 1
+            if same_lane and queue_key(e) < queue_key(started):
+                raise PromiseBroken(f"{started.id} started before earlier {e.id}")
