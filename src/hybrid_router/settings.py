@@ -1,0 +1,327 @@
+"""The TOML config file (validated at start) and the server's environment options."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hybrid_router.core.model import ModelSpec, ProviderKind, ProviderSpec, Region
+from hybrid_router.errors import ConfigError
+
+DEFAULT_CONFIG = "default_config.toml"
+
+# strict: TOML is typed, so `gpu_limit = "3"` or `gpu_limit = true` is a mistake worth reporting
+# rather than coercing. extra="forbid": a typo'd key is an error naming it, not silently ignored.
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class StoreConfig(BaseModel):
+    """`[store]`: where jobs, executions and the container ledger persist."""
+
+    model_config = _STRICT
+
+    url: str = "sqlite:///hybrid-router.db"
+
+    @field_validator("url")
+    @classmethod
+    def _resolve_sqlite_path(cls, url: str) -> str:
+        # Resolved once, at load: a relative path means the current dir of the process that
+        # read the config, and a later chdir must not move the database.
+        return _absolute_store_url(url)
+
+
+class RegionConfig(BaseModel):
+    """`[regions.NAME]`."""
+
+    model_config = _STRICT
+
+    gpu_limit: int = Field(gt=0)
+    aliases: list[str] = Field(default_factory=list)
+    max_running: int | None = Field(default=None, gt=0)
+
+
+class ModelConfig(BaseModel):
+    """`[models."NAME"]`."""
+
+    model_config = _STRICT
+
+    gpus: int = Field(default=1, gt=0)
+
+
+class ProviderConfig(BaseModel):
+    """`[providers.NAME]`."""
+
+    model_config = _STRICT
+
+    kind: Literal["modal", "openai", "simulated"]
+    region: str
+    models: list[str] = Field(min_length=1)
+    url: str = ""
+    token_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    scaledown_window_s: float = Field(default=120.0, ge=0, allow_inf_nan=False)
+    max_inputs: int = Field(default=1, gt=0)
+    max_containers: int | None = Field(default=None, gt=0)
+    # Only meaningful for kind "simulated"; None so that setting them elsewhere can be reported.
+    time_scale: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    seed: int | None = None
+
+
+class Settings(BaseModel):
+    """The whole config file; cross-references are checked when it is built."""
+
+    model_config = _STRICT
+
+    gpu_limit: int = Field(gt=0)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    regions: dict[str, RegionConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        # ConfigError is not a ValueError, so pydantic lets it through untouched: these
+        # problems already carry their full key path, which pydantic's loc would lose.
+        problems = _reference_problems(self)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The store URL; a relative SQLite path was made absolute against the dir at load."""
+        return self.store.url
+
+    def canonical_region(self, name: str) -> str | None:
+        """The region named `name` or having it as an alias, ignoring case; else None."""
+        return _region_index(self.regions).get(name.strip().casefold())
+
+    def canonical_model(self, name: str) -> str | None:
+        """The configured model named `name` (exact, else ignoring case); else None."""
+        if name in self.models:
+            return name
+        folded = name.strip().casefold()
+        return next((m for m in self.models if m.casefold() == folded), None)
+
+    def region_specs(self) -> dict[str, Region]:
+        """Regions by canonical name, in config order."""
+        return {
+            name: Region(
+                name=name,
+                gpu_limit=cfg.gpu_limit,
+                aliases=tuple(cfg.aliases),
+                max_running=cfg.max_running,
+            )
+            for name, cfg in self.regions.items()
+        }
+
+    def model_specs(self) -> dict[str, ModelSpec]:
+        """Models by name, in config order."""
+        return {name: ModelSpec(name=name, gpus=cfg.gpus) for name, cfg in self.models.items()}
+
+    def provider_specs(self) -> dict[str, ProviderSpec]:
+        """Providers by name, their region and models canonical."""
+        specs: dict[str, ProviderSpec] = {}
+        for name, cfg in self.providers.items():
+            region = self.canonical_region(cfg.region)
+            assert region is not None  # checked by _check_references
+            models = tuple(dict.fromkeys(self.canonical_model(m) or m for m in cfg.models))
+            specs[name] = ProviderSpec(
+                name=name,
+                kind=ProviderKind(cfg.kind),
+                region=region,
+                models=models,
+                url=cfg.url,
+                token_env=cfg.token_env,
+                timeout_s=cfg.timeout_s,
+                scaledown_window_s=cfg.scaledown_window_s,
+                max_inputs=cfg.max_inputs,
+                max_containers=cfg.max_containers,
+                time_scale=1.0 if cfg.time_scale is None else cfg.time_scale,
+                seed=0 if cfg.seed is None else cfg.seed,
+            )
+        return specs
+
+
+class ServerSettings(BaseSettings):
+    """Where `serve` listens and which config file it reads (env HYBRID_ROUTER_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="HYBRID_ROUTER_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    config: Path | None = None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate a config file, or the built-in default when `path` is None."""
+    if path is None:
+        source = f"<built-in {DEFAULT_CONFIG}>"
+        text = resources.files("hybrid_router").joinpath(DEFAULT_CONFIG).read_text("utf-8")
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return settings_from_mapping(data, source=source)
+
+
+def settings_from_mapping(data: dict[str, Any], *, source: str = "config") -> Settings:
+    """Validate parsed TOML; every problem becomes one `key.path: message` line."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{format_key(err['loc'])}: {_describe(err)}" for err in exc.errors()]
+        raise ConfigError(_report(source, lines)) from None
+    except ConfigError as exc:
+        raise ConfigError(_report(source, exc.message.splitlines())) from None
+
+
+def format_key(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as the TOML key path a user would write (quoting dotted names)."""
+    parts = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif _BARE_KEY.match(part):
+            parts.append(f".{part}")
+        else:
+            parts.append(f'."{part}"')
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def _describe(err: Any) -> str:
+    """Pydantic's message, reworded where its wording would confuse a config author."""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    return str(err["msg"])
+
+
+def _report(source: str, lines: list[str]) -> str:
+    return f"invalid config {source}:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _region_index(regions: dict[str, RegionConfig]) -> dict[str, str]:
+    """Casefolded name or alias -> canonical region name."""
+    index: dict[str, str] = {}
+    for name, cfg in regions.items():
+        for spelling in (name, *cfg.aliases):
+            index.setdefault(spelling.strip().casefold(), name)
+    return index
+
+
+def _reference_problems(s: Settings) -> list[str]:
+    """Everything wrong across sections, one line each naming the key."""
+    problems: list[str] = []
+
+    # Region names and aliases share one namespace, compared ignoring case: a spelling that
+    # could mean two regions is exactly the wrong-region bug this service exists to prevent.
+    seen: dict[str, str] = {}
+    for name, cfg in s.regions.items():
+        for i, spelling in enumerate((name, *cfg.aliases)):
+            key = f"regions.{name}" if i == 0 else f"regions.{name}.aliases"
+            folded = spelling.strip().casefold()
+            if not folded:
+                problems.append(f"{key}: empty region name or alias")
+                continue
+            owner = seen.setdefault(folded, name)
+            if owner != name:
+                problems.append(f"{key}: '{spelling}' already names region {owner}")
+
+    folded_models: dict[str, str] = {}
+    for name in s.models:
+        other = folded_models.setdefault(name.casefold(), name)
+        if other != name:
+            problems.append(f"{format_key(('models', name))}: same name as '{other}' ignoring case")
+
+    if s.retry_max_s < s.retry_base_s:
+        problems.append(f"retry_max_s: {s.retry_max_s} is less than retry_base_s {s.retry_base_s}")
+
+    index = _region_index(s.regions)
+    known_regions = ", ".join(s.regions)
+    known_models = ", ".join(s.models)
+    for pname, p in s.providers.items():
+        key = format_key(("providers", pname))
+        region = index.get(p.region.strip().casefold())
+        if region is None:
+            problems.append(f"{key}.region: unknown region '{p.region}' (known: {known_regions})")
+        for model in p.models:
+            canonical = s.canonical_model(model)
+            if canonical is None:
+                problems.append(f"{key}.models: unknown model '{model}' (known: {known_models})")
+                continue
+            gpus = s.models[canonical].gpus
+            mkey = format_key(("models", canonical, "gpus"))
+            if gpus > s.gpu_limit:
+                problems.append(f"{mkey}: {gpus} GPUs exceed the global gpu_limit {s.gpu_limit}")
+            elif region is not None and gpus > s.regions[region].gpu_limit:
+                problems.append(
+                    f"{mkey}: {gpus} GPUs exceed regions.{region}.gpu_limit "
+                    f"{s.regions[region].gpu_limit} (served there by {key})"
+                )
+        if p.kind in ("modal", "openai") and not p.url.startswith(("http://", "https://")):
+            problems.append(f"{key}.url: kind '{p.kind}' needs an http(s) URL")
+        if p.kind != "simulated":
+            for opt in ("time_scale", "seed"):
+                if getattr(p, opt) is not None:
+                    problems.append(f"{key}.{opt}: only for kind 'simulated'")
+        if p.token_env is not None:
+            # Name the variable, never its value: config errors end up in logs.
+            if not p.token_env:
+                problems.append(f"{key}.token_env: empty variable name")
+            elif not os.environ.get(p.token_env):
+                problems.append(f"{key}.token_env: environment variable {p.token_env} is not set")
+
+    problems.extend(_store_problems(s.store.url))
+    return problems
+
+
+def _store_problems(url: str) -> list[str]:
+    if url.startswith("sqlite:///"):
+        if url == "sqlite:///":
+            return ["store.url: sqlite URL has no path (sqlite:///PATH)"]
+        return []
+    if url.startswith(("redis://", "rediss://")):
+        return []
+    return [f"store.url: unsupported '{url}' (use sqlite:///PATH or redis://HOST:PORT/DB)"]
+
+
+def _absolute_store_url(url: str) -> str:
+    """`sqlite:///rel.db` -> `sqlite:////cwd/rel.db`, so a later chdir cannot move the store."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path = url[len(prefix) :]
+    if not path or path == ":memory:" or Path(path).is_absolute():
+        return url
+    return prefix + str(Path.cwd() / path)
