@@ -1,0 +1,155 @@
+"""The admission rules of DESIGN section 3, one situation each."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hybrid_router.core.model import (
+    Container,
+    Execution,
+    ModelSpec,
+    ProviderKind,
+    ProviderSpec,
+    Region,
+)
+from hybrid_router.core.policy import Topology, decide, positions
+
+MODELS = ("a", "b", "c")
+
+
+def topology(
+    *,
+    region_limit: int = 3,
+    global_limit: int = 10,
+    max_running: int | None = None,
+    regions: tuple[str, ...] = ("US",),
+    max_inputs: int = 1,
+) -> Topology:
+    return Topology(
+        gpu_limit=global_limit,
+        regions={r: Region(r, region_limit, max_running=max_running) for r in regions},
+        models={m: ModelSpec(m) for m in MODELS},
+        providers={
+            f"p-{r}": ProviderSpec(
+                f"p-{r}",
+                ProviderKind.SIMULATED,
+                r,
+                MODELS,
+                timeout_s=60,
+                scaledown_window_s=10,
+                max_inputs=max_inputs,
+            )
+            for r in regions
+        },
+    )
+
+
+def execution(seq: int, model: str = "a", region: str = "US", priority: int = 0) -> Execution:
+    return Execution(
+        id=f"e{seq}",
+        job_id="j",
+        region=region,
+        model=model,
+        question_index=0,
+        prompt="?",
+        seq=seq,
+        priority=priority,
+    )
+
+
+def started(
+    queued: list[Execution], containers: list[Container], topo: Topology, now: float = 100.0
+) -> list[str]:
+    return [a.execution.id for a in decide(queued, containers, topo, now).admissions]
+
+
+def warm(model: str, until: float, region: str = "US", cid: str | None = None) -> Container:
+    return Container(
+        cid or f"warm-{model}-{region}", f"p-{region}", model, region, 1, warm_until=until
+    )
+
+
+def busy(model: str, execution_id: str, region: str = "US") -> Container:
+    return Container(
+        f"busy-{execution_id}", f"p-{region}", model, region, 1, in_flight=(execution_id,)
+    )
+
+
+def test_warm_containers_inside_their_scaledown_window_hold_gpus() -> None:
+    containers = [warm("a", 150), warm("b", 150), warm("c", 150)]
+    # Three warm GPUs fill the region: a new model "d" would need a fourth.
+    topo = topology()
+    topo = replace(
+        topo,
+        models={**topo.models, "d": ModelSpec("d")},
+        providers={"p-US": replace(topo.providers["p-US"], models=(*MODELS, "d"))},
+    )
+    assert started([execution(1, "d")], containers, topo) == []
+    # Once they have expired the GPU is free again.
+    assert started([execution(1, "d")], containers, topo, now=151) == ["e1"]
+
+
+def test_a_warm_container_of_the_model_is_reused_without_a_new_gpu() -> None:
+    decision = decide([execution(1, "a")], [warm("a", 150)], topology(region_limit=1), 100)
+    (admission,) = decision.admissions
+    assert not admission.opened and admission.container.id == "warm-a-US"
+
+
+def test_later_executions_of_a_model_wait_behind_the_earlier_one() -> None:
+    # One GPU: e1 runs on model a; e2 (a) waits for that container, e3 (b) needs a GPU.
+    topo = topology(region_limit=1)
+    assert started([execution(2, "a"), execution(3, "b")], [busy("a", "e1")], topo) == []
+
+
+def test_other_models_go_on_while_one_model_waits_for_its_container() -> None:
+    topo = topology(region_limit=2)
+    topo = replace(topo, providers={"p-US": replace(topo.providers["p-US"], max_containers=1)})
+    assert started([execution(2, "a"), execution(3, "b")], [busy("a", "e1")], topo) == ["e3"]
+
+
+def test_a_head_waiting_for_a_gpu_keeps_later_ones_off_idle_containers() -> None:
+    # Region full with a busy "a" and a warm "b". Head e2 needs "c" (none up): it waits for a
+    # GPU, and e3 ("b") must not reuse the idle "b" container, which would keep it warm.
+    topo = topology(region_limit=2)
+    containers = [busy("a", "e1"), warm("b", 150)]
+    assert started([execution(2, "c"), execution(3, "b")], containers, topo) == []
+    assert started([execution(2, "c")], containers, topo, now=151) == ["e2"]
+
+
+def test_the_oldest_head_gets_the_gpu_when_the_global_limit_binds() -> None:
+    topo = topology(regions=("US", "EU"), global_limit=1)
+    # EU's head (seq 1) is older than US's (seq 2): it gets the one GPU.
+    assert started([execution(2, "a", "US"), execution(1, "a", "EU")], [], topo) == ["e1"]
+    # With the GPU held warm by a US container, a younger US execution may not reuse it
+    # while the older EU head waits for a GPU.
+    containers = [warm("a", 150, region="US")]
+    assert started([execution(1, "b", "EU"), execution(2, "a", "US")], containers, topo) == []
+
+
+def test_higher_priority_runs_first_in_its_lane() -> None:
+    topo = topology(region_limit=1)
+    queued = [execution(1, "a"), execution(2, "a", priority=5)]
+    assert started(queued, [], topo) == ["e2"]
+    assert positions(queued) == {"e2": 1, "e1": 2}
+
+
+def test_sequential_mode_runs_one_at_a_time_in_strict_order() -> None:
+    topo = topology(max_running=1)
+    queued = [execution(1, "a"), execution(2, "b"), execution(3, "c")]
+    assert started(queued, [], topo) == ["e1"]
+    assert started(queued[1:], [busy("a", "e1")], topo) == []
+    # A head in backoff holds the whole region in sequential mode.
+    backing_off = replace(queued[1], not_before=200.0)
+    decision = decide([backing_off, queued[2]], [], topo, 100.0)
+    assert decision.admissions == () and decision.wake_at == 200.0
+
+
+def test_a_busy_container_with_a_free_input_slot_takes_another_call() -> None:
+    topo = topology(region_limit=1, max_inputs=2)
+    assert started([execution(2, "a")], [busy("a", "e1")], topo) == ["e2"]
+
+
+def test_orphans_of_a_crash_hold_their_gpu_and_are_not_reused() -> None:
+    orphan = replace(warm("a", 150), orphan=True)
+    decision = decide([execution(1, "a")], [orphan], topology(region_limit=1), 100)
+    assert decision.admissions == () and decision.wake_at == 150
