@@ -1,0 +1,426 @@
+"""What every store promises the router: run against each backend by tests/store/conftest.py."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from hybrid_router.core.model import (
+    Container,
+    Execution,
+    ExecutionState,
+    Failure,
+    FailureKind,
+    Job,
+)
+from hybrid_router.store.base import Store
+
+from .conftest import StoreFactory
+
+QUEUED = ExecutionState.QUEUED
+RUNNING = ExecutionState.RUNNING
+SUCCEEDED = ExecutionState.SUCCEEDED
+CANCELLED = ExecutionState.CANCELLED
+
+
+def make_job(
+    job_id: str = "j1",
+    *,
+    owner: str = "alice",
+    created_at: float = 100.0,
+    models: tuple[str, ...] = ("llama3.2-1b", "mistral-7b"),
+    regions: tuple[str, ...] = ("US",),
+    questions: tuple[str, ...] = ("Is the sky blue?", "Who wrote Hamlet?"),
+) -> Job:
+    return Job(
+        id=job_id,
+        models=models,
+        regions=regions,
+        questions=questions,
+        owner=owner,
+        priority=2,
+        temperature=0.3,
+        max_tokens=128,
+        max_attempts=4,
+        created_at=created_at,
+    )
+
+
+async def submit(store: Store, job: Job) -> list[Execution]:
+    stored, created = await store.submit_job(job, job.expand())
+    assert (stored, created) == (job, True)
+    return await store.executions_of(job.id)
+
+
+def container_for(
+    execution: Execution,
+    cid: str = "c1",
+    *,
+    in_flight: tuple[str, ...] | None = None,
+    warm_until: float = 0.0,
+) -> Container:
+    """The container `execution` runs on (busy with it unless `in_flight` says otherwise)."""
+    return Container(
+        id=cid,
+        provider="modal-us",
+        model=execution.model,
+        region=execution.region,
+        gpus=1,
+        in_flight=(execution.id,) if in_flight is None else in_flight,
+        warm_until=warm_until,
+    )
+
+
+def started(execution: Execution, cid: str = "c1", at: float = 110.0) -> Execution:
+    return replace(
+        execution,
+        state=RUNNING,
+        attempts=execution.attempts + 1,
+        started_at=at,
+        provider="modal-us",
+        container_id=cid,
+    )
+
+
+async def admitted(store: Store, execution: Execution, cid: str = "c1") -> Execution:
+    running = started(execution, cid)
+    assert await store.admit(running, container_for(execution, cid))
+    return running
+
+
+def zeros(**counts: int) -> dict[ExecutionState, int]:
+    result = dict.fromkeys(ExecutionState, 0)
+    result.update({ExecutionState(k): v for k, v in counts.items()})
+    return result
+
+
+# Submission and reading back
+
+
+async def test_submit_then_read_back_in_submission_order(store: Store) -> None:
+    job = make_job()
+    executions = await submit(store, job)
+
+    assert await store.get_job(job.id) == job
+    assert await store.get_job("nope") is None
+    expected = job.expand()
+    assert [e.id for e in executions] == [e.id for e in expected]
+    seqs = [e.seq for e in executions]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] > 0
+    # Every field comes back as given, seq added by the store.
+    assert executions == [replace(e, seq=s) for e, s in zip(expected, seqs, strict=True)]
+    assert await store.queued() == executions
+    assert await store.running() == []
+    assert await store.executions_of("nope") == []
+
+
+async def test_seq_keeps_increasing_across_jobs_and_reopen(make_store: StoreFactory) -> None:
+    first = make_store()
+    await first.open()
+    one = await submit(first, make_job("j1"))
+    two = await submit(first, make_job("j2", created_at=101.0))
+    assert max(e.seq for e in one) < min(e.seq for e in two)
+    await first.close()
+
+    again = make_store()
+    await again.open()
+    assert await again.executions_of("j1") == one
+    three = await submit(again, make_job("j3", created_at=102.0))
+    assert max(e.seq for e in two) < min(e.seq for e in three)
+    assert [e.id for e in await again.queued()] == [e.id for e in one + two + three]
+
+
+async def test_submit_with_an_existing_id_returns_the_stored_job_and_writes_nothing(
+    store: Store,
+) -> None:
+    job = make_job()
+    executions = await submit(store, job)
+
+    other = make_job(questions=("something else",), created_at=999.0)
+    stored, created = await store.submit_job(other, other.expand())
+
+    assert (stored, created) == (job, False)
+    assert await store.executions_of(job.id) == executions
+    assert await store.queued() == executions
+    assert [j for j, _ in await store.list_jobs()] == [job]
+
+
+# Admission
+
+
+async def test_admit_records_the_running_execution_and_its_container(store: Store) -> None:
+    first, *rest = await submit(store, make_job())
+    running = started(first)
+    container = container_for(first)
+
+    assert await store.admit(running, container)
+
+    assert await store.running() == [running]
+    assert await store.queued() == rest
+    assert await store.containers() == [container]
+
+
+async def test_a_cancelled_execution_cannot_be_admitted(store: Store) -> None:
+    first, *_ = await submit(store, make_job())
+    await store.cancel_queued("j1", now=105.0)
+
+    assert not await store.admit(started(first), container_for(first))
+
+    assert await store.running() == []
+    assert await store.containers() == []
+    assert (await store.executions_of("j1"))[0].state is CANCELLED
+
+
+async def test_only_one_of_concurrent_admissions_of_one_execution_wins(store: Store) -> None:
+    first, *_ = await submit(store, make_job())
+    results = await asyncio.gather(
+        *(store.admit(started(first, f"c{i}"), container_for(first, f"c{i}")) for i in range(5))
+    )
+
+    assert sorted(results) == [False] * 4 + [True]
+    winner = f"c{results.index(True)}"
+    assert [c.id for c in await store.containers()] == [winner]
+    assert [e.container_id for e in await store.running()] == [winner]
+
+
+# Finishing
+
+
+async def test_finish_records_the_outcome_and_the_warm_container(store: Store) -> None:
+    first, *_ = await submit(store, make_job())
+    running = await admitted(store, first)
+    done = replace(
+        running, state=SUCCEEDED, finished_at=150.5, response="Yes.", inference_time=40.25
+    )
+    warm = container_for(first, in_flight=(), warm_until=270.5)
+
+    assert await store.finish(done, warm, "c1")
+
+    assert (await store.executions_of("j1"))[0] == done
+    assert await store.running() == []
+    assert await store.containers() == [warm]
+
+
+async def test_finish_with_no_container_deletes_the_ledger_row(store: Store) -> None:
+    first, *_ = await submit(store, make_job())
+    running = await admitted(store, first)
+
+    assert await store.finish(replace(running, state=SUCCEEDED, finished_at=150.0), None, "c1")
+
+    assert await store.containers() == []
+
+
+async def test_finish_can_move_the_execution_to_another_container_row(store: Store) -> None:
+    first, *_ = await submit(store, make_job())
+    running = await admitted(store, first)
+    replacement = container_for(first, "c2", in_flight=(), warm_until=200.0)
+
+    assert await store.finish(replace(running, state=SUCCEEDED), replacement, "c1")
+
+    assert await store.containers() == [replacement]
+
+
+async def test_a_retry_goes_back_to_its_place_at_the_front(store: Store) -> None:
+    first, *rest = await submit(store, make_job())
+    running = await admitted(store, first)
+    retry = replace(
+        running,
+        state=QUEUED,
+        not_before=130.0,
+        started_at=None,
+        container_id=None,
+        error=Failure("PROVIDER_ERROR", "502 from provider", FailureKind.TRANSIENT),
+    )
+
+    assert await store.finish(retry, container_for(first, in_flight=(), warm_until=250.0), "c1")
+
+    queued = await store.queued()
+    assert queued == [retry, *rest]
+    assert queued[0].seq == first.seq
+    assert queued[0].error == Failure("PROVIDER_ERROR", "502 from provider", FailureKind.TRANSIENT)
+
+
+async def test_finish_of_an_execution_that_is_not_running_changes_nothing(store: Store) -> None:
+    first, second, *_ = await submit(store, make_job())
+    running = await admitted(store, first)
+    ledger = await store.containers()
+
+    # Never admitted.
+    assert not await store.finish(replace(second, state=SUCCEEDED), None, "c1")
+    # Running, but on another container than the caller thinks (a stale outcome).
+    assert not await store.finish(replace(running, state=SUCCEEDED), None, "c9")
+    assert await store.containers() == ledger
+    assert await store.running() == [running]
+    # Already finished: a second outcome for the same run is refused.
+    done = replace(running, state=SUCCEEDED, response="ok")
+    assert await store.finish(done, container_for(first, in_flight=(), warm_until=300.0), "c1")
+    ledger = await store.containers()
+    assert not await store.finish(replace(running, state=ExecutionState.FAILED), None, "c1")
+
+    assert await store.containers() == ledger
+    stored = await store.executions_of("j1")
+    assert stored[0] == done
+    assert stored[1] == second
+
+
+# Cancellation
+
+
+async def test_cancel_queued_touches_only_that_jobs_queued_executions(store: Store) -> None:
+    first, *rest = await submit(store, make_job("j1"))
+    others = await submit(store, make_job("j2", created_at=101.0))
+    running = await admitted(store, first)
+
+    cancelled = await store.cancel_queued("j1", now=120.0)
+
+    assert cancelled == [replace(e, state=CANCELLED, finished_at=120.0) for e in rest]
+    assert await store.executions_of("j1") == [running, *cancelled]
+    assert await store.executions_of("j2") == others
+    assert await store.queued() == others
+    assert await store.cancel_queued("j1", now=121.0) == []
+    assert await store.cancel_queued("nope", now=121.0) == []
+
+
+# The container ledger
+
+
+async def test_containers_round_trip_exactly(store: Store) -> None:
+    busy = Container("c1", "modal-us", "mistral-7b", "US", 2, ("j1:0:a:US", "j1:1:a:US"), 0.0)
+    warm = Container("c2", "modal-eu", "llama3.2-1b", "EU", 1, (), 0.1 + 0.2)
+    orphan = Container("c3", "modal-us", "qwen2.5-1.5b", "US", 1, ("x",), 1e12 + 0.125, True)
+
+    await store.save_containers([busy, warm, orphan])
+    assert sorted(await store.containers(), key=lambda c: c.id) == [busy, warm, orphan]
+
+    cooled = replace(busy, in_flight=(), warm_until=1234.5678)
+    await store.save_containers([cooled], removed=["c2"])
+    assert sorted(await store.containers(), key=lambda c: c.id) == [cooled, orphan]
+
+    await store.save_containers([], removed=["c1", "c3", "never-existed"])
+    assert await store.containers() == []
+
+
+# Crash recovery
+
+
+async def test_requeue_puts_running_executions_back_as_given(store: Store) -> None:
+    first, second, *rest = await submit(store, make_job())
+    one = await admitted(store, first, "c1")
+    two = await admitted(store, second, "c2")
+    done = replace(two, state=SUCCEEDED)
+    assert await store.finish(done, None, "c2")
+
+    back = replace(one, state=QUEUED, started_at=None, container_id=None, not_before=0.0)
+    # The finished one is not running any more, so requeue must leave it alone.
+    await store.requeue([back, replace(two, state=QUEUED)])
+
+    assert await store.running() == []
+    assert await store.queued() == [back, *rest]
+    assert (await store.executions_of("j1"))[1] == done
+
+
+# Counts and listings
+
+
+async def test_region_counts(store: Store) -> None:
+    assert await store.region_counts() == {}
+    job = make_job(models=("m",), regions=("US", "EU"), questions=("a", "b", "c"))
+    executions = await submit(store, job)
+    us = [e for e in executions if e.region == "US"]
+    await admitted(store, us[0])
+    await store.cancel_queued("j1", now=101.0)
+
+    assert await store.region_counts() == {
+        "US": zeros(running=1, cancelled=2),
+        "EU": zeros(cancelled=3),
+    }
+
+
+async def test_list_jobs_newest_first_with_counts_owner_filter_and_pages(store: Store) -> None:
+    assert await store.list_jobs() == []
+    old = make_job("old", created_at=1.0)
+    mid = make_job("mid", created_at=2.0, owner="bob")
+    new = make_job("new", created_at=3.0)
+    tie = make_job("tie", created_at=2.0)  # same instant as mid, submitted later
+    for job in (old, mid, new, tie):
+        await submit(store, job)
+    first, *_ = await store.executions_of("mid")
+    await admitted(store, first)
+    await store.cancel_queued("old", now=5.0)
+
+    listed = await store.list_jobs()
+    assert [j.id for j, _ in listed] == ["new", "tie", "mid", "old"]
+    assert listed[0] == (new, zeros(queued=4))
+    assert listed[2] == (mid, zeros(queued=3, running=1))
+    assert listed[3] == (old, zeros(cancelled=4))
+
+    assert [j.id for j, _ in await store.list_jobs(limit=2)] == ["new", "tie"]
+    assert [j.id for j, _ in await store.list_jobs(limit=2, offset=2)] == ["mid", "old"]
+    assert await store.list_jobs(offset=4) == []
+    assert [j.id for j, _ in await store.list_jobs(owner="alice")] == ["new", "tie", "old"]
+    assert await store.list_jobs(owner="bob") == [(mid, zeros(queued=3, running=1))]
+    assert await store.list_jobs(owner="carol") == []
+
+
+async def test_a_job_without_executions_is_listed_with_zero_counts(store: Store) -> None:
+    job = make_job(questions=())
+    assert await store.submit_job(job, []) == (job, True)
+    assert await store.list_jobs() == [(job, zeros())]
+
+
+# Durability
+
+
+async def test_everything_survives_close_and_reopen(make_store: StoreFactory) -> None:
+    first = make_store()
+    await first.open()
+    one, two, *rest = await submit(first, make_job())
+    running = await admitted(first, one, "c1")
+    done = replace(
+        await admitted(first, two, "c2"),
+        state=ExecutionState.FAILED,
+        finished_at=160.0,
+        error=Failure("BAD_PROMPT", "prompt too long", FailureKind.PERMANENT),
+    )
+    assert await first.finish(done, container_for(two, "c2", in_flight=(), warm_until=280.0), "c2")
+    orphan = Container("c9", "modal-eu", "m", "EU", 1, ("lost",), 900.0, orphan=True)
+    await first.save_containers([orphan])
+    before = (
+        await first.list_jobs(),
+        await first.executions_of("j1"),
+        await first.containers(),
+        await first.region_counts(),
+    )
+    await first.close()
+
+    again = make_store()
+    await again.open()
+    after = (
+        await again.list_jobs(),
+        await again.executions_of("j1"),
+        await again.containers(),
+        await again.region_counts(),
+    )
+    assert after == before
+    assert await again.running() == [running]
+    assert await again.queued() == rest
+    assert (await again.executions_of("j1"))[1].error == done.error
+
+
+# The scheduler lock
+
+
+async def test_only_one_store_holds_the_scheduler_lock_until_it_closes(
+    make_store: StoreFactory,
+) -> None:
+    first = make_store()
+    await first.open()
+    second = make_store()
+    await second.open()
+
+    assert await first.acquire_scheduler_lock()
+    assert await first.acquire_scheduler_lock()  # asking again while holding it is fine
+    assert not await second.acquire_scheduler_lock()
+
+    await first.close()
+    assert await second.acquire_scheduler_lock()
