@@ -1,0 +1,60 @@
+"""The FastAPI application: routers, error mapping, body limit, and the service's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hybrid_router import __version__
+from hybrid_router.api import health, inference, jobs, queue
+from hybrid_router.api.errors import ERROR_RESPONSES, install_error_handlers
+from hybrid_router.api.middleware import BodySizeLimit
+from hybrid_router.errors import RouterError
+from hybrid_router.runtime.service import RouterService
+from hybrid_router.settings import Settings
+
+
+def create_app(settings: Settings, *, service: RouterService | None = None) -> FastAPI:
+    """The app; its lifespan starts `service` (built from `settings` when None) and stops it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = service
+        if running is None:
+            # Imported here so that importing the API (for OpenAPI, or with a given service)
+            # does not load every store and provider.
+            from hybrid_router.runtime import build_service
+
+            running = build_service(settings)
+        try:
+            await running.start()
+        except RouterError as exc:
+            # Kept for `hybrid-router serve`, which reports it in plain words after uvicorn exits.
+            app.state.startup_error = exc
+            raise
+        app.state.service = running
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await running.stop()
+
+    app = FastAPI(
+        title="hybrid-router",
+        version=__version__,
+        description="GPU-limit-aware region queues in front of serverless GPU providers.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.service = None
+    app.state.ready = False
+    app.state.startup_error = None
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for module in (jobs, inference, queue, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,29 @@
+"""What the routers receive: the running service and the settings it was built from."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from hybrid_router.errors import StoreUnavailable
+from hybrid_router.runtime.service import RouterService
+from hybrid_router.settings import Settings
+
+
+def get_service(request: Request) -> RouterService:
+    """The service the app's lifespan started; 503 NOT_READY before it started or once stopping."""
+    service: RouterService | None = getattr(request.app.state, "service", None)
+    if service is None or not getattr(request.app.state, "ready", False):
+        raise StoreUnavailable("the router is starting or stopping; retry", code="NOT_READY")
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ServiceDep = Annotated[RouterService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

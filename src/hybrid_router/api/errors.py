@@ -1,0 +1,111 @@
+"""The one place errors become HTTP responses: `{"code", "message", "detail"?}` every time.
+
+`code` is stable and machine-readable (UNKNOWN_REGION, JOB_NOT_FOUND, VALIDATION_ERROR, ...),
+`message` names what was wrong, `detail` lists the invalid fields of a 422.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hybrid_router.api.schemas import ErrorBody, FieldError
+from hybrid_router.errors import RouterError
+
+log = logging.getLogger(__name__)
+
+# The error shape, for the OpenAPI document of every route.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
+    for status in (400, 404, 409, 413, 422, 503)
+}
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    detail: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The JSON error response every handler (and the body-size middleware) sends."""
+    body = ErrorBody(code=code, message=message, detail=detail)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map RouterError, validation errors, HTTP errors and anything unexpected to JSON."""
+    app.add_exception_handler(RouterError, _router_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _router_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RouterError)
+    return error_response(exc.status_code, exc.code, exc.message)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        reason = (bad_json.get("ctx") or {}).get("error", "cannot parse")
+        position = bad_json["loc"][-1] if len(bad_json["loc"]) > 1 else "?"
+        return error_response(400, "INVALID_JSON", f"malformed JSON body: {reason} at {position}")
+    # Only location, message and type go out: pydantic's `input` may hold NaN (not valid JSON)
+    # or a megabyte of the client's own body.
+    fields = [
+        FieldError(field=field_path(e["loc"]), message=_message(e), type=str(e.get("type")))
+        for e in errors
+    ]
+    message = "; ".join(f"{f.field}: {f.message}" for f in fields) or "invalid request"
+    return error_response(422, "VALIDATION_ERROR", message, detail=fields)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the log (Starlette re-raises to the server), never to the client.
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "INTERNAL_ERROR", "internal error; see the router's log")
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """`("body", "questions", 2)` -> `body.questions[2]`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path.lstrip(".") or "request"
+
+
+def _message(error: Any) -> str:
+    message = str(error.get("msg", "invalid"))
+    # Errors raised by our own model validators carry pydantic's "Value error, " prefix.
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]

@@ -1,0 +1,25 @@
+"""/health (the process is up) and /ready (the service takes requests)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from hybrid_router import __version__
+from hybrid_router.api.deps import ServiceDep
+from hybrid_router.api.schemas import Health, Ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> Health:
+    """Liveness: answers while the process runs, even before the service started."""
+    service = getattr(request.app.state, "service", None)
+    role = service.role if service is not None else "starting"
+    return Health(status="ok", role=role, version=__version__)
+
+
+@router.get("/ready", responses={503: {"description": "Starting or stopping"}})
+async def ready(service: ServiceDep) -> Ready:
+    """Readiness: 200 once the service started, 503 NOT_READY before and while stopping."""
+    return Ready(status="ready", role=service.role)

@@ -1,0 +1,48 @@
+"""/jobs: submit, list, inspect and cancel jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from hybrid_router.api.deps import ServiceDep
+from hybrid_router.api.schemas import JobAccepted, JobCreate, JobList, JobOut, JobSummary
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"model": JobAccepted, "description": "The same job was already accepted"}},
+)
+async def submit_job(body: JobCreate, service: ServiceDep, response: Response) -> JobAccepted:
+    """Queue a job (202); the same job_id and body again answers 200, a different body 409."""
+    job_status, created = await service.submit(body.to_request())
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return JobAccepted.from_status(job_status)
+
+
+@router.get("/jobs")
+async def list_jobs(
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    """Jobs newest first, without their executions."""
+    statuses = await service.jobs(limit=limit, offset=offset)
+    return JobList(jobs=[JobSummary.from_status(s) for s in statuses], limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, service: ServiceDep) -> JobOut:
+    """A job with its progress and every execution (queue position while queued)."""
+    return JobOut.from_status(await service.job(job_id))
+
+
+@router.delete("/jobs/{job_id}")
+async def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
+    """Cancel the job's queued and running executions; finished ones keep their results."""
+    return JobOut.from_status(await service.cancel(job_id))

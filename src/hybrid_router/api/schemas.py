@@ -1,0 +1,481 @@
+"""The HTTP edge's pydantic models and their conversion to and from domain objects.
+
+Every shape a client sees is defined here, so the routers stay thin and the domain stays free
+of pydantic. Timestamps go out as ISO-8601 UTC strings ending in "Z".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from hybrid_router.core.model import (
+    Execution,
+    ExecutionState,
+    ExecutionStatus,
+    JobState,
+    JobStatus,
+    RegionStatus,
+)
+from hybrid_router.runtime.service import JobRequest
+
+# Job ids end up in URLs and log lines: no slashes, no leading dot, so `../x` cannot pass.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+# strict: a client sending `"priority": "high"` or `"models": "abc"` has a bug worth a 422,
+# not a silent coercion. extra="forbid": a misspelt optional field must not be ignored.
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+# At least one non-blank character: an empty prompt would only fail later, at the provider.
+Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+MaxTokens = Annotated[int, Field(ge=1, le=32768)]
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC with a trailing Z; None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    """The current instant as ISO-8601 UTC."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a stable machine-readable code and a human message."""
+
+    code: str
+    message: str
+    detail: list[FieldError] | None = None
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+class JobCreate(BaseModel):
+    """POST /jobs: questions x models x regions, one execution each."""
+
+    model_config = _REQUEST
+
+    job_id: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="Optional; makes the submission idempotent (same body again -> 200).",
+    )
+    models: list[Name] = Field(min_length=1, max_length=50)
+    regions: list[Name] = Field(min_length=1, max_length=50)
+    questions: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
+    prompt: Text | None = Field(default=None, description="A single question (or `questions`).")
+    temperature: Temperature = 0.7
+    max_tokens: MaxTokens = 256
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    max_attempts: int = Field(default=3, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _questions_or_prompt(self) -> JobCreate:
+        if (self.questions is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'questions' or 'prompt'")
+        return self
+
+    def to_request(self) -> JobRequest:
+        """The service's request; region and model names are canonicalised by the service."""
+        questions = self.questions if self.questions is not None else [self.prompt or ""]
+        return JobRequest(
+            models=tuple(self.models),
+            regions=tuple(self.regions),
+            questions=tuple(questions),
+            job_id=self.job_id,
+            priority=self.priority,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            max_attempts=self.max_attempts,
+        )
+
+
+class JobAccepted(BaseModel):
+    """POST /jobs answer: 202 when created, 200 when the same job already existed."""
+
+    job_id: str
+    status: JobState
+    executions: int
+    regions: list[str]
+    models: list[str]
+    questions: int
+    created_at: str
+
+    @classmethod
+    def from_status(cls, status: JobStatus) -> JobAccepted:
+        """From the service's job status."""
+        job = status.job
+        return cls(
+            job_id=job.id,
+            status=status.state,
+            executions=sum(status.counts.values()),
+            regions=list(job.regions),
+            models=list(job.models),
+            questions=len(job.questions),
+            created_at=_iso(job.created_at),
+        )
+
+
+class Progress(BaseModel):
+    """How many of a job's executions are in each state."""
+
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    expired: int
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int]) -> Progress:
+        """From per-state counts keyed by state value."""
+        by_state = {s.value: counts.get(s.value, 0) for s in ExecutionState}
+        return cls(total=sum(by_state.values()), **by_state)
+
+
+class ExecutionError(BaseModel):
+    """Why an execution failed (its last failure while it is retried)."""
+
+    code: str
+    message: str
+    transient: bool
+
+
+class ExecutionOut(BaseModel):
+    """One (region, model, question) execution of a job."""
+
+    execution_id: str
+    region: str
+    model: str
+    question_index: int
+    status: ExecutionState
+    attempts: int
+    position: int | None = Field(description="Place in its region's queue, 1 = next; queued only.")
+    estimated_start_s: float | None = Field(description="Seconds from now; queued only.")
+    queued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    provider: str | None
+    response: str | None
+    inference_time: float | None
+    error: ExecutionError | None
+
+    @classmethod
+    def from_status(cls, status: ExecutionStatus) -> ExecutionOut:
+        """From the service's execution status."""
+        e = status.execution
+        queued = e.state is ExecutionState.QUEUED
+        return cls(
+            execution_id=e.id,
+            region=e.region,
+            model=e.model,
+            question_index=e.question_index,
+            status=e.state,
+            attempts=e.attempts,
+            position=status.position if queued else None,
+            estimated_start_s=status.estimated_start_s if queued else None,
+            queued_at=iso(e.queued_at),
+            started_at=iso(e.started_at),
+            finished_at=iso(e.finished_at),
+            provider=e.provider,
+            response=e.response,
+            inference_time=e.inference_time,
+            error=_error(e),
+        )
+
+
+class JobSummary(BaseModel):
+    """A job without its executions (GET /jobs)."""
+
+    job_id: str
+    status: JobState
+    owner: str
+    priority: int
+    created_at: str
+    regions: list[str]
+    models: list[str]
+    questions: int
+    progress: Progress
+
+    @classmethod
+    def from_status(cls, status: JobStatus) -> JobSummary:
+        """From the service's job status."""
+        job = status.job
+        return cls(
+            job_id=job.id,
+            status=status.state,
+            owner=job.owner,
+            priority=job.priority,
+            created_at=_iso(job.created_at),
+            regions=list(job.regions),
+            models=list(job.models),
+            questions=len(job.questions),
+            progress=Progress.from_counts(status.counts),
+        )
+
+
+class JobOut(JobSummary):
+    """A job with every execution (GET and DELETE /jobs/{job_id})."""
+
+    executions: list[ExecutionOut]
+
+    @classmethod
+    def from_status(cls, status: JobStatus) -> JobOut:
+        """From the service's job status."""
+        summary = JobSummary.from_status(status)
+        return cls(
+            **summary.model_dump(),
+            executions=[ExecutionOut.from_status(s) for s in status.executions],
+        )
+
+
+class JobList(BaseModel):
+    """GET /jobs: newest first."""
+
+    jobs: list[JobSummary]
+    limit: int
+    offset: int
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+class InferenceCreate(BaseModel):
+    """POST /inference: the original single-request endpoint, now queued."""
+
+    model_config = _REQUEST
+
+    model: Name
+    prompt: Text
+    temperature: Temperature = 0.7
+    max_tokens: MaxTokens = 256
+    region_preference: Name | None = None
+    region: Name | None = Field(default=None, description="Same as region_preference.")
+
+    @model_validator(mode="after")
+    def _one_region(self) -> InferenceCreate:
+        if self.region is not None and self.region_preference is not None:
+            raise ValueError("give 'region' or 'region_preference', not both")
+        return self
+
+    def to_request(self, default_region: str) -> JobRequest:
+        """A one-execution job; `default_region` when the client named none."""
+        region = self.region or self.region_preference or default_region
+        return JobRequest(
+            models=(self.model,),
+            regions=(region,),
+            questions=(self.prompt,),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+
+
+class InferenceMetadata(BaseModel):
+    """Where and how an inference ran."""
+
+    job_id: str
+    region: str
+    model: str
+    attempts: int
+    queue_wait_s: float | None
+
+
+class InferenceResult(BaseModel):
+    """POST /inference answer once the execution finished (200 even when it failed)."""
+
+    success: bool
+    response: str | None
+    error: str | None
+    error_code: str | None
+    provider_used: str | None
+    inference_time: float | None
+    metadata: InferenceMetadata
+
+    @classmethod
+    def from_status(cls, status: JobStatus) -> InferenceResult:
+        """From the finished one-execution job."""
+        e = status.executions[0].execution
+        failure = _error(e)
+        wait = None if e.started_at is None else max(0.0, e.started_at - e.queued_at)
+        return cls(
+            success=e.state is ExecutionState.SUCCEEDED,
+            response=e.response,
+            error=failure.message if failure else None,
+            error_code=failure.code if failure else None,
+            provider_used=e.provider,
+            inference_time=e.inference_time,
+            metadata=InferenceMetadata(
+                job_id=e.job_id,
+                region=e.region,
+                model=e.model,
+                attempts=e.attempts,
+                queue_wait_s=wait,
+            ),
+        )
+
+
+class InferenceQueued(BaseModel):
+    """POST /inference?wait=false answer (202)."""
+
+    job_id: str
+    status: JobState
+    queue_position: int | None
+    estimated_wait_seconds: float | None
+
+    @classmethod
+    def from_status(cls, status: JobStatus) -> InferenceQueued:
+        """From the one-execution job's status."""
+        first = status.executions[0] if status.executions else None
+        return cls(
+            job_id=status.job.id,
+            status=status.state,
+            queue_position=first.position if first else None,
+            estimated_wait_seconds=first.estimated_start_s if first else None,
+        )
+
+
+# ---------------------------------------------------------------------------- queues
+
+
+class CurrentJob(BaseModel):
+    """The seed's `current_job`: the oldest running execution of a region."""
+
+    job_id: str
+    model: str
+    region: str
+    queued_at: str | None
+    started_at: str | None
+
+
+class RunningExecution(BaseModel):
+    """An execution holding a GPU right now."""
+
+    execution_id: str
+    job_id: str
+    model: str
+    started_at: str | None
+    provider: str | None
+
+
+class RegionQueue(BaseModel):
+    """One region: the seed's status fields plus the GPU picture."""
+
+    region: str
+    queue_size: int
+    processing: bool
+    current_job: CurrentJob | None
+    completed: int
+    failed: int
+    gpus_in_use: int
+    gpus_warm: int
+    gpu_limit: int
+    max_running: int | None
+    running: list[RunningExecution]
+
+    @classmethod
+    def from_status(cls, status: RegionStatus) -> RegionQueue:
+        """From the service's region status."""
+        running = sorted(status.running, key=lambda e: (e.started_at or 0.0, e.seq))
+        oldest = running[0] if running else None
+        return cls(
+            region=status.region,
+            queue_size=status.queue_size,
+            processing=bool(running),
+            current_job=CurrentJob(
+                job_id=oldest.job_id,
+                model=oldest.model,
+                region=oldest.region,
+                queued_at=iso(oldest.queued_at),
+                started_at=iso(oldest.started_at),
+            )
+            if oldest
+            else None,
+            completed=status.completed,
+            failed=status.failed,
+            gpus_in_use=status.gpus_in_use,
+            gpus_warm=status.gpus_warm,
+            gpu_limit=status.gpu_limit,
+            max_running=status.max_running,
+            running=[
+                RunningExecution(
+                    execution_id=e.id,
+                    job_id=e.job_id,
+                    model=e.model,
+                    started_at=iso(e.started_at),
+                    provider=e.provider,
+                )
+                for e in running
+            ],
+        )
+
+
+class QueueStatus(BaseModel):
+    """GET /queue/status: every region by canonical name."""
+
+    queues: dict[str, RegionQueue]
+    timestamp: str
+
+    @classmethod
+    def from_statuses(cls, statuses: dict[str, RegionStatus]) -> QueueStatus:
+        """From the service's region statuses."""
+        return cls(
+            queues={name: RegionQueue.from_status(s) for name, s in statuses.items()},
+            timestamp=now_iso(),
+        )
+
+
+# ---------------------------------------------------------------------------- health
+
+
+class Health(BaseModel):
+    """GET /health: the process is up."""
+
+    status: str
+    role: str
+    version: str
+
+
+class Ready(BaseModel):
+    """GET /ready: the service is started and takes requests."""
+
+    status: str
+    role: str
+
+
+def _iso(ts: float) -> str:
+    return iso(ts) or ""
+
+
+def _error(e: Execution) -> ExecutionError | None:
+    """The execution's failure, if any."""
+    # A cancelled or expired execution may carry no failure; name its state, so a client
+    # always sees why it has no response.
+    if e.error is not None:
+        return ExecutionError(
+            code=e.error.code, message=e.error.message, transient=e.error.transient
+        )
+    if e.state in (ExecutionState.CANCELLED, ExecutionState.EXPIRED):
+        return ExecutionError(
+            code=e.state.value.upper(), message=f"execution {e.state.value}", transient=False
+        )
+    return None
