@@ -23,8 +23,7 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = service
         if running is None:
-            # Imported here so that importing the API (for OpenAPI, or with a given service)
-            # does not load every store and provider.
+            # Imported only when needed: an app given its service never builds one.
             from hybrid_router.runtime import build_service
 
             running = build_service(settings)
