@@ -1,0 +1,203 @@
+"""What the providers share: the call deadline and, for the HTTP ones, one client and one
+failure classification, so Modal and OpenAI-compatible servers are judged by the same rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from hybrid_router.core.model import Failure, FailureKind, ProviderSpec
+from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+
+# Only connecting has its own bound: reading may legitimately take minutes (Modal holds a
+# request up to 150 s before its 303), and the whole call is bounded by `deadline` anyway.
+CONNECT_TIMEOUT_S = 10.0
+_TIMEOUTS = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
+_EXCERPT_CHARS = 300
+_APP_STOPPED = "app for invoked web endpoint is stopped"
+
+
+@asynccontextmanager
+async def deadline(spec: ProviderSpec) -> AsyncIterator[None]:
+    """Bound the block by `spec.timeout_s` from now; past it, raise PROVIDER_TIMEOUT."""
+    timeout = asyncio.timeout(spec.timeout_s)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        failure = Failure(
+            "PROVIDER_TIMEOUT",
+            f"{spec.name}: no answer within {spec.timeout_s:g} s of the call's start",
+            FailureKind.TRANSIENT,
+        )
+        raise ProviderFailure(failure) from None
+
+
+def status_failure(provider: str, status: int, body: bytes) -> Failure:
+    """Classify a reply that is not a success: its HTTP status and body decide the kind."""
+    text = body.decode("utf-8", errors="replace")
+    message = f"{provider}: HTTP {status}: {_detail(text)}"
+    if status == 429 or "RESOURCE_EXHAUSTED" in text:
+        return Failure("PROVIDER_CAPACITY", message, FailureKind.CAPACITY)
+    if status == 404 and _APP_STOPPED in text.lower():
+        # Modal answers this while a stopped app is being redeployed: worth retrying.
+        return Failure("PROVIDER_APP_STOPPED", message, FailureKind.TRANSIENT)
+    if status in (401, 403):
+        return Failure("PROVIDER_UNAUTHORIZED", message, FailureKind.PERMANENT)
+    if status == 404:
+        return Failure("PROVIDER_NOT_FOUND", message, FailureKind.PERMANENT)
+    if status == 408:
+        return Failure("PROVIDER_ERROR", message, FailureKind.TRANSIENT)
+    if 400 <= status < 500:
+        return Failure("PROVIDER_BAD_REQUEST", message, FailureKind.PERMANENT)
+    if 300 <= status < 400:
+        # Redirects other than Modal's 303 mean a wrong URL (http -> https, a login page):
+        # retrying cannot help.
+        return Failure("PROVIDER_REDIRECT", message, FailureKind.PERMANENT)
+    return Failure("PROVIDER_ERROR", message, FailureKind.TRANSIENT)
+
+
+def transport_failure(provider: str, exc: httpx.RequestError | httpx.InvalidURL) -> Failure:
+    """Classify a failure to talk to the provider at all, or to read what it sent."""
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        # Refused, unreachable or unresolvable: the provider is down, not the request wrong.
+        message = f"{provider}: cannot connect: {reason}"
+        return Failure("PROVIDER_UNAVAILABLE", message, FailureKind.UNAVAILABLE)
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return Failure("PROVIDER_BAD_URL", f"{provider}: {reason}", FailureKind.PERMANENT)
+    if isinstance(exc, httpx.DecodingError):
+        message = f"{provider}: undecodable reply: {reason}"
+        return Failure("PROVIDER_BAD_RESPONSE", message, FailureKind.TRANSIENT)
+    message = f"{provider}: connection failed during the call: {reason}"
+    return Failure("PROVIDER_ERROR", message, FailureKind.TRANSIENT)
+
+
+def bad_response(provider: str, why: str) -> ProviderFailure:
+    """A reply that claims success but cannot be understood."""
+    failure = Failure("PROVIDER_BAD_RESPONSE", f"{provider}: {why}", FailureKind.TRANSIENT)
+    return ProviderFailure(failure)
+
+
+def _detail(text: str) -> str:
+    """The error message inside a reply body, or the start of the body."""
+    detail = text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            value = data.get(key)
+            if isinstance(value, dict):  # OpenAI: {"error": {"message": ...}}
+                value = value.get("message")
+            if isinstance(value, str) and value:
+                detail = value
+                break
+    detail = " ".join(detail.split())
+    if len(detail) > _EXCERPT_CHARS:
+        detail = detail[:_EXCERPT_CHARS] + "…"
+    return detail or "(empty body)"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply read in full, so no response object outlives the request."""
+
+    status: int
+    location: str | None
+    body: bytes
+    elapsed_s: float
+
+
+class HttpProvider:
+    """Client ownership, headers and sending, shared by the HTTP providers."""
+
+    def __init__(
+        self, spec: ProviderSpec, token: str | None, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.spec = spec
+        self._token = token
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=_TIMEOUTS)
+
+    async def aclose(self) -> None:
+        """Close the client if this provider created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _headers(self, request: InferenceRequest, *, with_token: bool = True) -> dict[str, str]:
+        headers = {"X-Request-Id": request.execution_id}
+        if with_token and self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def _send(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        headers: Mapping[str, str],
+        payload: object | None = None,
+    ) -> Reply:
+        """Send one request and read its reply in full; transport errors become failures."""
+        started = time.monotonic()
+        try:
+            # A stream read inside `async with` is closed however this ends, cancellation
+            # included, which drops the connection instead of leaking it.
+            async with self._client.stream(
+                method,
+                url,
+                headers=headers,
+                json=payload,
+                timeout=_TIMEOUTS,
+                follow_redirects=False,
+            ) as response:
+                body = await response.aread()
+        except (httpx.RequestError, httpx.InvalidURL) as exc:
+            raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
+        return Reply(
+            response.status_code,
+            response.headers.get("location"),
+            body,
+            time.monotonic() - started,
+        )
+
+    def _url(self, raw: str) -> httpx.URL:
+        """`raw` parsed, or a PROVIDER_BAD_URL failure."""
+        try:
+            return httpx.URL(raw)
+        except httpx.InvalidURL as exc:
+            raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
+
+    def _json_object(self, reply: Reply) -> dict[str, object]:
+        """The reply body as a JSON object, or a PROVIDER_BAD_RESPONSE failure."""
+        try:
+            data = json.loads(reply.body)
+        except ValueError:
+            raise bad_response(self.spec.name, "reply is not JSON") from None
+        if not isinstance(data, dict):
+            raise bad_response(self.spec.name, "reply is not a JSON object")
+        return data
+
+
+def number(value: object) -> float | None:
+    """A JSON number as a float (bools excluded), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def integer(value: object) -> int | None:
+    """A JSON integer (bools excluded), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
