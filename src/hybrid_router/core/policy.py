@@ -212,8 +212,10 @@ def _free_slot(
     ]
     if not candidates:
         return None
-    # Busy first (no GPU kept warm that would otherwise free), then the longest-warm idle one.
-    return min(candidates, key=lambda c: (not c.in_flight, -c.warm_until, c.id))
+    # Busy first: no GPU is kept warm that would otherwise free. Among idle ones, the one that
+    # expires first: the provider picks which warm container serves the call, and whichever
+    # it picks, the idle ones left in the ledger then expire no earlier than its own do.
+    return min(candidates, key=lambda c: (not c.in_flight, c.warm_until, c.id))
 
 
 def _provider_with_room(

@@ -1,15 +1,40 @@
-"""RouterService: what the API and the CLI's server side call. (Interface; being implemented.)"""
+"""RouterService: what the API calls. Validates in domain terms, stores, wakes the scheduler."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
-from hybrid_router.core.model import JobStatus, RegionStatus
+from hybrid_router import errors
+from hybrid_router.core import estimate, ledger, policy
+from hybrid_router.core.model import (
+    Execution,
+    ExecutionState,
+    ExecutionStatus,
+    Job,
+    JobState,
+    JobStatus,
+    RegionStatus,
+    job_state,
+)
+from hybrid_router.core.policy import Topology
+from hybrid_router.core.retry import RetryPolicy
+from hybrid_router.providers import build_provider
+from hybrid_router.providers.base import Provider
+from hybrid_router.providers.simulated import SimulatedCloud
+from hybrid_router.runtime.manager import RegionQueueManager
+from hybrid_router.settings import Settings
+from hybrid_router.store import store_from_url
+from hybrid_router.store.base import Store
 
 
 @dataclass(frozen=True)
 class JobRequest:
-    """A validated submission, regions and models already canonical."""
+    """A submission, as the API received it (names not yet canonical)."""
 
     models: tuple[str, ...]
     regions: tuple[str, ...]
@@ -23,40 +48,249 @@ class JobRequest:
 
 
 class RouterService:
-    async def submit(self, request: JobRequest) -> tuple[JobStatus, bool]:
-        """Queue a job; (status, created). Same job_id + same body -> (existing, False);
-        a different body -> errors.Conflict(code JOB_CONFLICT)."""
-        raise NotImplementedError
+    """The router as the API sees it: jobs in, statuses out; scheduling when leader."""
 
-    async def job(self, job_id: str) -> JobStatus:
-        """Raises errors.NotFound(code JOB_NOT_FOUND)."""
-        raise NotImplementedError
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        providers: dict[str, Provider],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.clock = clock
+        self.topology = Topology(
+            gpu_limit=settings.gpu_limit,
+            regions=settings.region_specs(),
+            models=settings.model_specs(),
+            providers=settings.provider_specs(),
+        )
+        self.manager = RegionQueueManager(
+            store,
+            providers,
+            self.topology,
+            retry_policy=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
+            on_finished=self._finished,
+            clock=clock,
+        )
+        self._job_events: dict[str, asyncio.Event] = {}
+        self._leader = False
 
-    async def jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
-        """Jobs newest first, without their executions."""
-        raise NotImplementedError
+    async def start(self) -> None:
+        """Open the store; schedule if no other process does (else refuse to start)."""
+        await self.store.open()
+        if not await self.store.acquire_scheduler_lock():
+            await self.store.close()
+            raise errors.ConfigError(
+                f"another hybrid-router is already scheduling on {self.settings.store_url}; "
+                "stop it first or give this one its own store"
+            )
+        self._leader = True
+        await self.manager.start()
 
-    async def cancel(self, job_id: str) -> JobStatus:
-        """Cancel queued and running executions; idempotent."""
-        raise NotImplementedError
-
-    async def wait(self, job_id: str, timeout_s: float | None = None) -> JobStatus:
-        """Wait until the job is finished (or the timeout passes); returns its status."""
-        raise NotImplementedError
-
-    async def queue_status(self) -> dict[str, RegionStatus]:
-        """Every region's status, by canonical name."""
-        raise NotImplementedError
-
-    def canonical_region(self, name: str) -> str:
-        """Canonical region name; raises InvalidRequest(code UNKNOWN_REGION)."""
-        raise NotImplementedError
-
-    def canonical_model(self, name: str) -> str:
-        """Raises InvalidRequest(code UNKNOWN_MODEL)."""
-        raise NotImplementedError
+    async def stop(self) -> None:
+        """Stop admitting, let running calls finish within the grace period, close."""
+        if self._leader:
+            await self.manager.stop(self.settings.shutdown_grace_s)
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.store.close()
 
     @property
     def role(self) -> str:
         """'leader' when this process schedules, else 'standby'."""
-        raise NotImplementedError
+        return "leader" if self._leader else "standby"
+
+    def canonical_region(self, name: str) -> str:
+        """Canonical region name; raises InvalidRequest(UNKNOWN_REGION)."""
+        canonical = self.settings.canonical_region(name)
+        if canonical is None:
+            known = ", ".join(self.topology.regions)
+            raise errors.InvalidRequest(
+                f"unknown region {name!r} (known: {known})", code="UNKNOWN_REGION"
+            )
+        return canonical
+
+    def canonical_model(self, name: str) -> str:
+        """Canonical model name; raises InvalidRequest(UNKNOWN_MODEL)."""
+        canonical = self.settings.canonical_model(name)
+        if canonical is None:
+            known = ", ".join(self.topology.models)
+            raise errors.InvalidRequest(
+                f"unknown model {name!r} (known: {known})", code="UNKNOWN_MODEL"
+            )
+        return canonical
+
+    async def submit(self, request: JobRequest) -> tuple[JobStatus, bool]:
+        """Queue a job. The same job_id with the same body returns the existing job."""
+        regions = _unique(self.canonical_region(r) for r in request.regions)
+        models = _unique(self.canonical_model(m) for m in request.models)
+        for region in regions:
+            for model in models:
+                if not self.topology.providers_for(region, model):
+                    raise errors.InvalidRequest(
+                        f"no provider serves model {model!r} in region {region!r}",
+                        code="MODEL_NOT_SERVED",
+                    )
+        job = Job(
+            id=request.job_id or _new_job_id(),
+            models=models,
+            regions=regions,
+            questions=request.questions,
+            owner=request.owner,
+            priority=request.priority,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            max_attempts=request.max_attempts,
+            created_at=self.clock(),
+        )
+        stored, created = await self.store.submit_job(job, job.expand())
+        if not created and replace(stored, created_at=0.0) != replace(job, created_at=0.0):
+            raise errors.Conflict(
+                f"job {job.id!r} already exists with a different body", code="JOB_CONFLICT"
+            )
+        if created:
+            self.manager.wake()
+        return await self.job(stored.id), created
+
+    async def job(self, job_id: str) -> JobStatus:
+        """A job with its executions, their queue positions and estimated starts."""
+        job = await self._get(job_id)
+        executions = await self.store.executions_of(job_id)
+        statuses: tuple[ExecutionStatus, ...]
+        if any(e.state is ExecutionState.QUEUED for e in executions):
+            queued = await self.store.queued()
+            places = policy.positions(queued)
+            starts = estimate.estimate_starts(
+                queued,
+                await self.store.running(),
+                await self.store.containers(),
+                self.topology,
+                self.clock(),
+                self.manager.durations,
+            )
+            statuses = tuple(
+                ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions
+            )
+        else:
+            statuses = tuple(ExecutionStatus(e) for e in executions)
+        return _job_status(job, executions, statuses)
+
+    async def jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
+        """Jobs newest first, with counts but without their executions."""
+        rows = await self.store.list_jobs(limit=limit, offset=offset)
+        return [_summary(job, counts) for job, counts in rows]
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel queued and running executions; finished ones keep their results."""
+        await self._get(job_id)
+        async with self.manager.lock:
+            cancelled = await self.store.cancel_queued(job_id, self.clock())
+            running = [
+                e.id
+                for e in await self.store.executions_of(job_id)
+                if e.state is ExecutionState.RUNNING
+            ]
+        await self.manager.cancel_running(running)
+        if cancelled:
+            self._notify(job_id)
+            self.manager.wake()
+        return await self.job(job_id)
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> JobStatus:
+        """Wait until the job has finished (or the timeout passed); return its status."""
+        deadline = None if timeout_s is None else self.clock() + timeout_s
+        while True:
+            event = self._job_events.setdefault(job_id, asyncio.Event())
+            status = await self.job(job_id)
+            if status.state not in (JobState.QUEUED, JobState.RUNNING):
+                return status
+            remaining = None if deadline is None else deadline - self.clock()
+            if remaining is not None and remaining <= 0:
+                return status
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return await self.job(job_id)
+
+    async def queue_status(self) -> dict[str, RegionStatus]:
+        """Every region's queue and GPU picture, by canonical name."""
+        now = self.clock()
+        queued = await self.store.queued()
+        running = await self.store.running()
+        containers = ledger.held(await self.store.containers(), now)
+        use = ledger.usage(containers, now)
+        counts = await self.store.region_counts()
+        result = {}
+        for name, region in self.topology.regions.items():
+            region_counts = counts.get(name, {})
+            result[name] = RegionStatus(
+                region=name,
+                queue_size=sum(1 for e in queued if e.region == name),
+                running=tuple(e for e in running if e.region == name),
+                completed=region_counts.get(ExecutionState.SUCCEEDED, 0),
+                failed=region_counts.get(ExecutionState.FAILED, 0)
+                + region_counts.get(ExecutionState.EXPIRED, 0),
+                gpus_in_use=use.busy_by_region.get(name, 0),
+                gpus_warm=use.region(name) - use.busy_by_region.get(name, 0),
+                gpu_limit=region.gpu_limit,
+                max_running=region.max_running,
+            )
+        return result
+
+    async def _get(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise errors.NotFound(f"no job with id {job_id!r}", code="JOB_NOT_FOUND")
+        return job
+
+    def _finished(self, execution: Execution) -> None:
+        self._notify(execution.job_id)
+
+    def _notify(self, job_id: str) -> None:
+        event = self._job_events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+
+def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> RouterService:
+    """The service with the store and providers the settings name."""
+    env = os.environ if env is None else env
+    specs = settings.provider_specs()
+    cloud = None
+    simulated = [s for s in specs.values() if s.kind == "simulated"]
+    if simulated:
+        # One simulated account shared by every simulated provider, like one Modal account.
+        cloud = SimulatedCloud(
+            gpu_limit=settings.gpu_limit,
+            time_scale=simulated[0].time_scale,
+            scaledown_window_s=min(s.scaledown_window_s for s in simulated),
+            seed=simulated[0].seed,
+        )
+    providers = {name: build_provider(spec, env=env, cloud=cloud) for name, spec in specs.items()}
+    return RouterService(settings, store_from_url(settings.store_url), providers)
+
+
+def _job_status(
+    job: Job, executions: list[Execution], statuses: tuple[ExecutionStatus, ...]
+) -> JobStatus:
+    counts: dict[str, int] = {s.value: 0 for s in ExecutionState}
+    for e in executions:
+        counts[e.state.value] += 1
+    return JobStatus(job, job_state([e.state for e in executions]), counts, statuses)
+
+
+def _summary(job: Job, counts: Mapping[ExecutionState, int]) -> JobStatus:
+    states = [state for state, n in counts.items() for _ in range(n)]
+    return JobStatus(job, job_state(states), {s.value: counts.get(s, 0) for s in ExecutionState})
+
+
+def _unique(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def _new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:16]}"

@@ -1,0 +1,237 @@
+"""RegionQueueManager: the scheduler. Decides with the pure policy, records, calls providers.
+
+One loop per process that holds the store's scheduler lock. It sleeps until something can
+change what may start — a submission, a completion, a cancellation, or a timer (a backoff
+ending, a warm container expiring) — never polling. All ledger writes happen under one lock,
+so an admission and a completion never overwrite each other's view of a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hybrid_router.core import ledger, policy, retry
+from hybrid_router.core.model import Completion, Execution, Failure, FailureKind, ProviderSpec
+from hybrid_router.core.policy import Topology
+from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
+from hybrid_router.store.base import Store
+
+log = logging.getLogger(__name__)
+
+# Seeds the moving average of a (region, model)'s call duration until one is observed.
+DEFAULT_DURATION_FRACTION_OF_TIMEOUT = 0.1
+
+
+@dataclass
+class Durations:
+    """Moving average of observed call durations per (region, model), for estimates."""
+
+    defaults: dict[tuple[str, str], float]
+    alpha: float = 0.3
+    observed: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def observe(self, region: str, model: str, seconds: float) -> None:
+        key = (region, model)
+        previous = self.observed.get(key)
+        self.observed[key] = (
+            seconds if previous is None else previous + self.alpha * (seconds - previous)
+        )
+
+    def __call__(self, region: str, model: str) -> float:
+        key = (region, model)
+        return self.observed.get(key, self.defaults.get(key, 30.0))
+
+
+class RegionQueueManager:
+    """Admits queued executions within the GPU limits and runs them on their providers."""
+
+    def __init__(
+        self,
+        store: Store,
+        providers: dict[str, Provider],
+        topology: Topology,
+        *,
+        retry_policy: retry.RetryPolicy,
+        on_finished: Callable[[Execution], None],
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.topology = topology
+        self.retry_policy = retry_policy
+        self.on_finished = on_finished
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.lock = asyncio.Lock()
+        self.durations = Durations(
+            {
+                (p.region, m): p.timeout_s * DEFAULT_DURATION_FRACTION_OF_TIMEOUT
+                for p in topology.providers.values()
+                for m in p.models
+            }
+        )
+        self._wakeup = asyncio.Event()
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._cancelling: set[str] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._admitting = False
+
+    async def start(self) -> None:
+        """Recover what a crashed predecessor left running, then start scheduling."""
+        await self.recover()
+        self._admitting = True
+        self._loop_task = asyncio.create_task(self._loop(), name="region-queue-manager")
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop admitting; let running calls finish within `grace_s`; leave the rest queued.
+
+        Calls still running after the grace period stay `running` in the store: the next
+        start treats them as a crash (GPUs held until timeout + scaledown, then requeued).
+        """
+        self._admitting = False
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        calls = list(self._calls.values())
+        if calls:
+            _, still_running = await asyncio.wait(calls, timeout=grace_s)
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Something changed (submission, completion, cancellation): decide again."""
+        self._wakeup.set()
+
+    async def recover(self) -> None:
+        """Treat executions left running by a dead process as promise 1 says."""
+        async with self.lock:
+            running = await self.store.running()
+            if not running:
+                return
+            containers = {c.id: c for c in await self.store.containers()}
+            for e in running:
+                container = containers.get(e.container_id or "")
+                spec = self.topology.providers.get(e.provider or "")
+                if container is not None and spec is not None and e.started_at is not None:
+                    until = e.started_at + spec.timeout_s + spec.scaledown_window_s
+                    containers[container.id] = ledger.orphan(containers[container.id], until)
+            # Containers first: if we die in between, the next start redoes this harmlessly.
+            await self.store.save_containers(list(containers.values()))
+            await self.store.requeue([retry.recovered(e) for e in running])
+            log.warning("recovered %d executions left running by a previous process", len(running))
+
+    async def cancel_running(self, execution_ids: list[str]) -> None:
+        """Close the provider calls of these running executions; they end `cancelled`."""
+        for execution_id in execution_ids:
+            task = self._calls.get(execution_id)
+            if task is not None and not task.done():
+                self._cancelling.add(execution_id)
+                task.cancel()
+
+    async def _loop(self) -> None:
+        while self._admitting:
+            self._wakeup.clear()
+            try:
+                wake_at = await self._admit_round()
+            except Exception:
+                # A store hiccup must not kill the scheduler; the next event retries.
+                log.exception("scheduling round failed")
+                wake_at = self.clock() + 1.0
+            timeout = None if wake_at is None else max(0.0, wake_at - self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _admit_round(self) -> float | None:
+        async with self.lock:
+            now = self.clock()
+            containers = await self.store.containers()
+            gone = ledger.expired(containers, now)
+            if gone:
+                await self.store.save_containers([], gone)
+            queued = await self.store.queued()
+            decision = policy.decide(queued, containers, self.topology, now)
+            for admission in decision.admissions:
+                if not self._admitting:
+                    break
+                if await self.store.admit(admission.execution, admission.container):
+                    self._launch(admission.execution)
+            return decision.wake_at
+
+    def _launch(self, execution: Execution) -> None:
+        task = asyncio.create_task(self._call(execution), name=f"call {execution.id}")
+        self._calls[execution.id] = task
+        task.add_done_callback(lambda _: self._calls.pop(execution.id, None))
+
+    async def _call(self, execution: Execution) -> None:
+        assert execution.provider is not None
+        provider = self.providers[execution.provider]
+        request = InferenceRequest(
+            execution_id=execution.id,
+            model=execution.model,
+            prompt=execution.prompt,
+            region=execution.region,
+            temperature=execution.temperature,
+            max_tokens=execution.max_tokens,
+        )
+        started = self.clock()
+        outcome: Completion | Failure | None
+        try:
+            outcome = await provider.run(request)
+        except ProviderFailure as failure:
+            outcome = failure.failure
+        except asyncio.CancelledError:
+            if execution.id not in self._cancelling:
+                raise  # shutdown: left running, recovered as after a crash
+            outcome = None
+        except Exception as exc:  # a provider bug must not lose the execution
+            log.exception("provider %s raised", execution.provider)
+            outcome = Failure("PROVIDER_BUG", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
+        self._cancelling.discard(execution.id)
+        if isinstance(outcome, Completion):
+            self.durations.observe(execution.region, execution.model, self.clock() - started)
+        await self._settle(execution, outcome, provider.spec)
+
+    async def _settle(
+        self, execution: Execution, outcome: Completion | Failure | None, spec: ProviderSpec
+    ) -> None:
+        async with self.lock:
+            now = self.clock()
+            if isinstance(outcome, Completion):
+                after = retry.succeeded(execution, outcome, now)
+            elif isinstance(outcome, Failure):
+                after = self.retry_policy.after_failure(execution, outcome, now, self.rng.random())
+            else:
+                after = retry.cancelled(execution, now)
+            container_id = execution.container_id
+            containers = {c.id: c for c in await self.store.containers()}
+            container = containers.get(container_id or "")
+            released = None
+            if container is not None and _abandoned(outcome):
+                assert execution.started_at is not None
+                until = execution.started_at + spec.timeout_s + spec.scaledown_window_s
+                released = ledger.abandon(
+                    container, execution.id, max(until, now + spec.scaledown_window_s)
+                )
+            elif container is not None:
+                released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
+            recorded = await self.store.finish(after, released, container_id)
+        if recorded:
+            if after.state.terminal:
+                self.on_finished(after)
+            if isinstance(outcome, Failure):
+                log.info("%s: %s (%s) -> %s", execution.id, outcome.code, outcome.kind, after.state)
+        self.wake()
+
+
+def _abandoned(outcome: Completion | Failure | None) -> bool:
+    """Whether the router stopped waiting for a call the provider may still be running."""
+    return outcome is None or (isinstance(outcome, Failure) and outcome.code == "PROVIDER_TIMEOUT")

@@ -1,0 +1,176 @@
+"""The scheduler end to end in-process: real SQLite, a simulated account that refuses GPUs
+over its limit (so a ledger bug shows up as refusals), real asyncio concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hybrid_router.core.model import ExecutionState, JobState
+from hybrid_router.runtime.service import JobRequest
+
+from .conftest import MODELS, ServiceFactory, new_cloud, settings_for
+
+QUESTIONS = ("q1", "q2", "q3")
+
+
+def bias_job(job_id: str, regions: tuple[str, ...] = ("US", "EU")) -> JobRequest:
+    return JobRequest(models=tuple(MODELS), regions=regions, questions=QUESTIONS, job_id=job_id)
+
+
+async def test_a_dozen_jobs_at_once_all_succeed_within_every_limit(
+    tmp_path: Path, make_service: ServiceFactory
+) -> None:
+    # The account allows fewer GPUs (7) than the regions' limits add up to (9).
+    settings = settings_for(tmp_path, gpu_limit=7)
+    cloud = new_cloud(gpu_limit=7)
+    service = make_service(settings, cloud)
+    await service.start()
+    regions = [("US", "EU"), ("EU", "ASIA"), ("US", "EU", "ASIA")]
+    await asyncio.gather(
+        *(service.submit(bias_job(f"job{n:02d}", regions[n % 3])) for n in range(12))
+    )
+    statuses = await asyncio.gather(*(service.wait(f"job{n:02d}", 60) for n in range(12)))
+
+    assert [s.state for s in statuses] == [JobState.SUCCEEDED] * 12
+    stats = cloud.stats()
+    assert stats["refusals"] == 0, "the router sent work the account had no GPU for"
+    assert stats["peak_held"] <= 7
+    assert all(peak <= 3 for peak in stats["peak_held_by_region"].values())  # type: ignore[attr-defined]
+
+    # Within one (region, model), calls reach the provider in job order.
+    order = {e.execution.id: e.execution.seq for s in statuses for e in s.executions}
+    lanes: dict[tuple[str, str], list[int]] = {}
+    for region, model, execution_id in stats["arrivals"]:  # type: ignore[attr-defined]
+        lanes.setdefault((region, model), []).append(order[execution_id])
+    assert all(seqs == sorted(seqs) for seqs in lanes.values())
+
+
+async def test_sequential_mode_runs_one_execution_at_a_time_in_order(
+    tmp_path: Path, make_service: ServiceFactory
+) -> None:
+    settings = settings_for(tmp_path)
+    data = settings.model_dump()
+    data["regions"]["US"]["max_running"] = 1
+    from hybrid_router.settings import settings_from_mapping
+
+    settings = settings_from_mapping(data)
+    cloud = new_cloud()
+    service = make_service(settings, cloud)
+    await service.start()
+    for n in range(3):
+        await service.submit(bias_job(f"seq{n}", ("US",)))
+    for n in range(3):
+        assert (await service.wait(f"seq{n}", 60)).state is JobState.SUCCEEDED
+    arrivals = [a[2] for a in cloud.stats()["arrivals"]]  # type: ignore[attr-defined]
+    expected = [
+        e.execution.id
+        for n in range(3)
+        for e in sorted((await service.job(f"seq{n}")).executions, key=lambda s: s.execution.seq)
+    ]
+    assert arrivals == expected
+
+
+async def test_transient_failures_are_retried_and_capacity_waits_spend_no_attempt(
+    tmp_path: Path, make_service: ServiceFactory
+) -> None:
+    cloud = new_cloud()
+    cloud.fail_next = 2
+    service = make_service(settings_for(tmp_path), cloud)
+    await service.start()
+    await service.submit(
+        JobRequest(models=("llama3.2-1b",), regions=("US",), questions=("a",), job_id="flaky")
+    )
+    status = await service.wait("flaky", 30)
+    assert status.state is JobState.SUCCEEDED
+    (execution,) = [s.execution for s in status.executions]
+    assert execution.attempts == 3 and execution.error is None
+
+
+async def test_a_crash_loses_nothing_and_the_restart_keeps_the_limit(
+    tmp_path: Path, make_service: ServiceFactory
+) -> None:
+    settings = settings_for(tmp_path, gpu_limit=5)
+    cloud = new_cloud(gpu_limit=5)
+    first = make_service(settings, cloud)
+    await first.start()
+    for n in range(4):
+        await first.submit(bias_job(f"crash{n}"))
+    while not (await first.store.running()):
+        await asyncio.sleep(0.01)
+    # Die mid-run: calls are abandoned with their executions still `running` in the store.
+    await first.manager.stop(grace_s=0)
+    await first.store.close()
+    first._leader = False
+
+    second = make_service(settings, cloud)  # same file, same provider account
+    await second.start()
+    statuses = [await second.wait(f"crash{n}", 60) for n in range(4)]
+    assert [s.state for s in statuses] == [JobState.SUCCEEDED] * 4
+    assert all(
+        e.execution.state is ExecutionState.SUCCEEDED for s in statuses for e in s.executions
+    )
+    stats = cloud.stats()
+    assert stats["refusals"] == 0 and stats["peak_held"] <= 5
+
+
+async def test_cancel_stops_queued_and_running_executions(
+    tmp_path: Path, make_service: ServiceFactory
+) -> None:
+    settings = settings_for(tmp_path, region_limit=1)
+    cloud = new_cloud()
+    service = make_service(settings, cloud)
+    await service.start()
+    await service.submit(
+        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="c")
+    )
+    while not (await service.store.running()):
+        await asyncio.sleep(0.005)
+    status = await service.cancel("c")
+    status = await service.wait("c", 10)
+    assert status.state is JobState.CANCELLED
+    assert status.counts["cancelled"] == 3
+    arrived = {a[2] for a in cloud.stats()["arrivals"]}  # type: ignore[attr-defined]
+    assert arrived == {"c:0:mistral-7b:US"}, "queued executions never reach the provider"
+    assert (await service.cancel("c")).state is JobState.CANCELLED  # idempotent
+
+
+async def test_a_region_whose_provider_is_down_keeps_its_queue(
+    tmp_path: Path, make_service: ServiceFactory, unused_tcp_port: int
+) -> None:
+    settings = settings_for(tmp_path)
+    data = settings.model_dump()
+    data["providers"]["sim-eu"] = {
+        "kind": "modal",
+        "region": "EU",
+        "models": MODELS,
+        "url": f"http://127.0.0.1:{unused_tcp_port}/",  # nothing listens: refused
+        "timeout_s": 5,
+        "scaledown_window_s": 0.1,
+    }
+    from hybrid_router.settings import settings_from_mapping
+
+    service = make_service(settings_from_mapping(data), new_cloud())
+    await service.start()
+    await service.submit(bias_job("split", ("US", "EU")))
+    await asyncio.sleep(1.5)
+    status = await service.job("split")
+    by_region: dict[str, set[ExecutionState]] = {}
+    for s in status.executions:
+        by_region.setdefault(s.execution.region, set()).add(s.execution.state)
+    assert by_region["US"] == {ExecutionState.SUCCEEDED}
+    assert ExecutionState.FAILED not in by_region["EU"]
+    waiting = [s.execution for s in status.executions if s.execution.region == "EU"]
+    assert any(e.error is not None and e.error.code == "PROVIDER_UNAVAILABLE" for e in waiting)
+    assert all(e.attempts <= 1 for e in waiting), "an outage spends no attempt"
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
