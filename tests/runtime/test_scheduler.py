@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 
 from hybrid_router.core.model import ExecutionState, JobState
-from hybrid_router.runtime.service import JobRequest
+from hybrid_router.runtime.service import JobRequest, RouterService
+from hybrid_router.settings import settings_from_mapping
 
 from .conftest import MODELS, ServiceFactory, new_cloud, settings_for
 
 QUESTIONS = ("q1", "q2", "q3")
+
+
+async def until_something_runs(service: RouterService) -> None:
+    for _ in range(1000):
+        if await service.store.running():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("nothing started")
 
 
 def bias_job(job_id: str, regions: tuple[str, ...] = ("US", "EU")) -> JobRequest:
@@ -54,8 +63,6 @@ async def test_sequential_mode_runs_one_execution_at_a_time_in_order(
     settings = settings_for(tmp_path)
     data = settings.model_dump()
     data["regions"]["US"]["max_running"] = 1
-    from hybrid_router.settings import settings_from_mapping
-
     settings = settings_from_mapping(data)
     cloud = new_cloud()
     service = make_service(settings, cloud)
@@ -98,8 +105,7 @@ async def test_a_crash_loses_nothing_and_the_restart_keeps_the_limit(
     await first.start()
     for n in range(4):
         await first.submit(bias_job(f"crash{n}"))
-    while not (await first.store.running()):
-        await asyncio.sleep(0.01)
+    await until_something_runs(first)
     # Die mid-run: calls are abandoned with their executions still `running` in the store.
     await first.manager.stop(grace_s=0)
     await first.store.close()
@@ -126,8 +132,7 @@ async def test_cancel_stops_queued_and_running_executions(
     await service.submit(
         JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="c")
     )
-    while not (await service.store.running()):
-        await asyncio.sleep(0.005)
+    await until_something_runs(service)
     status = await service.cancel("c")
     status = await service.wait("c", 10)
     assert status.state is JobState.CANCELLED
@@ -150,8 +155,6 @@ async def test_a_region_whose_provider_is_down_keeps_its_queue(
         "timeout_s": 5,
         "scaledown_window_s": 0.1,
     }
-    from hybrid_router.settings import settings_from_mapping
-
     service = make_service(settings_from_mapping(data), new_cloud())
     await service.start()
     await service.submit(bias_job("split", ("US", "EU")))
