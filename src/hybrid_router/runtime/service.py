@@ -31,6 +31,10 @@ from hybrid_router.settings import Settings
 from hybrid_router.store import store_from_url
 from hybrid_router.store.base import Store
 
+# Estimating runs the policy forward over the whole queue; past this size a status request
+# would cost seconds, so positions are given without estimated start times.
+ESTIMATE_MAX_QUEUED = 3_000
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -164,14 +168,16 @@ class RouterService:
         if any(e.state is ExecutionState.QUEUED for e in executions):
             queued = await self.store.queued()
             places = policy.positions(queued)
-            starts = estimate.estimate_starts(
-                queued,
-                await self.store.running(),
-                await self.store.containers(),
-                self.topology,
-                self.clock(),
-                self.manager.durations,
-            )
+            starts: dict[str, float] = {}
+            if len(queued) <= ESTIMATE_MAX_QUEUED:
+                starts = estimate.estimate_starts(
+                    queued,
+                    await self.store.running(),
+                    await self.store.containers(),
+                    self.topology,
+                    self.clock(),
+                    self.manager.durations,
+                )
             statuses = tuple(
                 ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions
             )
