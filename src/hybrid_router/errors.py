@@ -2,9 +2,12 @@
 
 RouterError
 ├── InvalidRequest (400/422)      code: INVALID_REQUEST, UNKNOWN_REGION, UNKNOWN_MODEL, ...
+├── Unauthenticated (401)         code: UNAUTHENTICATED, INVALID_API_KEY
+├── Forbidden (403)               code: PRIORITY_NOT_ALLOWED, JOB_TOO_LARGE
 ├── NotFound (404)                code: JOB_NOT_FOUND, REGION_NOT_FOUND
 ├── Conflict (409)                code: JOB_CONFLICT
 ├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE
+├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
 ├── StoreUnavailable (503)        code: STORE_UNAVAILABLE
 └── ConfigError                   a bad config file, reported at start
 """
@@ -52,3 +55,33 @@ class StoreUnavailable(RouterError):
 
 class ConfigError(RouterError):
     code = "CONFIG_ERROR"
+
+
+class StoreFenced(RouterError):
+    """A write carried a stale leader's fencing token: another replica leads now."""
+
+    status_code = 503
+    code = "NOT_LEADER"
+
+
+class Unauthenticated(RouterError):
+    status_code = 401
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(RouterError):
+    status_code = 403
+    code = "FORBIDDEN"
+
+
+class RateLimited(RouterError):
+    """Too much at once; `retry_after_s` is when trying again can succeed, if known."""
+
+    status_code = 429
+    code = "RATE_LIMITED"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

@@ -67,8 +67,7 @@ async def make_service() -> AsyncIterator[ServiceFactory]:
 
     yield make
     for service in made:
-        if service.role == "leader":
-            await service.stop()
+        await service.stop()
 
 
 def settings_for(tmp_path: Path, **kwargs: Any) -> Settings:

@@ -107,9 +107,9 @@ async def test_a_crash_loses_nothing_and_the_restart_keeps_the_limit(
         await first.submit(bias_job(f"crash{n}"))
     await until_something_runs(first)
     # Die mid-run: calls are abandoned with their executions still `running` in the store.
-    await first.manager.stop(grace_s=0)
+    assert first.leadership.manager is not None
+    await first.leadership.manager.stop(grace_s=0)
     await first.store.close()
-    first._leader = False
 
     second = make_service(settings, cloud)  # same file, same provider account
     await second.start()

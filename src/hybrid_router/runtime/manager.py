@@ -13,13 +13,22 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger, policy, retry
-from hybrid_router.core.model import Completion, Execution, Failure, FailureKind, ProviderSpec
+from hybrid_router.core.model import (
+    Completion,
+    Execution,
+    ExecutionState,
+    Failure,
+    FailureKind,
+    ProviderSpec,
+)
 from hybrid_router.core.policy import Topology
+from hybrid_router.errors import StoreFenced
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
+from hybrid_router.runtime.events import JOB_FINISHED, Event, execution_event
 from hybrid_router.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,17 @@ class Durations:
             seconds if previous is None else previous + self.alpha * (seconds - previous)
         )
 
+    @classmethod
+    def seeded(cls, topology: Topology) -> Durations:
+        """Averages seeded from each provider's timeout until calls are observed."""
+        return cls(
+            {
+                (p.region, m): p.timeout_s * DEFAULT_DURATION_FRACTION_OF_TIMEOUT
+                for p in topology.providers.values()
+                for m in p.models
+            }
+        )
+
     def __call__(self, region: str, model: str) -> float:
         key = (region, model)
         return self.observed.get(key, self.defaults.get(key, 30.0))
@@ -58,7 +78,8 @@ class RegionQueueManager:
         topology: Topology,
         *,
         retry_policy: retry.RetryPolicy,
-        on_finished: Callable[[Execution], None],
+        publish: Callable[[Event], Awaitable[None]],
+        durations: Durations,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -66,22 +87,18 @@ class RegionQueueManager:
         self.providers = providers
         self.topology = topology
         self.retry_policy = retry_policy
-        self.on_finished = on_finished
+        self.publish = publish
         self.clock = clock
         self.rng = rng or random.Random()
         self.lock = asyncio.Lock()
-        self.durations = Durations(
-            {
-                (p.region, m): p.timeout_s * DEFAULT_DURATION_FRACTION_OF_TIMEOUT
-                for p in topology.providers.values()
-                for m in p.models
-            }
-        )
+        self.durations = durations
         self._wakeup = asyncio.Event()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._admitting = False
+        # Set when the store refused a write for a stale fencing token: leadership is lost.
+        self.fenced = asyncio.Event()
 
     async def start(self) -> None:
         """Recover what a crashed predecessor left running, then start scheduling."""
@@ -142,6 +159,11 @@ class RegionQueueManager:
             self._wakeup.clear()
             try:
                 wake_at = await self._admit_round()
+            except StoreFenced:
+                log.warning("another replica leads now: this one stops admitting")
+                self._admitting = False
+                self.fenced.set()
+                return
             except Exception:
                 # A store hiccup must not kill the scheduler; the next event retries.
                 log.exception("scheduling round failed")
@@ -164,6 +186,7 @@ class RegionQueueManager:
                     break
                 if await self.store.admit(admission.execution, admission.container):
                     self._launch(admission.execution)
+                    await self.publish(execution_event(admission.execution, "started", now))
             return decision.wake_at
 
     def _launch(self, execution: Execution) -> None:
@@ -223,13 +246,26 @@ class RegionQueueManager:
                 )
             elif container is not None:
                 released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
-            recorded = await self.store.finish(after, released, container_id)
-        if recorded:
-            if after.state.terminal:
-                self.on_finished(after)
-            if isinstance(outcome, Failure):
-                log.info("%s: %s (%s) -> %s", execution.id, outcome.code, outcome.kind, after.state)
+            try:
+                recorded = await self.store.finish(after, released, container_id)
+            except StoreFenced:
+                # Another replica leads and will run this execution again: drop the result.
+                log.warning("%s: result dropped, this replica no longer leads", execution.id)
+                self.fenced.set()
+                return
+            job_done = recorded and after.state.terminal and await self._job_done(after.job_id)
+        if not recorded:
+            return
+        if isinstance(outcome, Failure):
+            log.info("%s: %s (%s) -> %s", execution.id, outcome.code, outcome.kind, after.state)
+        kind = "retrying" if after.state is ExecutionState.QUEUED else after.state.value
+        await self.publish(execution_event(after, kind, now))
+        if job_done:
+            await self.publish(Event(JOB_FINISHED, after.job_id, now))
         self.wake()
+
+    async def _job_done(self, job_id: str) -> bool:
+        return all(e.state.terminal for e in await self.store.executions_of(job_id))
 
 
 def _abandoned(outcome: Completion | Failure | None) -> bool:

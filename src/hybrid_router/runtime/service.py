@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from hybrid_router import errors
@@ -26,10 +27,23 @@ from hybrid_router.core.retry import RetryPolicy
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.base import Provider
 from hybrid_router.providers.simulated import SimulatedCloud
-from hybrid_router.runtime.manager import RegionQueueManager
+from hybrid_router.runtime.events import (
+    CANCEL_REQUESTED,
+    JOB_FINISHED,
+    Event,
+    EventBus,
+    LocalBus,
+    execution_event,
+)
+from hybrid_router.runtime.leadership import Leadership
+from hybrid_router.runtime.manager import Durations, RegionQueueManager
 from hybrid_router.settings import Settings
 from hybrid_router.store import store_from_url
 from hybrid_router.store.base import Store
+
+# How often a waiter looks at its job even without an event (events can be lost).
+WAIT_RECHECK_S = 5.0
+TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_FINISHED})
 
 # Estimating runs the policy forward over the whole queue; past this size a status request
 # would cost seconds, so positions are given without estimated start times.
@@ -51,6 +65,11 @@ class JobRequest:
     owner: str = "anonymous"
 
 
+# Checks a valid job before it is stored (given the job and its number of executions);
+# raising refuses it with nothing queued. The API's per-user quotas are one.
+Gate = Callable[[Job, int], Awaitable[None]]
+
+
 class RouterService:
     """The router as the API sees it: jobs in, statuses out; scheduling when leader."""
 
@@ -60,11 +79,13 @@ class RouterService:
         store: Store,
         providers: dict[str, Provider],
         *,
+        bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.providers = providers
+        self.bus: EventBus = bus or LocalBus()
         self.clock = clock
         self.topology = Topology(
             gpu_limit=settings.gpu_limit,
@@ -72,33 +93,51 @@ class RouterService:
             models=settings.model_specs(),
             providers=settings.provider_specs(),
         )
-        self.manager = RegionQueueManager(
+        # The scheduler's moving averages outlive any one term as leader.
+        self.durations = Durations.seeded(self.topology)
+        self.leadership = Leadership(
             store,
-            providers,
-            self.topology,
-            retry_policy=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
-            on_finished=self._finished,
-            clock=clock,
+            self._new_manager,
+            shutdown_grace_s=settings.shutdown_grace_s,
         )
         self._job_events: dict[str, asyncio.Event] = {}
-        self._leader = False
+        self._follower: asyncio.Task[None] | None = None
+
+    def _new_manager(self) -> RegionQueueManager:
+        return RegionQueueManager(
+            self.store,
+            self.providers,
+            self.topology,
+            retry_policy=RetryPolicy(self.settings.retry_base_s, self.settings.retry_max_s),
+            publish=self.bus.publish,
+            durations=self.durations,
+            clock=self.clock,
+        )
 
     async def start(self) -> None:
-        """Open the store; schedule if no other process does (else refuse to start)."""
+        """Open the store and the event bus; lead the scheduling, or stand by for it."""
         await self.store.open()
-        if not await self.store.acquire_scheduler_lock():
-            await self.store.close()
-            raise errors.ConfigError(
-                f"another hybrid-router is already scheduling on {self.settings.store_url}; "
-                "stop it first or give this one its own store"
-            )
-        self._leader = True
-        await self.manager.start()
+        try:
+            await self.bus.start()
+            subscribed = asyncio.Event()
+            self._follower = asyncio.create_task(self._follow(subscribed), name="event follower")
+            await subscribed.wait()
+            await self.leadership.start()
+        except BaseException:
+            await self._close()
+            raise
 
     async def stop(self) -> None:
         """Stop admitting, let running calls finish within the grace period, close."""
-        if self._leader:
-            await self.manager.stop(self.settings.shutdown_grace_s)
+        await self.leadership.stop()
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        await self.bus.close()
         for provider in self.providers.values():
             await provider.aclose()
         await self.store.close()
@@ -106,7 +145,7 @@ class RouterService:
     @property
     def role(self) -> str:
         """'leader' when this process schedules, else 'standby'."""
-        return "leader" if self._leader else "standby"
+        return "leader" if self.leadership.is_leader else "standby"
 
     def canonical_region(self, name: str) -> str:
         """Canonical region name; raises InvalidRequest(UNKNOWN_REGION)."""
@@ -128,8 +167,14 @@ class RouterService:
             )
         return canonical
 
-    async def submit(self, request: JobRequest) -> tuple[JobStatus, bool]:
-        """Queue a job. The same job_id with the same body returns the existing job."""
+    async def submit(
+        self, request: JobRequest, *, gate: Gate | None = None
+    ) -> tuple[JobStatus, bool]:
+        """Queue a job. The same job_id with the same body returns the existing job.
+
+        `gate` runs once the job is valid, before anything is stored; a replay of an existing
+        job id skips it, since it queues nothing.
+        """
         regions = _unique(self.canonical_region(r) for r in request.regions)
         models = _unique(self.canonical_model(m) for m in request.models)
         for region in regions:
@@ -151,18 +196,24 @@ class RouterService:
             max_attempts=request.max_attempts,
             created_at=self.clock(),
         )
-        stored, created = await self.store.submit_job(job, job.expand())
+        executions = job.expand()
+        if gate is not None and (request.job_id is None or not await self.store.get_job(job.id)):
+            await gate(job, len(executions))
+        stored, created = await self.store.submit_job(job, executions)
         if not created and replace(stored, created_at=0.0) != replace(job, created_at=0.0):
             raise errors.Conflict(
                 f"job {job.id!r} already exists with a different body", code="JOB_CONFLICT"
             )
         if created:
-            self.manager.wake()
+            await self.bus.publish(Event("queued", job.id, job.created_at))
         return await self.job(stored.id), created
 
-    async def job(self, job_id: str) -> JobStatus:
-        """A job with its executions, their queue positions and estimated starts."""
-        job = await self._get(job_id)
+    async def job(self, job_id: str, *, owner: str | None = None) -> JobStatus:
+        """A job with its executions, their queue positions and estimated starts.
+
+        With `owner`, another owner's job is JOB_NOT_FOUND (None: any owner, for admins).
+        """
+        job = await self._get(job_id, owner)
         executions = await self.store.executions_of(job_id)
         statuses: tuple[ExecutionStatus, ...]
         if any(e.state is ExecutionState.QUEUED for e in executions):
@@ -176,7 +227,7 @@ class RouterService:
                     await self.store.containers(),
                     self.topology,
                     self.clock(),
-                    self.manager.durations,
+                    self.durations,
                 )
             statuses = tuple(
                 ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions
@@ -185,42 +236,46 @@ class RouterService:
             statuses = tuple(ExecutionStatus(e) for e in executions)
         return _job_status(job, executions, statuses)
 
-    async def jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
-        """Jobs newest first, with counts but without their executions."""
-        rows = await self.store.list_jobs(limit=limit, offset=offset)
+    async def jobs(
+        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[JobStatus]:
+        """Jobs newest first (only `owner`'s when given), with counts but no executions."""
+        rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
         return [_summary(job, counts) for job, counts in rows]
 
-    async def cancel(self, job_id: str) -> JobStatus:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """Cancel queued and running executions; finished ones keep their results."""
-        await self._get(job_id)
-        async with self.manager.lock:
-            cancelled = await self.store.cancel_queued(job_id, self.clock())
-            running = [
-                e.id
-                for e in await self.store.executions_of(job_id)
-                if e.state is ExecutionState.RUNNING
-            ]
-        await self.manager.cancel_running(running)
-        if cancelled:
-            self._notify(job_id)
-            self.manager.wake()
+        await self._get(job_id, owner)
+        now = self.clock()
+        cancelled = await self.store.cancel_queued(job_id, now)
+        remaining = await self.store.executions_of(job_id)
+        running = tuple(e.id for e in remaining if e.state is ExecutionState.RUNNING)
+        for e in cancelled:
+            await self.bus.publish(execution_event(e))
+        if running:
+            # The leader closes the calls; their `cancelled` events follow from it.
+            await self.bus.publish(Event(CANCEL_REQUESTED, job_id, now, execution_ids=running))
+        elif cancelled and all(e.state.terminal for e in remaining):
+            await self.bus.publish(Event(JOB_FINISHED, job_id, now))
         return await self.job(job_id)
 
-    async def wait(self, job_id: str, timeout_s: float | None = None) -> JobStatus:
+    async def wait(
+        self, job_id: str, timeout_s: float | None = None, *, owner: str | None = None
+    ) -> JobStatus:
         """Wait until the job has finished (or the timeout passed); return its status."""
         deadline = None if timeout_s is None else self.clock() + timeout_s
         while True:
             event = self._job_events.setdefault(job_id, asyncio.Event())
-            status = await self.job(job_id)
+            status = await self.job(job_id, owner=owner)
             if status.state not in (JobState.QUEUED, JobState.RUNNING):
                 return status
             remaining = None if deadline is None else deadline - self.clock()
             if remaining is not None and remaining <= 0:
                 return status
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                return await self.job(job_id)
+            # Events may be lost while Redis is away: look again now and then regardless.
+            pause = WAIT_RECHECK_S if remaining is None else min(remaining, WAIT_RECHECK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), pause)
 
     async def queue_status(self) -> dict[str, RegionStatus]:
         """Every region's queue and GPU picture, by canonical name."""
@@ -247,14 +302,30 @@ class RouterService:
             )
         return result
 
-    async def _get(self, job_id: str) -> Job:
+    async def _get(self, job_id: str, owner: str | None = None) -> Job:
         job = await self.store.get_job(job_id)
-        if job is None:
+        # Another owner's job answers exactly like a missing one, so ids reveal nothing.
+        if job is None or (owner is not None and job.owner != owner):
             raise errors.NotFound(f"no job with id {job_id!r}", code="JOB_NOT_FOUND")
         return job
 
-    def _finished(self, execution: Execution) -> None:
-        self._notify(execution.job_id)
+    async def _follow(self, subscribed: asyncio.Event) -> None:
+        """React to every replica's events: wake waiters; as leader, schedule and cancel."""
+        events = self.bus.subscribe()
+        first = asyncio.ensure_future(anext(events))
+        subscribed.set()
+        try:
+            event = await first
+            while True:
+                if event.kind in TERMINAL_EVENTS:
+                    self._notify(event.job_id)
+                if event.kind == CANCEL_REQUESTED:
+                    await self.leadership.cancel_running(list(event.execution_ids))
+                elif event.kind in ("queued", "cancelled"):
+                    self.leadership.wake()
+                event = await anext(events)
+        except StopAsyncIteration:
+            return
 
     def _notify(self, job_id: str) -> None:
         event = self._job_events.pop(job_id, None)

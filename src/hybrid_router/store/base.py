@@ -19,8 +19,22 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections (and the scheduler lock, if held)."""
 
+    # None: the lock is held until released or the process dies (a file lock), so there is no
+    # standby. Otherwise a lease that lapses unless renewed within this many seconds.
+    lease_ttl_s: float | None
+
     async def acquire_scheduler_lock(self) -> bool:
-        """Try to become the one process that schedules on this store; True if it did."""
+        """Try to become the one process that schedules on this store; True if it did.
+
+        A lease-based store also fences: from then on, its writes that admit, finish or
+        requeue are refused (StoreFenced) once another process has acquired the lock.
+        """
+
+    async def renew_scheduler_lock(self) -> bool:
+        """Extend the lease; False if this process no longer holds it."""
+
+    async def release_scheduler_lock(self) -> None:
+        """Give the lock up (a no-op if not held)."""
 
     async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
         """Store a job and its executions atomically, giving each execution the next `seq`.

@@ -195,15 +195,26 @@ class SQLiteStore:
                 if db is not None:
                     await db.close()
         finally:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            await self.release_scheduler_lock()
 
     async def acquire_scheduler_lock(self) -> bool:
         """Try to become the one process that schedules on this file; True if it did."""
         if self._lock_fd is None:
             self._lock_fd = await asyncio.to_thread(_try_flock, self._lock_path)
         return self._lock_fd is not None
+
+    # The file lock is held until released or the process ends: nothing to renew, no standby.
+    lease_ttl_s: float | None = None
+
+    async def renew_scheduler_lock(self) -> bool:
+        """The file lock never lapses while held."""
+        return self._lock_fd is not None
+
+    async def release_scheduler_lock(self) -> None:
+        """Let another process schedule on this file."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
         """Store a job and its executions atomically; (existing job, False) if the id exists."""

@@ -1,0 +1,180 @@
+"""Progress events and the bus that carries them to every subscriber, in every replica.
+
+One bus serves three needs: waking the scheduler when any replica accepts or cancels work,
+waking `POST /inference` waiters on whichever replica holds the request, and the
+server-sent event streams clients follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hybrid_router.core.model import Execution
+
+log = logging.getLogger(__name__)
+
+# Execution events a client sees, then the job's own end.
+EXECUTION_EVENTS = (
+    "queued", "started", "retrying", "succeeded", "failed", "cancelled", "expired",
+)  # fmt: skip
+JOB_FINISHED = "job_finished"
+# Internal: asks the scheduling replica to close these running calls.
+CANCEL_REQUESTED = "cancel_requested"
+
+SUBSCRIBER_BACKLOG = 10_000
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a job or one of its executions."""
+
+    kind: str
+    job_id: str
+    at: float
+    execution_id: str | None = None
+    region: str | None = None
+    model: str | None = None
+    attempts: int | None = None
+    state: str | None = None
+    error_code: str | None = None
+    message: str | None = None
+    execution_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, ())})
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        data: dict[str, Any] = json.loads(text)
+        data["execution_ids"] = tuple(data.get("execution_ids", ()))
+        return cls(**data)
+
+
+def execution_event(
+    execution: Execution, kind: str | None = None, at: float | None = None
+) -> Event:
+    """The event for `execution`'s latest transition (its state, unless `kind` says more)."""
+    return Event(
+        kind=kind or execution.state.value,
+        job_id=execution.job_id,
+        at=at if at is not None else (execution.finished_at or execution.queued_at),
+        execution_id=execution.id,
+        region=execution.region,
+        model=execution.model,
+        attempts=execution.attempts,
+        state=execution.state.value,
+        error_code=execution.error.code if execution.error else None,
+        message=execution.error.message if execution.error else None,
+    )
+
+
+class EventBus(Protocol):
+    async def start(self) -> None:
+        """Begin delivering events."""
+
+    async def publish(self, event: Event) -> None:
+        """Deliver `event` to every subscriber in every replica (best effort)."""
+
+    def subscribe(self) -> AsyncIterator[Event]:
+        """Every event published from now on, until the iterator is closed."""
+
+    async def close(self) -> None:
+        """Stop delivering; subscribers' iterators end."""
+
+
+class LocalBus:
+    """Fan-out to this process's subscribers: the bus of a single router."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[Event | None]] = set()
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def publish(self, event: Event) -> None:
+        """Deliver to every local subscriber."""
+        self.deliver(event)
+
+    def deliver(self, event: Event | None) -> None:
+        """Hand `event` to each subscriber; a subscriber too far behind loses the oldest."""
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+                log.warning("an event subscriber is too slow; dropped its oldest event")
+            queue.put_nowait(event)
+
+    async def subscribe(self) -> AsyncIterator[Event]:
+        """Every event from now on."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        self._subscribers.add(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+    async def close(self) -> None:
+        """End every subscriber's iterator."""
+        self.deliver(None)
+
+
+class RedisBus:
+    """Redis pub/sub between replicas, fanned out locally by one listener per process."""
+
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._local = LocalBus()
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start listening; returns once subscribed (or after a bounded wait if Redis is down)."""
+        self._listener = asyncio.create_task(self._listen(), name="event-bus listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 5.0)
+
+    async def publish(self, event: Event) -> None:
+        """Publish to every replica; if Redis is down the event is lost (logged)."""
+        try:
+            await self._client.publish(self._channel, event.to_json())
+        except RedisError as exc:
+            log.warning("could not publish %s for %s: %s", event.kind, event.job_id, exc)
+
+    def subscribe(self) -> AsyncIterator[Event]:
+        """Every event any replica publishes from now on."""
+        return self._local.subscribe()
+
+    async def close(self) -> None:
+        """Stop listening and end local subscribers."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        self._local.deliver(None)
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._listening.set()
+                    delay = 0.1
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._local.deliver(Event.from_json(message["data"]))
+            except (RedisError, OSError) as exc:
+                # Redis went away: keep trying; waiters fall back on their own timeouts.
+                log.warning("event bus lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
