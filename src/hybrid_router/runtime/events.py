@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -84,11 +83,34 @@ class EventBus(Protocol):
     async def publish(self, event: Event) -> None:
         """Deliver `event` to every subscriber in every replica (best effort)."""
 
-    def subscribe(self) -> AsyncIterator[Event]:
-        """Every event published from now on, until the iterator is closed."""
+    def subscribe(self) -> Subscription:
+        """Every event published from now on, until the subscription is closed."""
 
     async def close(self) -> None:
         """Stop delivering; subscribers' iterators end."""
+
+
+class Subscription:
+    """One subscriber's events, registered at creation so nothing published after is missed."""
+
+    def __init__(self, subscribers: set[asyncio.Queue[Event | None]]) -> None:
+        self._subscribers = subscribers
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        subscribers.add(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._queue.get()
+        if event is None:
+            self.close()
+            raise StopAsyncIteration
+        return event
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self._subscribers.discard(self._queue)
 
 
 class LocalBus:
@@ -112,15 +134,9 @@ class LocalBus:
                 log.warning("an event subscriber is too slow; dropped its oldest event")
             queue.put_nowait(event)
 
-    async def subscribe(self) -> AsyncIterator[Event]:
-        """Every event from now on."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
-        self._subscribers.add(queue)
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._subscribers.discard(queue)
+    def subscribe(self) -> Subscription:
+        """Every event from now on (from this call, not from the first iteration)."""
+        return Subscription(self._subscribers)
 
     async def close(self) -> None:
         """End every subscriber's iterator."""
@@ -150,7 +166,7 @@ class RedisBus:
         except RedisError as exc:
             log.warning("could not publish %s for %s: %s", event.kind, event.job_id, exc)
 
-    def subscribe(self) -> AsyncIterator[Event]:
+    def subscribe(self) -> Subscription:
         """Every event any replica publishes from now on."""
         return self._local.subscribe()
 
