@@ -142,5 +142,6 @@ class World:
             if e.id == started.id or e.region != started.region:
                 continue
             same_lane = e.model == started.model or region.max_running == 1
-            if same_lane and queue_key(e) < queue_key(started):
+            aging = self.topology.priority_aging_s
+            if same_lane and queue_key(e, self.now, aging) < queue_key(started, self.now, aging):
                 raise PromiseBroken(f"{started.id} started before earlier {e.id}")

@@ -153,3 +153,13 @@ def test_orphans_of_a_crash_hold_their_gpu_and_are_not_reused() -> None:
     orphan = replace(warm("a", 150), orphan=True)
     decision = decide([execution(1, "a")], [orphan], topology(region_limit=1), 100)
     assert decision.admissions == () and decision.wake_at == 150
+
+
+def test_aging_lets_an_old_low_priority_execution_pass_a_new_high_one() -> None:
+    topo = replace(topology(region_limit=1), priority_aging_s=10.0)
+    old_low = replace(execution(1, "a"), queued_at=0.0)
+    new_high = replace(execution(2, "a", priority=3), queued_at=100.0)
+    # At 120 s the old one has aged by 12 > 3: it goes first.
+    assert started([old_low, new_high], [], topo, now=120.0) == ["e1"]
+    # Without aging the high priority one would.
+    assert started([old_low, new_high], [], replace(topo, priority_aging_s=None), 120.0) == ["e2"]

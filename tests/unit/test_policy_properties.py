@@ -49,7 +49,8 @@ def topologies(draw: st.DrawFn) -> Topology:
             max_containers=draw(st.sampled_from([None, None, 1, 2])),
         )
         providers[spec.name] = spec
-    return Topology(gpu_limit=gpu_limit, regions=regions, models=models, providers=providers)
+    aging = draw(st.sampled_from([None, 3.0]))
+    return Topology(gpu_limit, regions, models, providers, priority_aging_s=aging)
 
 
 @st.composite

@@ -39,6 +39,9 @@ class Topology:
     regions: Mapping[str, Region]
     models: Mapping[str, ModelSpec]
     providers: Mapping[str, ProviderSpec]
+    # Every this many seconds in the queue adds 1 to an execution's priority, so low priority
+    # cannot starve behind a steady stream of high. None: priorities are absolute.
+    priority_aging_s: float | None = None
 
     def providers_for(self, region: str, model: str) -> list[ProviderSpec]:
         """Providers serving `model` in `region`, in config order."""
@@ -65,9 +68,18 @@ class Decision:
     wake_at: float | None
 
 
-def queue_key(execution: Execution) -> tuple[int, int]:
-    """Order within a region: higher priority first, then queue order."""
-    return (-execution.priority, execution.seq)
+def queue_key(
+    execution: Execution, now: float = 0.0, aging_s: float | None = None
+) -> tuple[int, int]:
+    """Order within a region: higher (aged) priority first, then queue order.
+
+    Aging adds the same amount to executions queued at the same time, so among equal
+    priorities the order stays first come, first served.
+    """
+    priority = execution.priority
+    if aging_s:
+        priority += int(max(0.0, now - execution.queued_at) // aging_s)
+    return (-priority, execution.seq)
 
 
 @dataclass
@@ -106,7 +118,7 @@ def decide(
         if not c.in_flight:
             wake(c.warm_until)
 
-    for e in _interleaved(queued, topology):
+    for e in _interleaved(queued, topology, now):
         region = topology.regions[e.region]
         walk = walks[e.region]
         if walk.closed or e.model in walk.blocked_models:
@@ -160,25 +172,33 @@ def decide(
     return Decision(tuple(admissions), wake_at)
 
 
-def positions(queued: Iterable[Execution]) -> dict[str, int]:
+def positions(
+    queued: Iterable[Execution], now: float = 0.0, aging_s: float | None = None
+) -> dict[str, int]:
     """Each queued execution's place in its region's queue, 1 = first."""
     by_region: dict[str, list[Execution]] = {}
     for e in queued:
         by_region.setdefault(e.region, []).append(e)
     result = {}
     for executions in by_region.values():
-        for place, e in enumerate(sorted(executions, key=queue_key), start=1):
+        ordered = sorted(executions, key=lambda e: queue_key(e, now, aging_s))
+        for place, e in enumerate(ordered, start=1):
             result[e.id] = place
     return result
 
 
-def _interleaved(queued: Iterable[Execution], topology: Topology) -> Iterable[Execution]:
+def _interleaved(
+    queued: Iterable[Execution], topology: Topology, now: float
+) -> Iterable[Execution]:
     """Every region's queue in order, the regions' next executions merged oldest first."""
     by_region: dict[str, list[Execution]] = {}
     for e in queued:
         if e.state is ExecutionState.QUEUED and e.region in topology.regions:
             by_region.setdefault(e.region, []).append(e)
-    iterators = [iter(sorted(q, key=queue_key)) for q in by_region.values()]
+    def key(e: Execution) -> tuple[int, int]:
+        return queue_key(e, now, topology.priority_aging_s)
+
+    iterators = [iter(sorted(q, key=key)) for q in by_region.values()]
     heads: list[tuple[int, int, Execution]] = []
     for index, it in enumerate(iterators):
         first = next(it, None)
