@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import logging
 import math
 import os
@@ -45,6 +46,16 @@ UrlOption = Annotated[
     str,
     typer.Option("--url", envvar="HYBRID_ROUTER_URL", help="Where hybrid-router serves."),
 ]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="HYBRID_ROUTER_API_KEY",
+        # A command line is visible to every user of the machine; the variable is not.
+        help="Your API key, sent as a bearer token (prefer the environment variable).",
+        show_default=False,
+    ),
+]
 
 
 def main() -> None:
@@ -63,6 +74,12 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port [8000].")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow a non-loopback address without [users] (no API keys)."
+        ),
+    ] = False,
 ) -> None:
     """Serve the router (options also from HYBRID_ROUTER_HOST / _PORT / _CONFIG)."""
     # Imported here so that client commands start fast and need no server dependencies.
@@ -80,13 +97,25 @@ def serve(
     except ConfigError as exc:
         _fail(exc.message, code=2)
 
-    application = create_app(settings)
+    bind = host if host is not None else server.host
+    if not settings.users and not insecure and not _is_loopback(bind):
+        # Open mode lets anyone who reaches the port submit, read and cancel every job.
+        _fail(
+            f"refusing to serve on {bind} with no [users] configured: without API keys anyone "
+            "who can reach it may submit, read and cancel every job. Add [users] to the "
+            "config, bind 127.0.0.1, or pass --insecure if the network is yours alone.",
+            code=2,
+        )
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        _fail(exc.message, code=2)
     try:
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: in-flight requests get
         # shutdown_grace_s, then the lifespan stops the service (which drains its own calls).
         uvicorn.run(
             application,
-            host=host if host is not None else server.host,
+            host=bind,
             port=port if port is not None else server.port,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
             log_config=_log_config(application),
@@ -140,6 +169,7 @@ def submit(
     max_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it finishes.")] = False,
     url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Submit a job: every question on every model in every region."""
     if bool(question) == (prompt is not None):
@@ -159,7 +189,7 @@ def submit(
     # Unset options are left out, so the server's defaults apply.
     body.update({k: v for k, v in optional.items() if v is not None})
 
-    with _client(url) as client:
+    with _client(url, api_key) as client:
         accepted = _call(client, "POST", "/jobs", json=body)
         verb = "queued" if accepted["status"] == "queued" else accepted["status"]
         out.print(
@@ -179,9 +209,10 @@ def submit(
 def status(
     region: Annotated[str | None, typer.Argument(help="One region (any alias).")] = None,
     url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Queues and GPUs per region."""
-    with _client(url) as client:
+    with _client(url, api_key) as client:
         if region is None:
             queues = _call(client, "GET", "/queue/status")["queues"]
         else:
@@ -211,9 +242,10 @@ def status(
 def job_command(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """A job's progress and every execution."""
-    with _client(url) as client:
+    with _client(url, api_key) as client:
         job = _call(client, "GET", f"/jobs/{_path(job_id)}")
     _print_job(job)
 
@@ -222,9 +254,10 @@ def job_command(
 def cancel(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Cancel a job's queued and running executions."""
-    with _client(url) as client:
+    with _client(url, api_key) as client:
         job = _call(client, "DELETE", f"/jobs/{_path(job_id)}")
     progress = job["progress"]
     out.print(
@@ -280,9 +313,21 @@ def _path(segment: str) -> str:
     return quote(segment, safe="")
 
 
-def _client(url: str) -> httpx.Client:
+def _is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses: only this machine can connect."""
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # Any other name may resolve to a public address: treat it as one.
+        return False
+
+
+def _client(url: str, api_key: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     # Reads are quick; the timeout only guards against a hung server.
-    return httpx.Client(base_url=url.rstrip("/"), timeout=30.0)
+    return httpx.Client(base_url=url.rstrip("/"), timeout=30.0, headers=headers)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
@@ -301,7 +346,12 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
         body = None
     if response.is_error:
         if isinstance(body, dict) and "code" in body:
-            _fail(f"{body['code']}: {body.get('message', '')}")
+            hint = ""
+            if response.status_code == 401:
+                hint = " (give your key with --api-key or HYBRID_ROUTER_API_KEY)"
+            elif response.headers.get("Retry-After"):
+                hint = f" (retry after {response.headers['Retry-After']} s)"
+            _fail(f"{body['code']}: {body.get('message', '')}{hint}")
         _fail(f"HTTP {response.status_code} from {client.base_url}{path}")
     if body is None:
         _fail(f"hybrid-router at {client.base_url} answered {path} with something not JSON")

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from limits import RateLimitItem, parse_many
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +30,7 @@ DEFAULT_CONFIG = "default_config.toml"
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class StoreConfig(BaseModel):
@@ -83,6 +85,64 @@ class ProviderConfig(BaseModel):
     seed: int | None = None
 
 
+class UserConfig(BaseModel):
+    """`[users.NAME]`: one API key, its role and its limits."""
+
+    model_config = _STRICT
+
+    # The key itself never goes in the file: the variable holding it, or its SHA-256.
+    api_key_env: str | None = None
+    api_key_sha256: str | None = None
+    role: Literal["user", "admin"] = "user"
+    rate_limit: str | None = None
+    max_queued: int | None = Field(default=None, gt=0)
+    max_priority: int | None = None
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex_digest(cls, digest: str | None) -> str | None:
+        if digest is None:
+            return None
+        folded = digest.strip().lower()
+        if not _SHA256_HEX.match(folded):
+            raise ValueError("must be a SHA-256 hex digest (64 hex characters)")
+        return folded
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, text: str | None) -> str | None:
+        if text is not None:
+            rate_limit_item(text)
+        return text
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> UserConfig:
+        if (self.api_key_env is None) == (self.api_key_sha256 is None):
+            raise ValueError("give exactly one of 'api_key_env' or 'api_key_sha256'")
+        return self
+
+    def rate_limit_item(self) -> RateLimitItem | None:
+        """The parsed `rate_limit`, or None when the user has none."""
+        return None if self.rate_limit is None else rate_limit_item(self.rate_limit)
+
+
+def rate_limit_item(text: str) -> RateLimitItem:
+    """One `limits` rate such as "60/minute"; ValueError naming the problem otherwise."""
+    try:
+        items = list(parse_many(text))
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not a rate limit; write N/UNIT such as '60/minute' or '1000/day'"
+        ) from None
+    # One rate only: `limits` would check several non-atomically (the first one hit is spent
+    # even when the second refuses), and `parse` would silently drop all but the first.
+    if len(items) != 1:
+        raise ValueError(f"'{text}': give one rate limit such as '60/minute', not several")
+    if items[0].amount < 1:
+        raise ValueError(f"'{text}': the amount must be at least 1")
+    return items[0]
+
+
 class Settings(BaseModel):
     """The whole config file; cross-references are checked when it is built."""
 
@@ -97,6 +157,8 @@ class Settings(BaseModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    # No users: the router runs open (everyone is the admin "anonymous").
+    users: dict[str, UserConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -303,6 +365,30 @@ def _reference_problems(s: Settings) -> list[str]:
                 problems.append(f"{key}.token_env: environment variable {p.token_env} is not set")
 
     problems.extend(_store_problems(s.store.url))
+    problems.extend(_user_problems(s.users))
+    return problems
+
+
+def _user_problems(users: dict[str, UserConfig]) -> list[str]:
+    problems: list[str] = []
+    digests: dict[str, str] = {}
+    for name, user in users.items():
+        key = format_key(("users", name))
+        if not name.strip():
+            problems.append(f"{key}: empty user name")
+        if user.api_key_env is not None:
+            # Name the variable, never its value: config errors end up in logs.
+            if not user.api_key_env:
+                problems.append(f"{key}.api_key_env: empty variable name")
+            elif not os.environ.get(user.api_key_env):
+                problems.append(
+                    f"{key}.api_key_env: environment variable {user.api_key_env} is not set"
+                )
+        if user.api_key_sha256 is not None:
+            other = digests.setdefault(user.api_key_sha256, name)
+            if other != name:
+                # One key for two users could not tell them apart.
+                problems.append(f"{key}.api_key_sha256: same key as users.{other}")
     return problems
 
 

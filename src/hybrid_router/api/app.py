@@ -1,23 +1,28 @@
-"""The FastAPI application: routers, error mapping, body limit, and the service's lifespan."""
+"""The FastAPI application: routers, API keys, error mapping, body limit, the service's lifespan."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from hybrid_router import __version__
 from hybrid_router.api import health, inference, jobs, queue
+from hybrid_router.api.auth import Authenticator, authenticate
 from hybrid_router.api.errors import ERROR_RESPONSES, install_error_handlers
 from hybrid_router.api.middleware import BodySizeLimit
+from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
 from hybrid_router.errors import RouterError
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
 
 
 def create_app(settings: Settings, *, service: RouterService | None = None) -> FastAPI:
-    """The app; its lifespan starts `service` (built from `settings` when None) and stops it."""
+    """The app; its lifespan starts `service` (built from `settings` when None) and stops it.
+
+    Raises ConfigError when a user's key variable is no longer set.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +44,10 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
             yield
         finally:
             app.state.ready = False
-            await running.stop()
+            try:
+                await running.stop()
+            finally:
+                await app.state.quotas.aclose()
 
     app = FastAPI(
         title="hybrid-router",
@@ -52,8 +60,13 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     app.state.service = None
     app.state.ready = False
     app.state.startup_error = None
+    app.state.authenticator = Authenticator.from_settings(settings)
+    app.state.quotas = Quotas(rate_limit_storage_uri(settings.store_url))
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (jobs, inference, queue, health):
-        app.include_router(module.router)
+    # Keys on the routers, not per route, so a route added later cannot forget them;
+    # health stays open for probes (and /openapi.json, /docs are FastAPI's own).
+    for module in (jobs, inference, queue):
+        app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(health.router)
     return app

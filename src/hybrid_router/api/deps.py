@@ -1,4 +1,4 @@
-"""What the routers receive: the running service and the settings it was built from."""
+"""What the routers receive: the running service, its settings, and the per-user quotas."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from hybrid_router.api.quotas import Quotas
 from hybrid_router.errors import StoreUnavailable
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
@@ -25,5 +26,12 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_quotas(request: Request) -> Quotas:
+    """The app's per-user limits on submissions."""
+    quotas: Quotas = request.app.state.quotas
+    return quotas
+
+
 ServiceDep = Annotated[RouterService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]

@@ -17,14 +17,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybrid_router.api.schemas import ErrorBody, FieldError
-from hybrid_router.errors import RouterError
+from hybrid_router.errors import RateLimited, RouterError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 # The error shape, for the OpenAPI document of every route.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
-    for status in (400, 404, 409, 413, 422, 503)
+    for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 _HTTP_CODES = {
@@ -57,7 +57,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _router_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RouterError)
-    return error_response(exc.status_code, exc.code, exc.message)
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return error_response(exc.status_code, exc.code, exc.message, headers=headers or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

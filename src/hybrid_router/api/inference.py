@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from hybrid_router.api.deps import ServiceDep, SettingsDep
+from hybrid_router.api.auth import UserDep
+from hybrid_router.api.deps import QuotasDep, ServiceDep, SettingsDep
 from hybrid_router.api.schemas import InferenceCreate, InferenceQueued, InferenceResult
 from hybrid_router.core.model import JobState
 
@@ -23,14 +24,17 @@ async def inference(
     body: InferenceCreate,
     service: ServiceDep,
     settings: SettingsDep,
+    user: UserDep,
+    quotas: QuotasDep,
     response: Response,
     wait: bool = True,
 ) -> InferenceResult | InferenceQueued:
     """Run one inference through the queue; wait for it unless `wait=false`."""
     default_region = next(iter(settings.region_specs()))
-    job_status, _ = await service.submit(body.to_request(default_region))
+    request = body.to_request(default_region, owner=user.name)
+    job_status, _ = await quotas.submit(service, request, user)
     if wait:
-        job_status = await service.wait(job_status.job.id)
+        job_status = await service.wait(job_status.job.id, owner=user.owner_filter)
     if job_status.state in (JobState.QUEUED, JobState.RUNNING):
         # Not waited for, or the wait ended early (the server is stopping): hand out the id.
         response.status_code = status.HTTP_202_ACCEPTED

@@ -1,4 +1,4 @@
-"""/jobs: submit, list, inspect and cancel jobs."""
+"""/jobs: submit, list, inspect and cancel jobs; a user reaches only their own, an admin all."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from hybrid_router.api.deps import ServiceDep
+from hybrid_router.api.auth import UserDep
+from hybrid_router.api.deps import QuotasDep, ServiceDep
 from hybrid_router.api.schemas import JobAccepted, JobCreate, JobList, JobOut, JobSummary
 
 router = APIRouter(tags=["jobs"])
@@ -17,9 +18,12 @@ router = APIRouter(tags=["jobs"])
     status_code=status.HTTP_202_ACCEPTED,
     responses={200: {"model": JobAccepted, "description": "The same job was already accepted"}},
 )
-async def submit_job(body: JobCreate, service: ServiceDep, response: Response) -> JobAccepted:
+async def submit_job(
+    body: JobCreate, service: ServiceDep, user: UserDep, quotas: QuotasDep, response: Response
+) -> JobAccepted:
     """Queue a job (202); the same job_id and body again answers 200, a different body 409."""
-    job_status, created = await service.submit(body.to_request())
+    request = body.to_request(owner=user.name)
+    job_status, created = await quotas.submit(service, request, user)
     if not created:
         response.status_code = status.HTTP_200_OK
     return JobAccepted.from_status(job_status)
@@ -28,21 +32,22 @@ async def submit_job(body: JobCreate, service: ServiceDep, response: Response) -
 @router.get("/jobs")
 async def list_jobs(
     service: ServiceDep,
+    user: UserDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobList:
     """Jobs newest first, without their executions."""
-    statuses = await service.jobs(limit=limit, offset=offset)
+    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset)
     return JobList(jobs=[JobSummary.from_status(s) for s in statuses], limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, service: ServiceDep) -> JobOut:
+async def get_job(job_id: str, service: ServiceDep, user: UserDep) -> JobOut:
     """A job with its progress and every execution (queue position while queued)."""
-    return JobOut.from_status(await service.job(job_id))
+    return JobOut.from_status(await service.job(job_id, owner=user.owner_filter))
 
 
 @router.delete("/jobs/{job_id}")
-async def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
+async def cancel_job(job_id: str, service: ServiceDep, user: UserDep) -> JobOut:
     """Cancel the job's queued and running executions; finished ones keep their results."""
-    return JobOut.from_status(await service.cancel(job_id))
+    return JobOut.from_status(await service.cancel(job_id, owner=user.owner_filter))

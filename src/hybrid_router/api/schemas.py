@@ -94,7 +94,7 @@ class JobCreate(BaseModel):
             raise ValueError("give exactly one of 'questions' or 'prompt'")
         return self
 
-    def to_request(self) -> JobRequest:
+    def to_request(self, *, owner: str) -> JobRequest:
         """The service's request; region and model names are canonicalised by the service."""
         questions = self.questions if self.questions is not None else [self.prompt or ""]
         return JobRequest(
@@ -106,6 +106,7 @@ class JobCreate(BaseModel):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             max_attempts=self.max_attempts,
+            owner=owner,
         )
 
 
@@ -278,7 +279,7 @@ class InferenceCreate(BaseModel):
             raise ValueError("give 'region' or 'region_preference', not both")
         return self
 
-    def to_request(self, default_region: str) -> JobRequest:
+    def to_request(self, default_region: str, *, owner: str) -> JobRequest:
         """A one-execution job; `default_region` when the client named none."""
         region = self.region or self.region_preference or default_region
         return JobRequest(
@@ -287,6 +288,7 @@ class InferenceCreate(BaseModel):
             questions=(self.prompt,),
             temperature=self.temperature,
             max_tokens=self.max_tokens,
+            owner=owner,
         )
 
 
