@@ -7,7 +7,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from hybrid_router import errors
@@ -33,6 +33,7 @@ from hybrid_router.runtime.events import (
     Event,
     EventBus,
     LocalBus,
+    Subscription,
     execution_event,
 )
 from hybrid_router.runtime.leadership import Leadership
@@ -119,9 +120,9 @@ class RouterService:
         await self.store.open()
         try:
             await self.bus.start()
-            subscribed = asyncio.Event()
-            self._follower = asyncio.create_task(self._follow(subscribed), name="event follower")
-            await subscribed.wait()
+            self._follower = asyncio.create_task(
+                self._follow(self.bus.subscribe()), name="event follower"
+            )
             await self.leadership.start()
         except BaseException:
             await self._close()
@@ -277,6 +278,27 @@ class RouterService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), pause)
 
+    async def follow(
+        self, job_id: str | None = None, *, owner: str | None = None
+    ) -> AsyncIterator[Event]:
+        """A job's events as they happen, ending with job_finished; or every job's events.
+
+        Raises JOB_NOT_FOUND (for another owner's job too) before the first event.
+        """
+        events = self.bus.subscribe()
+        with contextlib.closing(events):
+            if job_id is not None:
+                # Subscribed first, so a job finishing meanwhile is seen one way or the other.
+                status = await self.job(job_id, owner=owner)
+                if status.state not in (JobState.QUEUED, JobState.RUNNING):
+                    yield Event(JOB_FINISHED, job_id, self.clock(), state=status.state.value)
+                    return
+            async for event in events:
+                if job_id is None or event.job_id == job_id:
+                    yield event
+                    if event.kind == JOB_FINISHED and job_id is not None:
+                        return
+
     async def queue_status(self) -> dict[str, RegionStatus]:
         """Every region's queue and GPU picture, by canonical name."""
         now = self.clock()
@@ -309,23 +331,16 @@ class RouterService:
             raise errors.NotFound(f"no job with id {job_id!r}", code="JOB_NOT_FOUND")
         return job
 
-    async def _follow(self, subscribed: asyncio.Event) -> None:
+    async def _follow(self, events: Subscription) -> None:
         """React to every replica's events: wake waiters; as leader, schedule and cancel."""
-        events = self.bus.subscribe()
-        first = asyncio.ensure_future(anext(events))
-        subscribed.set()
-        try:
-            event = await first
-            while True:
+        with contextlib.closing(events):
+            async for event in events:
                 if event.kind in TERMINAL_EVENTS:
                     self._notify(event.job_id)
                 if event.kind == CANCEL_REQUESTED:
                     await self.leadership.cancel_running(list(event.execution_ids))
                 elif event.kind in ("queued", "cancelled"):
                     self.leadership.wake()
-                event = await anext(events)
-        except StopAsyncIteration:
-            return
 
     def _notify(self, job_id: str) -> None:
         event = self._job_events.pop(job_id, None)
