@@ -290,6 +290,11 @@ class RouterService:
             if job_id is not None:
                 # Subscribed first, so a job finishing meanwhile is seen one way or the other.
                 status = await self.job(job_id, owner=owner)
+                # Where each execution stands now, then what happens next (possibly repeating
+                # a transition that happened in between: consumers see at least every change).
+                for e in status.executions:
+                    kind = "started" if e.execution.state is ExecutionState.RUNNING else None
+                    yield execution_event(e.execution, kind, self.clock())
                 if status.state not in (JobState.QUEUED, JobState.RUNNING):
                     yield Event(JOB_FINISHED, job_id, self.clock(), state=status.state.value)
                     return

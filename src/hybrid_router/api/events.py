@@ -1,0 +1,51 @@
+"""Server-sent event streams: one job's progress, or every job's for admins."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from hybrid_router.api.auth import User, UserDep
+from hybrid_router.api.deps import ServiceDep
+from hybrid_router.errors import Forbidden
+from hybrid_router.runtime.events import CANCEL_REQUESTED, Event
+
+router = APIRouter(tags=["events"])
+
+
+# Checks run as dependencies: they must answer 404/403 before the stream's headers go out.
+async def _visible_job(job_id: str, service: ServiceDep, user: UserDep) -> str:
+    await service.job(job_id, owner=user.owner_filter)
+    return job_id
+
+
+def _admin(user: UserDep) -> User:
+    if not user.is_admin:
+        raise Forbidden("only admins may follow every job's events", code="ADMIN_ONLY")
+    return user
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(
+    job_id: Annotated[str, Depends(_visible_job)], service: ServiceDep, user: UserDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Where each execution stands, then every change as it happens, ending with job_finished."""
+    async for event in service.follow(job_id, owner=user.owner_filter):
+        yield _sse(event)
+
+
+@router.get("/events", response_class=EventSourceResponse)
+async def all_events(
+    service: ServiceDep, admin: Annotated[User, Depends(_admin)]
+) -> AsyncIterator[ServerSentEvent]:
+    """Every job's events as they happen (admins only)."""
+    async for event in service.follow():
+        if event.kind != CANCEL_REQUESTED:
+            yield _sse(event)
+
+
+def _sse(event: Event) -> ServerSentEvent:
+    return ServerSentEvent(event=event.kind, raw_data=event.to_json())
