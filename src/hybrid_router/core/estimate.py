@@ -2,13 +2,59 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger
 from hybrid_router.core.model import Container, Execution
 from hybrid_router.core.policy import Topology, decide
 
 MAX_STEPS = 2_000
+# Seeds a (region, model)'s expected call duration until one is observed.
+DEFAULT_DURATION_FRACTION_OF_TIMEOUT = 0.1
+# A call that opens a container also waits for its cold start.
+DEFAULT_COLD_FACTOR = 1.5
+
+
+@dataclass
+class Durations:
+    """Moving averages of call durations per (region, model), warm and cold apart.
+
+    A call that opened its container includes the provider's cold start; one reusing a warm
+    container does not. Mixing the two would make every estimate pay a cold start.
+    """
+
+    defaults: dict[tuple[str, str], float]
+    alpha: float = 0.3
+    observed: dict[tuple[str, str, bool], float] = field(default_factory=dict)
+
+    @classmethod
+    def seeded(cls, topology: Topology) -> Durations:
+        """Averages seeded from each provider's timeout until calls are observed."""
+        return cls(
+            {
+                (p.region, m): p.timeout_s * DEFAULT_DURATION_FRACTION_OF_TIMEOUT
+                for p in topology.providers.values()
+                for m in p.models
+            }
+        )
+
+    def observe(self, region: str, model: str, seconds: float, *, cold: bool) -> None:
+        """Fold one observed call into the average."""
+        key = (region, model, cold)
+        previous = self.observed.get(key)
+        self.observed[key] = (
+            seconds if previous is None else previous + self.alpha * (seconds - previous)
+        )
+
+    def __call__(self, region: str, model: str, cold: bool = False) -> float:
+        """Expected seconds of one call, from what was observed of this kind, else guessed."""
+        if (seen := self.observed.get((region, model, cold))) is not None:
+            return seen
+        if (other := self.observed.get((region, model, not cold))) is not None:
+            return other * DEFAULT_COLD_FACTOR if cold else other / DEFAULT_COLD_FACTOR
+        default = self.defaults.get((region, model), 30.0)
+        return default * DEFAULT_COLD_FACTOR if cold else default
 
 
 def estimate_starts(
@@ -17,11 +63,11 @@ def estimate_starts(
     containers: Iterable[Container],
     topology: Topology,
     now: float,
-    duration: Callable[[str, str], float],
+    duration: Durations,
 ) -> dict[str, float]:
     """Seconds from `now` until each queued execution is expected to start.
 
-    Assumes every call succeeds after `duration(region, model)` seconds. Executions whose
+    Assumes every call succeeds after its expected duration, cold or warm. Executions whose
     start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
     pending = {e.id: e for e in queued}
@@ -29,7 +75,8 @@ def estimate_starts(
     finishing: dict[str, tuple[float, str]] = {}
     for e in running:
         if e.container_id is not None and e.started_at is not None:
-            ends = max(now, e.started_at + duration(e.region, e.model))
+            cold = e.container_id.startswith(f"{e.id}@")  # the policy names what it opens so
+            ends = max(now, e.started_at + duration(e.region, e.model, cold))
             finishing[e.id] = (ends, e.container_id)
     starts: dict[str, float] = {}
     t = now
@@ -40,7 +87,8 @@ def estimate_starts(
             starts[e.id] = t - now
             del pending[e.id]
             live[admission.container.id] = admission.container
-            finishing[e.id] = (t + duration(e.region, e.model), admission.container.id)
+            ends = t + duration(e.region, e.model, admission.opened)
+            finishing[e.id] = (ends, admission.container.id)
         if not pending:
             break
         upcoming = [ends for ends, _ in finishing.values()]

@@ -14,9 +14,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger, policy, retry
+from hybrid_router.core.estimate import Durations
 from hybrid_router.core.model import (
     Completion,
     Execution,
@@ -32,40 +32,6 @@ from hybrid_router.runtime.events import JOB_FINISHED, Event, execution_event
 from hybrid_router.store.base import Store
 
 log = logging.getLogger(__name__)
-
-# Seeds the moving average of a (region, model)'s call duration until one is observed.
-DEFAULT_DURATION_FRACTION_OF_TIMEOUT = 0.1
-
-
-@dataclass
-class Durations:
-    """Moving average of observed call durations per (region, model), for estimates."""
-
-    defaults: dict[tuple[str, str], float]
-    alpha: float = 0.3
-    observed: dict[tuple[str, str], float] = field(default_factory=dict)
-
-    def observe(self, region: str, model: str, seconds: float) -> None:
-        key = (region, model)
-        previous = self.observed.get(key)
-        self.observed[key] = (
-            seconds if previous is None else previous + self.alpha * (seconds - previous)
-        )
-
-    @classmethod
-    def seeded(cls, topology: Topology) -> Durations:
-        """Averages seeded from each provider's timeout until calls are observed."""
-        return cls(
-            {
-                (p.region, m): p.timeout_s * DEFAULT_DURATION_FRACTION_OF_TIMEOUT
-                for p in topology.providers.values()
-                for m in p.models
-            }
-        )
-
-    def __call__(self, region: str, model: str) -> float:
-        key = (region, model)
-        return self.observed.get(key, self.defaults.get(key, 30.0))
 
 
 class RegionQueueManager:
@@ -185,16 +151,16 @@ class RegionQueueManager:
                 if not self._admitting:
                     break
                 if await self.store.admit(admission.execution, admission.container):
-                    self._launch(admission.execution)
+                    self._launch(admission.execution, cold=admission.opened)
                     await self.publish(execution_event(admission.execution, "started", now))
             return decision.wake_at
 
-    def _launch(self, execution: Execution) -> None:
-        task = asyncio.create_task(self._call(execution), name=f"call {execution.id}")
+    def _launch(self, execution: Execution, *, cold: bool) -> None:
+        task = asyncio.create_task(self._call(execution, cold), name=f"call {execution.id}")
         self._calls[execution.id] = task
         task.add_done_callback(lambda _: self._calls.pop(execution.id, None))
 
-    async def _call(self, execution: Execution) -> None:
+    async def _call(self, execution: Execution, cold: bool) -> None:
         assert execution.provider is not None
         provider = self.providers[execution.provider]
         request = InferenceRequest(
@@ -220,7 +186,8 @@ class RegionQueueManager:
             outcome = Failure("PROVIDER_BUG", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
         self._cancelling.discard(execution.id)
         if isinstance(outcome, Completion):
-            self.durations.observe(execution.region, execution.model, self.clock() - started)
+            elapsed = self.clock() - started
+            self.durations.observe(execution.region, execution.model, elapsed, cold=cold)
         await self._settle(execution, outcome, provider.spec)
 
     async def _settle(

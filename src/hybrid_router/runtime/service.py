@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from hybrid_router import errors
 from hybrid_router.core import estimate, ledger, policy
+from hybrid_router.core.estimate import Durations
 from hybrid_router.core.model import (
     Execution,
     ExecutionState,
@@ -37,7 +38,7 @@ from hybrid_router.runtime.events import (
     execution_event,
 )
 from hybrid_router.runtime.leadership import Leadership
-from hybrid_router.runtime.manager import Durations, RegionQueueManager
+from hybrid_router.runtime.manager import RegionQueueManager
 from hybrid_router.settings import Settings
 from hybrid_router.store import store_from_url
 from hybrid_router.store.base import Store
