@@ -195,6 +195,7 @@ def _interleaved(
     for e in queued:
         if e.state is ExecutionState.QUEUED and e.region in topology.regions:
             by_region.setdefault(e.region, []).append(e)
+
     def key(e: Execution) -> tuple[int, int]:
         return queue_key(e, now, topology.priority_aging_s)
 
