@@ -163,3 +163,22 @@ def test_aging_lets_an_old_low_priority_execution_pass_a_new_high_one() -> None:
     assert started([old_low, new_high], [], topo, now=120.0) == ["e1"]
     # Without aging the high priority one would.
     assert started([old_low, new_high], [], replace(topo, priority_aging_s=None), 120.0) == ["e2"]
+
+
+def test_a_paused_region_admits_nothing_and_keeps_its_queue() -> None:
+    topo = topology(regions=("US", "EU"))
+    queued = [execution(1, "a", "US"), execution(2, "a", "EU")]
+    assert started(queued, [], topo) == ["e1", "e2"]
+    decision = decide(queued, [], topo, 100.0, closed=frozenset({"US"}))
+    assert [a.execution.id for a in decision.admissions] == ["e2"]
+
+
+def test_an_execution_past_its_deadline_is_not_admitted_and_blocks_no_one() -> None:
+    topo = topology(region_limit=1)
+    late = replace(execution(1, "a"), deadline_at=50.0)
+    soon = replace(execution(2, "a"), deadline_at=300.0)
+    decision = decide([late, soon], [], topo, 100.0)
+    assert [a.execution.id for a in decision.admissions] == ["e2"]
+    # A deadline still ahead is a moment to decide again (to expire it if still queued).
+    waiting = decide([soon], [busy("a", "e0")], topo, 100.0)
+    assert waiting.wake_at == 300.0

@@ -49,6 +49,18 @@ class ProviderSpec:
     seed: int = 0
 
 
+class RegionMode(enum.StrEnum):
+    """What a region admits: everything, nothing (paused), or nothing new at all (draining)."""
+
+    OPEN = "open"
+    PAUSED = "paused"  # admits nothing; keeps its queue and accepts new jobs
+    DRAINING = "draining"  # admits nothing and refuses new jobs; running calls finish
+
+    @property
+    def admits(self) -> bool:
+        return self is RegionMode.OPEN
+
+
 class ExecutionState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -116,6 +128,8 @@ class Job:
     max_tokens: int = 256
     max_attempts: int = 3
     created_at: float = 0.0
+    # Executions still queued this long after submission end `expired`.
+    deadline_s: float | None = None
 
     def expand(self) -> list[Execution]:
         """Executions question by question, so every model's container stays busy."""
@@ -136,6 +150,11 @@ class Job:
                             max_tokens=self.max_tokens,
                             max_attempts=self.max_attempts,
                             queued_at=self.created_at,
+                            deadline_at=(
+                                None
+                                if self.deadline_s is None
+                                else self.created_at + self.deadline_s
+                            ),
                         )
                     )
         return executions
@@ -163,6 +182,7 @@ class Execution:
     state: ExecutionState = ExecutionState.QUEUED
     attempts: int = 0
     not_before: float = 0.0  # backoff: not admitted before this instant
+    deadline_at: float | None = None  # still queued then: expired
     waits: int = 0  # capacity / unavailable answers so far (they spend no attempt)
     queued_at: float = 0.0
     started_at: float | None = None
@@ -241,3 +261,4 @@ class RegionStatus:
     gpus_warm: int  # held by idle containers inside their scaledown window (or orphans)
     gpu_limit: int
     max_running: int | None = None
+    mode: RegionMode = RegionMode.OPEN

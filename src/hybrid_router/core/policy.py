@@ -94,8 +94,13 @@ def decide(
     containers: Iterable[Container],
     topology: Topology,
     now: float,
+    closed: frozenset[str] = frozenset(),
 ) -> Decision:
-    """The admissions that keep every promise at `now`, and when to decide again."""
+    """The admissions that keep every promise at `now`, and when to decide again.
+
+    Regions in `closed` (paused or draining) admit nothing and block no one elsewhere.
+    Executions past their deadline are never admitted: the caller expires them.
+    """
     live = {c.id: c for c in ledger.held(containers, now)}
     use = ledger.usage(live.values(), now)
     region_used = Counter(use.by_region)
@@ -119,9 +124,13 @@ def decide(
             wake(c.warm_until)
 
     for e in _interleaved(queued, topology, now):
+        if e.deadline_at is not None:
+            if e.deadline_at <= now:
+                continue  # expired, not waiting: it blocks no one
+            wake(e.deadline_at)
         region = topology.regions[e.region]
         walk = walks[e.region]
-        if walk.closed or e.model in walk.blocked_models:
+        if e.region in closed or walk.closed or e.model in walk.blocked_models:
             continue
         if e.not_before > now:
             wake(e.not_before)

@@ -73,6 +73,20 @@ def cancelled(execution: Execution, now: float) -> Execution:
     return replace(execution, state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
 
 
+def expired(execution: Execution, now: float) -> Execution:
+    """A queued execution whose job's deadline passed before it could start."""
+    return replace(
+        execution,
+        state=ExecutionState.EXPIRED,
+        finished_at=now,
+        error=Failure(
+            "DEADLINE_EXCEEDED",
+            "the job's deadline passed before it started",
+            FailureKind.PERMANENT,
+        ),
+    )
+
+
 def recovered(execution: Execution) -> Execution:
     """A running execution whose router crashed: back in the queue at its old place.
 
