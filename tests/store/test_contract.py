@@ -368,6 +368,53 @@ async def test_a_job_without_executions_is_listed_with_zero_counts(store: Store)
     assert await store.list_jobs() == [(job, zeros())]
 
 
+# Queue sizes and positions
+
+
+async def test_queue_sizes_count_queued_executions_per_region(store: Store) -> None:
+    assert await store.queue_sizes() == {}
+    job = make_job(models=("m",), regions=("US", "EU"), questions=("a", "b", "c"))
+    executions = await submit(store, job)
+    assert await store.queue_sizes() == {"US": 3, "EU": 3}
+
+    us = [e for e in executions if e.region == "US"]
+    running = await admitted(store, us[0])
+    assert await store.queue_sizes() == {"US": 2, "EU": 3}
+    await store.cancel_queued("j1", now=101.0)
+    assert await store.queue_sizes() == {}
+    assert await store.finish(replace(running, state=QUEUED, container_id=None), None, "c1")
+    assert await store.queue_sizes() == {"US": 1}
+
+
+async def test_position_is_priority_then_queue_order_within_the_region(store: Store) -> None:
+    low = replace(
+        make_job("low", models=("m",), regions=("US", "EU"), questions=("a", "b")), priority=0
+    )
+    high = replace(
+        make_job("high", models=("m",), regions=("US",), questions=("c",), created_at=101.0),
+        priority=5,
+    )
+    low_us_a, low_eu_a, low_us_b, low_eu_b = await submit(store, low)
+    (high_us,) = await submit(store, high)
+
+    async def places() -> list[int | None]:
+        return [await store.position(e) for e in (high_us, low_us_a, low_us_b, low_eu_a, low_eu_b)]
+
+    assert await places() == [1, 2, 3, 1, 2]
+
+    # Running: no place; the others move up. A retry goes back to its own place.
+    running = await admitted(store, low_us_a)
+    assert await places() == [1, None, 2, 1, 2]
+    retry = replace(running, state=QUEUED, container_id=None, not_before=500.0)
+    assert await store.finish(retry, None, "c1")
+    assert await places() == [1, 2, 3, 1, 2]
+
+    await store.cancel_queued("high", now=102.0)
+    assert await places() == [None, 1, 2, 1, 2]
+    unknown = replace(low_us_a, id="nope")
+    assert await store.position(unknown) is None
+
+
 # Durability
 
 

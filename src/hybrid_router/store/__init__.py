@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from hybrid_router.errors import ConfigError
 from hybrid_router.store.base import Store
+from hybrid_router.store.redis import RedisStore
 from hybrid_router.store.sqlite import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store", "store_from_url"]
+__all__ = ["RedisStore", "SQLiteStore", "Store", "store_from_url"]
 
 
 def store_from_url(url: str) -> Store:
-    """The store a `[store] url` names: `sqlite:///relative.db`, `sqlite:////abs.db`."""
+    """The store a `[store] url` names.
+
+    `sqlite:///relative.db`, `sqlite:////abs.db`, or `redis[s]://host:port/db?prefix=hr`.
+    """
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
@@ -33,8 +39,20 @@ def store_from_url(url: str) -> Store:
             )
         return SQLiteStore(path)
     if scheme in ("redis", "rediss"):
-        raise ConfigError("redis store not available yet")
+        return _redis_store(url)
     raise ConfigError(
         f"store url {url!r}: unknown scheme {scheme!r}, "
         "use sqlite:///path.db or redis://host:port/db"
     )
+
+
+def _redis_store(url: str) -> RedisStore:
+    """`?prefix=` names the key prefix (default "hr"); the rest of the url goes to redis-py."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in reversed(query) if k == "prefix"), "hr")
+    if not prefix:
+        # Not the url itself in the message: it may hold a password.
+        raise ConfigError("redis store url: ?prefix= is empty; give a key prefix, e.g. hr")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return RedisStore(urlunsplit(parts._replace(query=rest)), prefix=prefix)

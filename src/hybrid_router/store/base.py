@@ -90,3 +90,13 @@ class Store(Protocol):
 
     async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
         """Per region, the count of executions per state."""
+
+    async def queue_sizes(self) -> dict[str, int]:
+        """Per region with queued executions, how many are queued."""
+
+    async def position(self, execution: Execution) -> int | None:
+        """1-based place of a queued execution in its region's order; None if not queued.
+
+        The order is the policy's without priority aging: higher stored priority first, then
+        `seq`. Executions waiting out a backoff keep their place in it.
+        """

@@ -21,15 +21,18 @@ from typing import Any
 
 import aiosqlite
 
-from hybrid_router.core.model import (
-    Container,
-    Execution,
-    ExecutionState,
-    Failure,
-    FailureKind,
-    Job,
-)
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job
 from hybrid_router.errors import ConfigError, StoreUnavailable
+from hybrid_router.store._codec import (
+    EXECUTION_FIELDS,
+    TUPLE_FIELDS,
+    container_from_record,
+    container_record,
+    execution_from_record,
+    execution_record,
+    job_from_record,
+    job_record,
+)
 
 SCHEMA_VERSION = 1
 
@@ -98,38 +101,12 @@ _SCHEMA = (
 )
 
 # Every execution column but seq, which the store alone assigns and never rewrites.
-_EXECUTION_COLUMNS = (
-    "id",
-    "job_id",
-    "region",
-    "model",
-    "question_index",
-    "prompt",
-    "priority",
-    "temperature",
-    "max_tokens",
-    "max_attempts",
-    "state",
-    "attempts",
-    "not_before",
-    "waits",
-    "queued_at",
-    "started_at",
-    "finished_at",
-    "provider",
-    "container_id",
-    "response",
-    "inference_time",
-    "error_code",
-    "error_message",
-    "error_kind",
-)
 _INSERT_EXECUTION = (
-    f"INSERT INTO executions ({', '.join(_EXECUTION_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in _EXECUTION_COLUMNS)})"
+    f"INSERT INTO executions ({', '.join(EXECUTION_FIELDS)}) "
+    f"VALUES ({', '.join(':' + c for c in EXECUTION_FIELDS)})"
 )
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
-    f"{c} = :{c}" for c in _EXECUTION_COLUMNS if c != "id"
+    f"{c} = :{c}" for c in EXECUTION_FIELDS if c != "id"
 )
 _UPSERT_CONTAINER = """
     INSERT INTO containers (id, provider, model, region, gpus, in_flight, warm_until, orphan)
@@ -363,6 +340,30 @@ class SQLiteStore:
             region[ExecutionState(row["state"])] = row["n"]
         return counts
 
+    async def queue_sizes(self) -> dict[str, int]:
+        """Per region with queued executions, how many are queued."""
+        rows = await self._fetch(
+            "SELECT region, COUNT(*) AS n FROM executions WHERE state = 'queued' GROUP BY region"
+        )
+        return {row["region"]: row["n"] for row in rows}
+
+    async def position(self, execution: Execution) -> int | None:
+        """1-based place of a queued execution in its region's order; None if not queued."""
+        # The stored priority and seq, not the caller's copy: the order is the store's.
+        rows = await self._fetch(
+            """
+            SELECT 1 + (
+                SELECT COUNT(*) FROM executions AS ahead
+                WHERE ahead.state = 'queued' AND ahead.region = e.region
+                  AND (ahead.priority > e.priority
+                       OR (ahead.priority = e.priority AND ahead.seq < e.seq))
+            ) AS position
+            FROM executions AS e WHERE e.id = ? AND e.state = 'queued'
+            """,
+            (execution.id,),
+        )
+        return int(rows[0]["position"]) if rows else None
+
     async def _in_state(self, state: ExecutionState) -> list[Execution]:
         rows = await self._fetch(
             "SELECT * FROM executions WHERE state = ? ORDER BY seq", (state.value,)
@@ -427,121 +428,35 @@ def _zero_counts() -> dict[ExecutionState, int]:
     return dict.fromkeys(ExecutionState, 0)
 
 
+def _to_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A codec record as statement parameters: tuples become JSON text columns."""
+    return {k: json.dumps(v) if k in TUPLE_FIELDS else v for k, v in record.items()}
+
+
+def _from_row(row: sqlite3.Row) -> dict[str, Any]:
+    """A result row as a codec record."""
+    return {k: json.loads(row[k]) if k in TUPLE_FIELDS else row[k] for k in row.keys()}
+
+
 def _job_params(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "owner": job.owner,
-        "priority": job.priority,
-        "models": json.dumps(list(job.models)),
-        "regions": json.dumps(list(job.regions)),
-        "questions": json.dumps(list(job.questions)),
-        "temperature": job.temperature,
-        "max_tokens": job.max_tokens,
-        "max_attempts": job.max_attempts,
-        "created_at": job.created_at,
-    }
+    return _to_row(job_record(job))
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        owner=row["owner"],
-        priority=row["priority"],
-        models=tuple(json.loads(row["models"])),
-        regions=tuple(json.loads(row["regions"])),
-        questions=tuple(json.loads(row["questions"])),
-        temperature=row["temperature"],
-        max_tokens=row["max_tokens"],
-        max_attempts=row["max_attempts"],
-        created_at=row["created_at"],
-    )
+    return job_from_record(_from_row(row))
 
 
 def _execution_params(e: Execution) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "job_id": e.job_id,
-        "region": e.region,
-        "model": e.model,
-        "question_index": e.question_index,
-        "prompt": e.prompt,
-        "priority": e.priority,
-        "temperature": e.temperature,
-        "max_tokens": e.max_tokens,
-        "max_attempts": e.max_attempts,
-        "state": e.state.value,
-        "attempts": e.attempts,
-        "not_before": e.not_before,
-        "waits": e.waits,
-        "queued_at": e.queued_at,
-        "started_at": e.started_at,
-        "finished_at": e.finished_at,
-        "provider": e.provider,
-        "container_id": e.container_id,
-        "response": e.response,
-        "inference_time": e.inference_time,
-        "error_code": e.error.code if e.error else None,
-        "error_message": e.error.message if e.error else None,
-        "error_kind": e.error.kind.value if e.error else None,
-    }
+    return _to_row(execution_record(e))
 
 
 def _execution(row: sqlite3.Row) -> Execution:
-    error = None
-    if row["error_code"] is not None:
-        error = Failure(
-            code=row["error_code"],
-            message=row["error_message"],
-            kind=FailureKind(row["error_kind"]),
-        )
-    return Execution(
-        id=row["id"],
-        job_id=row["job_id"],
-        region=row["region"],
-        model=row["model"],
-        question_index=row["question_index"],
-        prompt=row["prompt"],
-        priority=row["priority"],
-        temperature=row["temperature"],
-        max_tokens=row["max_tokens"],
-        max_attempts=row["max_attempts"],
-        seq=row["seq"],
-        state=ExecutionState(row["state"]),
-        attempts=row["attempts"],
-        not_before=row["not_before"],
-        waits=row["waits"],
-        queued_at=row["queued_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        provider=row["provider"],
-        container_id=row["container_id"],
-        response=row["response"],
-        inference_time=row["inference_time"],
-        error=error,
-    )
+    return execution_from_record(_from_row(row), row["seq"])
 
 
 def _container_params(c: Container) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "provider": c.provider,
-        "model": c.model,
-        "region": c.region,
-        "gpus": c.gpus,
-        "in_flight": json.dumps(list(c.in_flight)),
-        "warm_until": c.warm_until,
-        "orphan": int(c.orphan),
-    }
+    return _to_row(container_record(c))
 
 
 def _container(row: sqlite3.Row) -> Container:
-    return Container(
-        id=row["id"],
-        provider=row["provider"],
-        model=row["model"],
-        region=row["region"],
-        gpus=row["gpus"],
-        in_flight=tuple(json.loads(row["in_flight"])),
-        warm_until=row["warm_until"],
-        orphan=bool(row["orphan"]),
-    )
+    return container_from_record(_from_row(row))

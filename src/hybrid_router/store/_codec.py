@@ -1,0 +1,99 @@
+"""Domain objects to and from flat records (field name -> plain value), shared by the stores.
+
+A record holds only str, int, float, bool, None and tuples of str, so SQLite binds it as
+statement parameters (after encoding the tuples) and Redis stores it as one JSON object.
+`seq` is not part of an execution's record: each store assigns and keeps it on its own.
+Decoding fills in a field left out with its default (EXECUTION_DEFAULTS), so a store may
+leave those out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
+from typing import Any
+
+from hybrid_router.core.model import (
+    Container,
+    Execution,
+    ExecutionState,
+    Failure,
+    FailureKind,
+    Job,
+)
+
+# Fields holding tuples of strings: SQLite keeps them as JSON text columns.
+TUPLE_FIELDS = frozenset({"models", "regions", "questions", "in_flight"})
+
+# The execution fields copied as they are; state and error get their own encoding.
+_EXECUTION_PLAIN = tuple(
+    f.name for f in fields(Execution) if f.name not in ("seq", "state", "error")
+)
+_ERROR_FIELDS = ("error_code", "error_message", "error_kind")
+EXECUTION_FIELDS = ("state", *_EXECUTION_PLAIN, *_ERROR_FIELDS)
+# What decoding assumes for a field an execution's record leaves out.
+EXECUTION_DEFAULTS: dict[str, Any] = {
+    **{
+        f.name: f.default
+        for f in fields(Execution)
+        if f.name in _EXECUTION_PLAIN and f.default is not MISSING
+    },
+    **dict.fromkeys(_ERROR_FIELDS),
+}
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """The job as a record."""
+    return {f.name: getattr(job, f.name) for f in fields(Job)}
+
+
+def job_from_record(record: Mapping[str, Any]) -> Job:
+    """The job a record holds (extra keys are ignored)."""
+    values = {f.name: record[f.name] for f in fields(Job)}
+    for name in TUPLE_FIELDS.intersection(values):
+        values[name] = tuple(values[name])
+    return Job(**values)
+
+
+def execution_record(execution: Execution) -> dict[str, Any]:
+    """The execution as a record, every field but `seq`, state first."""
+    error = execution.error
+    return {
+        "state": execution.state.value,
+        **{name: getattr(execution, name) for name in _EXECUTION_PLAIN},
+        "error_code": error.code if error else None,
+        "error_message": error.message if error else None,
+        "error_kind": error.kind.value if error else None,
+    }
+
+
+def execution_from_record(record: Mapping[str, Any], seq: int) -> Execution:
+    """The execution a record holds, with the `seq` its store kept for it."""
+    error = None
+    if record.get("error_code") is not None:
+        error = Failure(
+            code=record["error_code"],
+            message=record["error_message"],
+            kind=FailureKind(record["error_kind"]),
+        )
+    plain = {name: record[name] for name in _EXECUTION_PLAIN if name in record}
+    return Execution(**plain, seq=seq, state=ExecutionState(record["state"]), error=error)
+
+
+def container_record(container: Container) -> dict[str, Any]:
+    """The container as a record."""
+    return {f.name: getattr(container, f.name) for f in fields(Container)}
+
+
+def container_from_record(record: Mapping[str, Any]) -> Container:
+    """The container a record holds (SQLite gives `orphan` back as 0 or 1)."""
+    return Container(
+        id=record["id"],
+        provider=record["provider"],
+        model=record["model"],
+        region=record["region"],
+        gpus=record["gpus"],
+        in_flight=tuple(record["in_flight"]),
+        warm_until=record["warm_until"],
+        orphan=bool(record["orphan"]),
+    )

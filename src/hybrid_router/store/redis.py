@@ -1,0 +1,674 @@
+"""Several replicas on one Redis: the Store protocol as Lua scripts over a few sorted sets.
+
+Every key is under `{prefix}:` (P below):
+
+    P:version             layout version, so data written by a newer router is refused
+    P:seq                 INCR counter: executions' queue order (`seq`), jobs' submission order
+    P:job:{job}           hash: `job` (JSON), `ref` (its index entries, for the purge) and the
+                          count of its executions per state (`queued`, `running`, ...)
+    P:jobx:{job}          zset of the job's execution ids scored by seq: seq is kept only here
+    P:exec:{execution}    the execution as one JSON object, without seq or default fields
+    P:queued              zset of queued execution ids, score seq: `queued()` in seq order
+    P:queued:{region}     zset of the region's queued ids in policy order, score
+                          -priority * 2**40 + seq (higher priority first, then queue order):
+                          exact in a double while seq < 2**40 and |priority| < 2**12, so a
+                          position is one ZRANK
+    P:running             zset of running execution ids, score seq
+    P:containers          hash: container id -> JSON
+    P:counts              hash: "{state}|{region}" -> number of executions in that state
+    P:jobs                zset of jobs scored by created_at; member "{seq:015d}|{job}", so
+                          jobs created at the same instant list the last submitted first
+    P:jobs:owner:{owner}  the same, for one owner's jobs
+    P:expiring            zset of finished jobs' `ref`s, score: when their keys expire (ms)
+    P:leader              the leader lease: its holder's node id, with a TTL
+    P:leader:token        INCR counter: the fencing token of the latest lease
+
+Every write that admits, finishes, requeues or cancels is one Lua script, so the
+compare-and-set on the stored state, the indexes and the counters change together. The
+leader's writes also carry its fencing token: a script whose token is not the latest writes
+nothing, so a leader that was paused past its lease cannot change anything after its
+successor took over. Lua's cjson keeps only 14 significant digits of a number, so scripts
+never encode a float: Python encodes every value, scripts store strings as given, and
+cancellation rewrites the leading `state` and `finished_at` of the stored JSON as text.
+
+When a job's last execution ends, its keys get an expiry `retention_s` ahead; queued jobs
+never expire. The job indexes are purged of expired jobs lazily (`purge_expired`, run by
+`list_jobs`). A queued execution takes about 890 bytes of Redis memory with prompts of 130
+characters (benchmarks/redis_memory.py); the prompt, stored with each execution, is what
+varies most.
+
+Scripts build key names from the prefix, which Redis allows outside Redis Cluster only: one
+Redis (with replicas or Sentinel if wanted), not a cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job
+from hybrid_router.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    StoreFenced,
+    StoreUnavailable,
+)
+from hybrid_router.store._codec import (
+    EXECUTION_DEFAULTS,
+    container_from_record,
+    container_record,
+    execution_from_record,
+    execution_record,
+    job_from_record,
+    job_record,
+)
+
+LAYOUT_VERSION = 1
+# The region score -priority * 2**40 + seq stays an exact double (< 2**53) below this.
+PRIORITY_LIMIT = 2**12
+# Reads of many executions go out as MGETs of this many keys, pipelined.
+_READ_CHUNK = 1000
+# Expired jobs are purged this many per script, so one purge never blocks Redis for long.
+_PURGE_CHUNK = 500
+_FENCED = -1
+
+# Every script starts with these: its arguments begin with the prefix, the retention and the
+# fencing token ('' = none), and it keeps the indexes and counters in step with the states.
+_PREAMBLE = """
+local P = ARGV[1]
+local RETENTION_MS = tonumber(ARGV[2])
+local TOKEN = ARGV[3]
+
+local function fenced()
+  return TOKEN ~= '' and redis.call('GET', P .. ':leader:token') ~= TOKEN
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function stored(id)
+  local raw = redis.call('GET', P .. ':exec:' .. id)
+  return raw and cjson.decode(raw)
+end
+
+local function count(e, state, delta)
+  redis.call('HINCRBY', P .. ':counts', state .. '|' .. e.region, delta)
+  redis.call('HINCRBY', P .. ':job:' .. e.job_id, state, delta)
+end
+
+local function enter(e, id, seq, state)
+  if state == 'queued' then
+    redis.call('ZADD', P .. ':queued', seq, id)
+    local score = -(e.priority or 0) * 1099511627776 + seq
+    redis.call('ZADD', P .. ':queued:' .. e.region, score, id)
+  elseif state == 'running' then
+    redis.call('ZADD', P .. ':running', seq, id)
+  end
+  count(e, state, 1)
+end
+
+local function leave(e, id, state)
+  if state == 'queued' then
+    redis.call('ZREM', P .. ':queued', id)
+    redis.call('ZREM', P .. ':queued:' .. e.region, id)
+  elseif state == 'running' then
+    redis.call('ZREM', P .. ':running', id)
+  end
+  count(e, state, -1)
+end
+
+-- Once none of a job's executions is queued or running, none can move again: its keys get
+-- their expiry, and its index entries a date with the purge.
+local function retire(job_id)
+  local job = P .. ':job:' .. job_id
+  local live = redis.call('HMGET', job, 'queued', 'running')
+  if (tonumber(live[1]) or 0) > 0 or (tonumber(live[2]) or 0) > 0 then return end
+  local at = now_ms() + RETENTION_MS
+  local ids = P .. ':jobx:' .. job_id
+  for _, id in ipairs(redis.call('ZRANGE', ids, 0, -1)) do
+    redis.call('PEXPIREAT', P .. ':exec:' .. id, at)
+  end
+  redis.call('PEXPIREAT', ids, at)
+  redis.call('PEXPIREAT', job, at)
+  redis.call('ZADD', P .. ':expiring', at, redis.call('HGET', job, 'ref'))
+end
+
+-- Store `raw` for execution `id`, stored until now as `e`, and move it to `state`'s index.
+local function move(id, e, raw, state)
+  redis.call('SET', P .. ':exec:' .. id, raw)
+  if state == e.state then return end
+  leave(e, id, e.state)
+  enter(e, id, redis.call('ZSCORE', P .. ':jobx:' .. e.job_id, id), state)
+  if state ~= 'queued' and state ~= 'running' then retire(e.job_id) end
+end
+"""
+
+_SCRIPTS = {
+    # ARGV: job id, job JSON, owner, created_at, then (execution id, execution JSON) pairs.
+    # Returns the stored job's JSON if the id exists (writing nothing), else nil.
+    "submit": """
+local job_id, job_raw, owner, created_at = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local job = P .. ':job:' .. job_id
+local existing = redis.call('HGET', job, 'job')
+if existing then return existing end
+local seen = {}
+for i = 8, #ARGV, 2 do
+  if seen[ARGV[i]] or redis.call('EXISTS', P .. ':exec:' .. ARGV[i]) == 1 then
+    return redis.error_reply('execution id already stored: ' .. ARGV[i])
+  end
+  seen[ARGV[i]] = true
+end
+local member = string.format('%015d|%s', redis.call('INCR', P .. ':seq'), job_id)
+redis.call('HSET', job, 'job', job_raw, 'ref', cjson.encode({job_id, member, owner}))
+redis.call('ZADD', P .. ':jobs', created_at, member)
+redis.call('ZADD', P .. ':jobs:owner:' .. owner, created_at, member)
+for i = 8, #ARGV, 2 do
+  local seq = redis.call('INCR', P .. ':seq')
+  redis.call('SET', P .. ':exec:' .. ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', P .. ':jobx:' .. job_id, seq, ARGV[i])
+  local e = cjson.decode(ARGV[i + 1])
+  enter(e, ARGV[i], seq, e.state)
+end
+retire(job_id)
+return false
+""",
+    # ARGV: execution id, its JSON, its state, container id, container JSON.
+    "admit": """
+if fenced() then return -1 end
+local e = stored(ARGV[4])
+if not e or e.state ~= 'queued' then return 0 end
+move(ARGV[4], e, ARGV[5], ARGV[6])
+redis.call('HSET', P .. ':containers', ARGV[7], ARGV[8])
+return 1
+""",
+    # ARGV: execution id, its JSON, its state, the container it was admitted to, the
+    # container that replaces it, that container's JSON. Ids that may be None travel as
+    # '' (None) or '=' .. id.
+    "finish": """
+if fenced() then return -1 end
+local admitted, container = ARGV[7], ARGV[8]
+local e = stored(ARGV[4])
+if not e or e.state ~= 'running' then return 0 end
+if (e.container_id and '=' .. e.container_id or '') ~= admitted then return 0 end
+move(ARGV[4], e, ARGV[5], ARGV[6])
+if admitted ~= '' and admitted ~= container then
+  redis.call('HDEL', P .. ':containers', string.sub(admitted, 2))
+end
+if container ~= '' then
+  redis.call('HSET', P .. ':containers', string.sub(container, 2), ARGV[9])
+end
+return 1
+""",
+    # ARGV: (execution id, its JSON, its state) triples; only running ones are moved.
+    "requeue": """
+if fenced() then return -1 end
+for i = 4, #ARGV, 3 do
+  local e = stored(ARGV[i])
+  if e and e.state == 'running' then move(ARGV[i], e, ARGV[i + 1], ARGV[i + 2]) end
+end
+return 1
+""",
+    # ARGV: job id, finished_at as JSON. Returns (seq, cancelled JSON) pairs, flattened.
+    "cancel": """
+local head = '{"state":"queued",'
+local ids = redis.call('ZRANGE', P .. ':jobx:' .. ARGV[4], 0, -1, 'WITHSCORES')
+local out = {}
+for i = 1, #ids, 2 do
+  local raw = redis.call('GET', P .. ':exec:' .. ids[i])
+  if raw and string.sub(raw, 1, #head) == head then
+    local rest = (string.gsub(string.sub(raw, #head + 1), '^"finished_at":[^,]*,', '', 1))
+    local cancelled = '{"state":"cancelled","finished_at":' .. ARGV[5] .. ',' .. rest
+    move(ids[i], cjson.decode(raw), cancelled, 'cancelled')
+    out[#out + 1] = ids[i + 1]
+    out[#out + 1] = cancelled
+  end
+end
+return out
+""",
+    # ARGV: number of removed ids, the removed ids, then (container id, JSON) pairs.
+    "save_containers": """
+if fenced() then return -1 end
+local removed = tonumber(ARGV[4])
+for i = 5, 4 + removed do redis.call('HDEL', P .. ':containers', ARGV[i]) end
+for i = 5 + removed, #ARGV, 2 do redis.call('HSET', P .. ':containers', ARGV[i], ARGV[i + 1]) end
+return 1
+""",
+    # ARGV: now in ms ('' = Redis's clock, the one the keys expire by), at most how many.
+    # The job's keys are deleted only if they are still that job's: the id may be in use again.
+    "purge": """
+local now = tonumber(ARGV[4]) or now_ms()
+local refs = redis.call('ZRANGEBYSCORE', P .. ':expiring', '-inf', now, 'LIMIT', 0, ARGV[5])
+for _, ref in ipairs(refs) do
+  local job_id, member, owner = unpack(cjson.decode(ref))
+  local job, ids = P .. ':job:' .. job_id, P .. ':jobx:' .. job_id
+  redis.call('ZREM', P .. ':jobs', member)
+  redis.call('ZREM', P .. ':jobs:owner:' .. owner, member)
+  if redis.call('HGET', job, 'ref') == ref then
+    for _, id in ipairs(redis.call('ZRANGE', ids, 0, -1)) do
+      redis.call('DEL', P .. ':exec:' .. id)
+    end
+    redis.call('DEL', ids, job)
+  end
+  redis.call('ZREM', P .. ':expiring', ref)
+end
+return #refs
+""",
+    # ARGV: node id, lease TTL in ms. Returns the fencing token, 0 if another node holds it.
+    # Asking again while holding it renews the lease and keeps the token.
+    "acquire": """
+local lease, token = P .. ':leader', P .. ':leader:token'
+if redis.call('SET', lease, ARGV[4], 'NX', 'PX', ARGV[5]) then
+  return redis.call('INCR', token)
+end
+if redis.call('GET', lease) ~= ARGV[4] then return 0 end
+redis.call('PEXPIRE', lease, ARGV[5])
+return tonumber(redis.call('GET', token)) or redis.call('INCR', token)
+""",
+    # ARGV: node id, lease TTL in ms.
+    "renew": """
+if redis.call('GET', P .. ':leader') ~= ARGV[4] then return 0 end
+redis.call('PEXPIRE', P .. ':leader', ARGV[5])
+return 1
+""",
+    # ARGV: node id.
+    "release": """
+if redis.call('GET', P .. ':leader') == ARGV[4] then redis.call('DEL', P .. ':leader') end
+return 1
+""",
+}
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _unavailable_on_connection_error(
+    method: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Redis unreachable or too slow becomes StoreUnavailable, which the API answers with 503."""
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise StoreUnavailable(f"store unavailable: {e}", code="STORE_UNAVAILABLE") from e
+
+    return translated
+
+
+class RedisStore:
+    """The Store protocol on one Redis, shared by every replica (see store.base)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hr",
+        retention_s: float = 7 * 86400,
+        lease_ttl_s: float = 5.0,
+        node_id: str | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.retention_s = retention_s
+        self.lease_ttl_s: float | None = lease_ttl_s
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._retention_ms = round(retention_s * 1000)
+        self._lease_ms = max(1, round(lease_ttl_s * 1000))
+        self._token: int | None = None
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client, for pub/sub between replicas on the same connection settings."""
+        if self._client is None:
+            raise RuntimeError(f"Redis store {self.prefix!r} is not open")
+        return self._client
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The token this store's fenced writes carry; None: they are not fenced."""
+        return self._token
+
+    def set_fencing_token(self, token: int | None) -> None:
+        """Carry `token` in every admit, finish, requeue and save_containers from now on."""
+        self._token = token
+
+    @_unavailable_on_connection_error
+    async def open(self) -> None:
+        """Connect, check Redis answers, and refuse data laid out by a newer router."""
+        if self._client is None:
+            # Short timeouts, so the API answers 503 at once instead of hanging. No retries:
+            # a script that timed out may have run, and run again its compare-and-set would
+            # find its own write and answer False. The client is kept when Redis does not
+            # answer, so calls work again once it is back.
+            self._client = aioredis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=2.0,
+                socket_timeout=2.0,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._scripts = {
+                name: self._client.register_script(_PREAMBLE + body)
+                for name, body in _SCRIPTS.items()
+            }
+        key = self._key("version")
+        await self.client.set(key, LAYOUT_VERSION, nx=True)
+        version = int(cast(str, await self.client.get(key)))
+        if version > LAYOUT_VERSION:
+            raise ConfigError(
+                f"Redis store {self.prefix!r} has layout version {version}, newer than this "
+                f"hybrid-router's {LAYOUT_VERSION}: upgrade, or use another prefix"
+            )
+
+    async def close(self) -> None:
+        """Give the lease up if held, and close the connections."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if self._token is not None:
+                await self._run("release", self.node_id)
+        except (RedisConnectionError, RedisTimeoutError):
+            pass  # Redis is away: the lease lapses by itself after its TTL.
+        finally:
+            self._scripts = {}
+            await client.aclose()
+
+    @_unavailable_on_connection_error
+    async def acquire_scheduler_lock(self) -> bool:
+        """Take the leader lease if free (or renew it if ours); a new lease gets a new token."""
+        token = int(await self._run("acquire", self.node_id, self._lease_ms))
+        if token:
+            self._token = token
+        return bool(token)
+
+    @_unavailable_on_connection_error
+    async def renew_scheduler_lock(self) -> bool:
+        """Extend the lease; False if this node no longer holds it."""
+        return bool(await self._run("renew", self.node_id, self._lease_ms))
+
+    @_unavailable_on_connection_error
+    async def release_scheduler_lock(self) -> None:
+        """Give the lease up if this node holds it.
+
+        The fencing token is kept: whatever this node still writes is refused as soon as
+        another node leads.
+        """
+        await self._run("release", self.node_id)
+
+    @_unavailable_on_connection_error
+    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
+        """Store a job and its executions atomically; (existing job, False) if the id exists."""
+        for e in executions:
+            if abs(e.priority) >= PRIORITY_LIMIT:
+                raise InvalidRequest(
+                    f"priority {e.priority} is out of range: the Redis store orders queues "
+                    f"by priorities between {1 - PRIORITY_LIMIT} and {PRIORITY_LIMIT - 1}",
+                    code="INVALID_PRIORITY",
+                )
+        args: list[str] = [job.id, _dumps(job_record(job)), job.owner, _dumps(job.created_at)]
+        for e in executions:
+            args += [e.id, _encode_execution(e)]
+        try:
+            existing = await self._run("submit", *args)
+        except ResponseError as e:
+            if "execution id already stored" in str(e):
+                raise Conflict(str(e), code="EXECUTION_CONFLICT") from e
+            raise
+        if existing is not None:
+            return job_from_record(json.loads(existing)), False
+        return job, True
+
+    @_unavailable_on_connection_error
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job, or None."""
+        raw = await self.client.hget(self._key("job", job_id), "job")
+        return job_from_record(json.loads(raw)) if raw is not None else None
+
+    @_unavailable_on_connection_error
+    async def list_jobs(
+        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[tuple[Job, dict[ExecutionState, int]]]:
+        """Jobs newest first, each with the count of its executions per state (zeros included)."""
+        await self.purge_expired()
+        index = self._key("jobs") if owner is None else self._key("jobs", "owner", owner)
+        if limit == 0:
+            return []
+        # A negative limit means no limit, as in SQL.
+        last = -1 if limit < 0 else offset + limit - 1
+        members = cast(list[str], await self.client.zrevrange(index, offset, last))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hgetall(self._key("job", member.split("|", 1)[1]))
+            hashes: list[dict[str, str]] = await pipe.execute()
+        page = []
+        for fields in hashes:
+            if not fields:
+                continue  # expired since the purge above
+            counts = _zero_counts()
+            for state in ExecutionState:
+                counts[state] = int(fields.get(state.value, 0))
+            page.append((job_from_record(json.loads(fields["job"])), counts))
+        return page
+
+    @_unavailable_on_connection_error
+    async def executions_of(self, job_id: str) -> list[Execution]:
+        """A job's executions in `seq` order."""
+        return await self._executions(await self._scored(self._key("jobx", job_id)))
+
+    @_unavailable_on_connection_error
+    async def queued(self) -> list[Execution]:
+        """Every queued execution, in `seq` order."""
+        ids = await self._scored(self._key("queued"))
+        return await self._executions(ids, ExecutionState.QUEUED)
+
+    @_unavailable_on_connection_error
+    async def running(self) -> list[Execution]:
+        """Every running execution, in `seq` order."""
+        ids = await self._scored(self._key("running"))
+        return await self._executions(ids, ExecutionState.RUNNING)
+
+    @_unavailable_on_connection_error
+    async def containers(self) -> list[Container]:
+        """Every container in the ledger, by id."""
+        rows = await self._hash(self._key("containers"))
+        return [container_from_record(json.loads(rows[cid])) for cid in sorted(rows)]
+
+    @_unavailable_on_connection_error
+    async def admit(self, execution: Execution, container: Container) -> bool:
+        """Record `execution` (now running) and its container, if it is still queued."""
+        return await self._fenced(
+            "admit",
+            execution.id,
+            _encode_execution(execution),
+            execution.state.value,
+            container.id,
+            _dumps(container_record(container)),
+        )
+
+    @_unavailable_on_connection_error
+    async def finish(
+        self, execution: Execution, container: Container | None, container_id: str | None
+    ) -> bool:
+        """Record a running execution's outcome and replace (or delete) its container row."""
+        # Fenced on the container the run was admitted to, as in SQLiteStore.finish.
+        return await self._fenced(
+            "finish",
+            execution.id,
+            _encode_execution(execution),
+            execution.state.value,
+            _optional(container_id),
+            _optional(container.id if container is not None else None),
+            _dumps(container_record(container)) if container is not None else "",
+        )
+
+    @_unavailable_on_connection_error
+    async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
+        """Cancel a job's queued executions atomically; returns them as cancelled."""
+        flat = await self._run("cancel", job_id, _dumps(now))
+        return [
+            execution_from_record(json.loads(raw), int(seq))
+            for seq, raw in zip(flat[::2], flat[1::2], strict=True)
+        ]
+
+    @_unavailable_on_connection_error
+    async def save_containers(
+        self, containers: Sequence[Container], removed: Sequence[str] = ()
+    ) -> None:
+        """Upsert ledger rows and delete the `removed` ids, atomically."""
+        args: list[str | int] = [len(removed), *removed]
+        for c in containers:
+            args += [c.id, _dumps(container_record(c))]
+        await self._fenced("save_containers", *args)
+
+    @_unavailable_on_connection_error
+    async def requeue(self, executions: Sequence[Execution]) -> None:
+        """Put running executions back in the queue as given (crash recovery)."""
+        args: list[str] = []
+        for e in executions:
+            args += [e.id, _encode_execution(e), e.state.value]
+        await self._fenced("requeue", *args)
+
+    @_unavailable_on_connection_error
+    async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
+        """Per region, the count of executions per state (zeros included).
+
+        Counts include executions of jobs whose retention has passed: like SQLite, which
+        never deletes, they are totals since the store was created.
+        """
+        counts: dict[str, dict[ExecutionState, int]] = {}
+        for field, n in (await self._hash(self._key("counts"))).items():
+            state, region = field.split("|", 1)
+            counts.setdefault(region, _zero_counts())[ExecutionState(state)] = int(n)
+        return counts
+
+    @_unavailable_on_connection_error
+    async def queue_sizes(self) -> dict[str, int]:
+        """Per region with queued executions, how many are queued."""
+        # The counters change in the same scripts as the region sets: equal to their ZCARDs,
+        # in one round trip whatever the number of regions.
+        prefix = f"{ExecutionState.QUEUED.value}|"
+        return {
+            field.removeprefix(prefix): int(n)
+            for field, n in (await self._hash(self._key("counts"))).items()
+            if field.startswith(prefix) and int(n) > 0
+        }
+
+    @_unavailable_on_connection_error
+    async def position(self, execution: Execution) -> int | None:
+        """1-based place of a queued execution in its region's order; None if not queued."""
+        rank = await self.client.zrank(self._key("queued", execution.region), execution.id)
+        return None if rank is None else cast(int, rank) + 1
+
+    @_unavailable_on_connection_error
+    async def purge_expired(self, now: float | None = None) -> int:
+        """Forget the jobs whose retention has passed by `now` (default: Redis's clock).
+
+        Their keys expire by themselves; this removes what points at them (the job indexes),
+        and deletes the keys at once if `now` is ahead of Redis. Returns how many jobs.
+        """
+        at = "" if now is None else str(round(now * 1000))
+        purged = 0
+        while True:
+            n = int(await self._run("purge", at, _PURGE_CHUNK))
+            purged += n
+            if n < _PURGE_CHUNK:
+                return purged
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # The client's types cannot know it decodes every reply to str (decode_responses).
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], await self.client.hgetall(key))
+
+    async def _scored(self, key: str) -> list[tuple[str, float]]:
+        """A sorted set's members with their scores, in order."""
+        return cast(list[tuple[str, float]], await self.client.zrange(key, 0, -1, withscores=True))
+
+    async def _run(self, name: str, *args: str | int, token: int | None = None) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            raise RuntimeError(f"Redis store {self.prefix!r} is not open")
+        fence: str | int = "" if token is None else token
+        return await script(args=[self.prefix, self._retention_ms, fence, *args])
+
+    async def _fenced(self, name: str, *args: str | int) -> bool:
+        """Run a leader's write; StoreFenced if a newer lease's token has replaced ours."""
+        token = self._token
+        result = await self._run(name, *args, token=token)
+        if result == _FENCED:
+            raise StoreFenced(
+                f"write refused: fencing token {token} is stale, another replica leads now"
+            )
+        return bool(result)
+
+    async def _executions(
+        self, ids: Sequence[tuple[str, float]], state: ExecutionState | None = None
+    ) -> list[Execution]:
+        """The executions of (id, seq) pairs that still exist (and are in `state`), in order.
+
+        The ids and the executions are read one after the other, so one may have moved on in
+        between: filtering on `state` keeps the answer true to what it claims.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(ids), _READ_CHUNK):
+                pipe.mget([self._key("exec", eid) for eid, _ in ids[i : i + _READ_CHUNK]])
+            chunks: list[list[str | None]] = await pipe.execute()
+        raws = [raw for chunk in chunks for raw in chunk]
+        result = []
+        for (_, seq), raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue  # its job's retention passed in between
+            execution = execution_from_record(json.loads(raw), int(seq))
+            if state is None or execution.state is state:
+                result.append(execution)
+        return result
+
+
+def _zero_counts() -> dict[ExecutionState, int]:
+    return dict.fromkeys(ExecutionState, 0)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _optional(value: str | None) -> str:
+    """An id that may be None, as the scripts take it: '' or '=' + id."""
+    return "" if value is None else "=" + value
+
+
+def _encode_execution(execution: Execution) -> str:
+    """The execution's JSON: `state` first, then `finished_at`, then the other fields.
+
+    Fields at their default are left out: a queued execution is a third smaller, which is
+    most of Redis's memory per execution. The cancel script relies on the order to rewrite
+    `state` and `finished_at` without decoding the rest.
+    """
+    record = execution_record(execution)
+    state = record.pop("state")
+    ordered = {"finished_at": record.pop("finished_at"), **record}
+    defaults = EXECUTION_DEFAULTS
+    compact = {k: v for k, v in ordered.items() if k not in defaults or v != defaults[k]}
+    return _dumps({"state": state, **compact})

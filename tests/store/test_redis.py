@@ -1,0 +1,332 @@
+"""What only the Redis store does: its url, the fenced leader lease, retention, Redis away."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from hybrid_router.core.model import Container, ExecutionState, Job
+from hybrid_router.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    StoreFenced,
+    StoreUnavailable,
+)
+from hybrid_router.store import store_from_url
+from hybrid_router.store.redis import LAYOUT_VERSION, RedisStore
+
+from .conftest import REDIS_URL, redis_prefix
+from .test_contract import admitted, container_for, make_job, started, submit
+
+pytestmark = pytest.mark.redis
+
+# Makes a new, unopened store on this test's prefix; keyword arguments go to RedisStore.
+RedisFactory = Callable[..., RedisStore]
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[RedisFactory]:
+    async with redis_prefix() as prefix:
+        made: list[RedisStore] = []
+
+        def factory(**kwargs: Any) -> RedisStore:
+            store = RedisStore(REDIS_URL, prefix=prefix, **kwargs)
+            made.append(store)
+            return store
+
+        try:
+            yield factory
+        finally:
+            for store in made:
+                await store.close()
+
+
+async def opened(make: RedisFactory, **kwargs: Any) -> RedisStore:
+    store = make(**kwargs)
+    await store.open()
+    return store
+
+
+async def snapshot(store: RedisStore) -> tuple[object, ...]:
+    return (
+        await store.executions_of("j1"),
+        await store.containers(),
+        await store.region_counts(),
+        await store.queue_sizes(),
+    )
+
+
+# The url
+
+
+@pytest.mark.parametrize(
+    ("url", "client_url", "prefix"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", "hr"),
+        ("redis://10.0.0.5:6380/2?prefix=router-a", "redis://10.0.0.5:6380/2", "router-a"),
+        (
+            "rediss://:secret@redis.internal:6379/0?prefix=x&socket_keepalive=true",
+            "rediss://:secret@redis.internal:6379/0?socket_keepalive=true",
+            "x",
+        ),
+        ("REDIS://h/0?prefix=a:b", "redis://h/0", "a:b"),
+    ],
+)
+def test_store_from_redis_url(url: str, client_url: str, prefix: str) -> None:
+    store = store_from_url(url)
+    assert isinstance(store, RedisStore)
+    assert (store.url, store.prefix) == (client_url, prefix)
+
+
+def test_an_empty_prefix_is_a_config_error_that_does_not_echo_the_password() -> None:
+    with pytest.raises(ConfigError, match="prefix") as raised:
+        store_from_url("redis://:secret@h:6379/0?prefix=")
+    assert "secret" not in raised.value.message
+
+
+# The leader lease and its fencing token
+
+
+async def test_a_leader_whose_lease_was_taken_over_can_write_nothing(make: RedisFactory) -> None:
+    old = await opened(make)
+    assert await old.acquire_scheduler_lock()
+    first, second, *_ = await submit(old, make_job())
+    running = await admitted(old, first)
+    # Its lease lapses (say the process was paused) and another replica takes over.
+    await old.client.delete(f"{old.prefix}:leader")
+    new = await opened(make)
+    assert await new.acquire_scheduler_lock()
+    assert new.fencing_token is not None and old.fencing_token is not None
+    assert new.fencing_token > old.fencing_token
+    before = await snapshot(new)
+
+    with pytest.raises(StoreFenced) as raised:
+        await old.admit(started(second, "c2"), container_for(second, "c2"))
+    assert (raised.value.status_code, raised.value.code) == (503, "NOT_LEADER")
+    with pytest.raises(StoreFenced):
+        await old.finish(replace(running, state=ExecutionState.SUCCEEDED), None, "c1")
+    with pytest.raises(StoreFenced):
+        await old.requeue([replace(running, state=ExecutionState.QUEUED, container_id=None)])
+    with pytest.raises(StoreFenced):
+        await old.save_containers([], removed=["c1"])
+    assert not await old.renew_scheduler_lock()
+
+    assert await snapshot(new) == before
+    # The new leader writes; any replica still takes submissions and cancellations.
+    assert await new.finish(replace(running, state=ExecutionState.SUCCEEDED), None, "c1")
+    await submit(old, make_job("j2", created_at=101.0))
+    assert len(await old.cancel_queued("j2", now=102.0)) == 4
+
+
+async def test_a_store_without_a_token_is_not_fenced(make: RedisFactory) -> None:
+    leader = await opened(make)
+    assert await leader.acquire_scheduler_lock()
+    other = await opened(make)
+    assert other.fencing_token is None
+    first, *_ = await submit(other, make_job())
+
+    assert await other.admit(started(first), container_for(first))
+
+
+async def test_the_lease_lapses_unless_renewed(make: RedisFactory) -> None:
+    first = await opened(make, lease_ttl_s=0.2)
+    second = await opened(make, lease_ttl_s=0.2)
+    assert await first.acquire_scheduler_lock()
+    assert not await second.acquire_scheduler_lock()
+
+    await asyncio.sleep(0.35)
+
+    assert await second.acquire_scheduler_lock()
+    assert not await first.renew_scheduler_lock()
+    assert not await first.acquire_scheduler_lock()
+
+
+async def test_only_the_holder_renews_or_releases_the_lease(make: RedisFactory) -> None:
+    holder = await opened(make, lease_ttl_s=5.0)
+    other = await opened(make, lease_ttl_s=60.0)
+    assert await holder.acquire_scheduler_lock()
+    token = holder.fencing_token
+    lease = f"{holder.prefix}:leader"
+    await holder.client.pexpire(lease, 1000)
+
+    assert not await other.renew_scheduler_lock()
+    await other.release_scheduler_lock()
+    assert 0 < await holder.client.pttl(lease) <= 1000
+
+    assert await holder.renew_scheduler_lock()
+    assert 1000 < await holder.client.pttl(lease) <= 5000
+    assert await holder.acquire_scheduler_lock()
+    assert holder.fencing_token == token
+
+    await holder.release_scheduler_lock()
+    assert await other.acquire_scheduler_lock()
+    # The one that let go keeps its token, so what it still writes is refused.
+    assert holder.fencing_token == token
+    with pytest.raises(StoreFenced):
+        await holder.save_containers([])
+
+
+async def test_set_fencing_token_checks_writes_against_the_current_lease(
+    make: RedisFactory,
+) -> None:
+    leader = await opened(make)
+    assert await leader.acquire_scheduler_lock()
+    token = leader.fencing_token
+    assert token is not None
+    follower = await opened(make)
+    busy = Container("c1", "modal-us", "m", "US", 1)
+
+    follower.set_fencing_token(token - 1)
+    with pytest.raises(StoreFenced):
+        await follower.save_containers([busy])
+    follower.set_fencing_token(token)
+    await follower.save_containers([busy])
+    assert await leader.containers() == [busy]
+
+
+# Retention
+
+
+async def ttls(store: RedisStore, job_id: str) -> list[int]:
+    """The remaining lives in ms of a job's keys (-1: no expiry)."""
+    keys = [f"{store.prefix}:job:{job_id}", f"{store.prefix}:jobx:{job_id}"]
+    keys += [f"{store.prefix}:exec:{e.id}" for e in await store.executions_of(job_id)]
+    return [await store.client.pttl(key) for key in keys]
+
+
+async def test_finished_jobs_expire_and_queued_ones_never(make: RedisFactory) -> None:
+    store = await opened(make, retention_s=3600)
+    first, second = await submit(store, make_job("j1", models=("m",), questions=("a", "b")))
+    await submit(store, make_job("queued", models=("m",), created_at=101.0))
+    await submit(store, make_job("cancelled", models=("m",), created_at=102.0))
+    running = await admitted(store, first)
+    assert await store.finish(replace(running, state=ExecutionState.SUCCEEDED), None, "c1")
+
+    # One execution still queued: the job is not finished.
+    assert set(await ttls(store, "j1")) == {-1}
+    running = await admitted(store, second, "c2")
+    assert set(await ttls(store, "j1")) == {-1}
+    assert await store.finish(replace(running, state=ExecutionState.FAILED), None, "c2")
+    await store.cancel_queued("cancelled", now=103.0)
+
+    for job_id in ("j1", "cancelled"):
+        assert all(3_590_000 < ttl <= 3_600_000 for ttl in await ttls(store, job_id))
+    assert set(await ttls(store, "queued")) == {-1}
+
+
+async def test_expired_jobs_leave_the_listings_but_not_the_counts(make: RedisFactory) -> None:
+    store = await opened(make, retention_s=0.05)
+    await submit(store, make_job("gone", models=("m",)))
+    await submit(store, make_job("kept", models=("m",), created_at=101.0))
+    await store.cancel_queued("gone", now=102.0)
+    counts = await store.region_counts()
+
+    await asyncio.sleep(0.2)
+
+    assert await store.get_job("gone") is None
+    assert await store.executions_of("gone") == []
+    assert [j.id for j, _ in await store.list_jobs()] == ["kept"]
+    assert [j.id for j, _ in await store.list_jobs(owner="alice")] == ["kept"]
+    assert await store.region_counts() == counts
+    # The id can be used again, for a new job.
+    again = make_job("gone", models=("m",), created_at=200.0)
+    assert await store.submit_job(again, again.expand()) == (again, True)
+    assert [j.id for j, _ in await store.list_jobs()] == ["gone", "kept"]
+
+
+async def test_purge_with_a_later_now_deletes_finished_jobs_at_once(make: RedisFactory) -> None:
+    store = await opened(make, retention_s=3600)
+    await submit(store, make_job("done", models=("m",)))
+    await submit(store, make_job("waiting", models=("m",), created_at=101.0))
+    await store.cancel_queued("done", now=102.0)
+
+    redis_now = (await store.client.time())[0]
+    assert await store.purge_expired(redis_now + 3601) == 1
+
+    assert await store.get_job("done") is None
+    assert [j.id for j, _ in await store.list_jobs()] == ["waiting"]
+    assert not [k async for k in store.client.scan_iter(match=f"{store.prefix}:exec:done:*")]
+    assert await store.purge_expired(redis_now + 3601) == 0
+
+
+# Exactness and refusals
+
+
+async def test_cancelling_keeps_every_float_exact(make: RedisFactory) -> None:
+    # Lua's cjson would round these to 14 digits; the cancel script must not re-encode them.
+    store = await opened(make)
+    job = replace(make_job(models=("m",), questions=("a",)), temperature=0.1 + 0.2)
+    job = replace(job, created_at=1712345678.1234567)
+    (queued,) = await submit(store, job)
+    now = 1712345999.9876543
+
+    (cancelled,) = await store.cancel_queued("j1", now=now)
+
+    expected = replace(queued, state=ExecutionState.CANCELLED, finished_at=now)
+    assert cancelled == expected
+    assert await store.executions_of("j1") == [expected]
+    assert (expected.temperature, expected.queued_at) == (0.1 + 0.2, 1712345678.1234567)
+
+
+async def test_a_priority_the_region_score_cannot_hold_is_refused(make: RedisFactory) -> None:
+    store = await opened(make)
+    job = replace(make_job(), priority=5000)
+
+    with pytest.raises(InvalidRequest, match="priority 5000"):
+        await store.submit_job(job, job.expand())
+
+    assert await store.get_job(job.id) is None
+
+
+async def test_a_submission_reusing_an_execution_id_writes_nothing(make: RedisFactory) -> None:
+    store = await opened(make)
+    first = Job(id="first", models=("m",), regions=("US",), questions=("q",))
+    await store.submit_job(first, first.expand())
+    second = Job(id="second", models=("m",), regions=("US", "EU"), questions=("q",))
+
+    with pytest.raises(Conflict, match="first:0:m:US"):
+        await store.submit_job(second, [second.expand()[0], first.expand()[0]])
+
+    assert await store.get_job("second") is None
+    assert [e.id for e in await store.queued()] == [e.id for e in first.expand()]
+    assert await store.queue_sizes() == {"US": 1}
+
+
+async def test_data_from_a_newer_layout_is_refused(make: RedisFactory) -> None:
+    store = await opened(make)
+    await store.client.set(f"{store.prefix}:version", LAYOUT_VERSION + 1)
+
+    with pytest.raises(ConfigError, match="newer"):
+        await opened(make)
+
+
+# Redis away
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_unreachable_redis_is_store_unavailable() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", prefix="unreachable")
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.open()
+        assert raised.value.code == "STORE_UNAVAILABLE"
+        assert raised.value.message.startswith("store unavailable: ")
+        # The store stays usable: calls fail the same way until Redis answers.
+        with pytest.raises(StoreUnavailable):
+            await store.submit_job(make_job(), make_job().expand())
+        with pytest.raises(StoreUnavailable):
+            await store.acquire_scheduler_lock()
+    finally:
+        await store.close()
