@@ -146,8 +146,11 @@ class LocalBus:
 class RedisBus:
     """Redis pub/sub between replicas, fanned out locally by one listener per process."""
 
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
-        self._client = client
+    def __init__(self, url: str, channel: str) -> None:
+        # Its own connections, with short timeouts: a publish must never hang a request.
+        self._client = aioredis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=None
+        )
         self._channel = channel
         self._local = LocalBus()
         self._listener: asyncio.Task[None] | None = None
@@ -177,6 +180,7 @@ class RedisBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         self._local.deliver(None)
+        await self._client.aclose()
 
     async def _listen(self) -> None:
         delay = 0.1

@@ -34,13 +34,14 @@ from hybrid_router.runtime.events import (
     Event,
     EventBus,
     LocalBus,
+    RedisBus,
     Subscription,
     execution_event,
 )
 from hybrid_router.runtime.leadership import Leadership
 from hybrid_router.runtime.manager import RegionQueueManager
 from hybrid_router.settings import Settings
-from hybrid_router.store import store_from_url
+from hybrid_router.store import RedisStore, store_from_url
 from hybrid_router.store.base import Store
 
 # How often a waiter looks at its job even without an event (events can be lost).
@@ -369,7 +370,11 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
             seed=simulated[0].seed,
         )
     providers = {name: build_provider(spec, env=env, cloud=cloud) for name, spec in specs.items()}
-    return RouterService(settings, store_from_url(settings.store_url), providers)
+    store = store_from_url(settings.store_url)
+    bus: EventBus = LocalBus()
+    if isinstance(store, RedisStore):
+        bus = RedisBus(store.url, f"{store.prefix}:events")
+    return RouterService(settings, store, providers, bus=bus)
 
 
 def _job_status(
