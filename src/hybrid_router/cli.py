@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -110,6 +111,10 @@ def serve(
         application = create_app(settings)
     except ConfigError as exc:
         _fail(exc.message, code=2)
+    # After a graceful shutdown, uvicorn re-raises the SIGTERM that caused it, for the handler
+    # it found installed; with Python's default one the process would die by the signal
+    # (exit 143) after a clean shutdown, which deploy tools report as a crash.
+    previous_sigterm = signal.signal(signal.SIGTERM, _stopped_by_signal)
     try:
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: in-flight requests get
         # shutdown_grace_s, then the lifespan stops the service (which drains its own calls).
@@ -125,6 +130,8 @@ def serve(
         if startup_error is not None:
             _fail(f"cannot start: {startup_error.message}", code=2)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 @app.command("emulate-modal")
@@ -268,6 +275,12 @@ def cancel(
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _stopped_by_signal(signum: int, frame: object) -> NoReturn:
+    """SIGTERM outside uvicorn's handler: after its graceful shutdown, or before it started
+    serving (nothing to drain yet). Either way the stop asked for is a success: exit 0."""
+    raise SystemExit(0)
 
 
 def _fail(message: str, *, code: int = 1) -> NoReturn:

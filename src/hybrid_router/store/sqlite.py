@@ -34,7 +34,12 @@ from hybrid_router.store._codec import (
     job_record,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added since version 1, by the version that added them: a file written by an older
+# version gets them on open (every one nullable, so existing rows need no value).
+_ADDED_COLUMNS = {
+    2: (("jobs", "deadline_s REAL"), ("executions", "deadline_at REAL")),
+}
 
 _SCHEMA = (
     """
@@ -48,7 +53,8 @@ _SCHEMA = (
         temperature  REAL NOT NULL,
         max_tokens   INTEGER NOT NULL,
         max_attempts INTEGER NOT NULL,
-        created_at   REAL NOT NULL
+        created_at   REAL NOT NULL,
+        deadline_s   REAL
     )
     """,
     "CREATE INDEX IF NOT EXISTS jobs_by_age ON jobs (created_at)",
@@ -80,7 +86,8 @@ _SCHEMA = (
         inference_time REAL,
         error_code     TEXT,
         error_message  TEXT,
-        error_kind     TEXT
+        error_kind     TEXT,
+        deadline_at    REAL
     )
     """,
     "CREATE INDEX IF NOT EXISTS executions_by_state ON executions (state, seq)",
@@ -156,6 +163,10 @@ class SQLiteStore:
                     )
                 for statement in _SCHEMA:
                     await tx.execute(statement)
+                if version > 0:  # 0: the file was new, and _SCHEMA made it current
+                    for added in range(version + 1, SCHEMA_VERSION + 1):
+                        for table, column in _ADDED_COLUMNS.get(added, ()):
+                            await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
                 await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException as e:
             await self.close()
