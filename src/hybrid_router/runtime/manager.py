@@ -26,7 +26,7 @@ from hybrid_router.core.model import (
     ProviderSpec,
 )
 from hybrid_router.core.policy import Topology
-from hybrid_router.errors import StoreFenced
+from hybrid_router.errors import StoreFenced, StoreUnavailable
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
 from hybrid_router.runtime.events import JOB_FINISHED, Event, execution_event
 from hybrid_router.store.base import Store
@@ -95,9 +95,10 @@ class RegionQueueManager:
         self._wakeup.set()
 
     async def recover(self) -> None:
-        """Treat executions left running by a dead process as promise 1 says."""
+        """Treat executions left running by a dead process, or by a write whose answer was
+        lost, as promise 1 says: GPUs held until timeout + scaledown, then queued again."""
         async with self.lock:
-            running = await self.store.running()
+            running = [e for e in await self.store.running() if e.id not in self._calls]
             if not running:
                 return
             containers = {c.id: c for c in await self.store.containers()}
@@ -110,7 +111,7 @@ class RegionQueueManager:
             # Containers first: if we die in between, the next start redoes this harmlessly.
             await self.store.save_containers(list(containers.values()))
             await self.store.requeue([retry.recovered(e) for e in running])
-            log.warning("recovered %d executions left running by a previous process", len(running))
+            log.warning("recovered %d executions no call of this process runs", len(running))
 
     async def cancel_running(self, execution_ids: list[str]) -> None:
         """Close the provider calls of these running executions; they end `cancelled`."""
@@ -121,18 +122,28 @@ class RegionQueueManager:
                 task.cancel()
 
     async def _loop(self) -> None:
+        store_failed = False
         while self._admitting:
             self._wakeup.clear()
             try:
+                if store_failed:
+                    # An admission may have been written with its answer lost: reconcile.
+                    await self.recover()
+                    store_failed = False
                 wake_at = await self._admit_round()
             except StoreFenced:
                 log.warning("another replica leads now: this one stops admitting")
                 self._admitting = False
                 self.fenced.set()
                 return
+            except StoreUnavailable as exc:
+                log.warning("scheduling paused, store unavailable: %s", exc.message)
+                store_failed = True
+                wake_at = self.clock() + 1.0
             except Exception:
-                # A store hiccup must not kill the scheduler; the next event retries.
+                # A bug in one round must not kill the scheduler; the next event retries.
                 log.exception("scheduling round failed")
+                store_failed = True
                 wake_at = self.clock() + 1.0
             timeout = None if wake_at is None else max(0.0, wake_at - self.clock())
             with contextlib.suppress(TimeoutError):
@@ -193,8 +204,31 @@ class RegionQueueManager:
     async def _settle(
         self, execution: Execution, outcome: Completion | Failure | None, spec: ProviderSpec
     ) -> None:
+        """Record the outcome, retrying while the store is away: a result is never dropped
+        unless another replica leads (and will run the execution again)."""
+        now = self.clock()
+        delay = 0.2
+        while True:
+            try:
+                await self._record(execution, outcome, spec, now)
+                return
+            except StoreFenced:
+                log.warning("%s: result dropped, this replica no longer leads", execution.id)
+                self.fenced.set()
+                return
+            except StoreUnavailable as exc:
+                log.warning("%s: cannot record yet (%s); retrying", execution.id, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _record(
+        self,
+        execution: Execution,
+        outcome: Completion | Failure | None,
+        spec: ProviderSpec,
+        now: float,
+    ) -> None:
         async with self.lock:
-            now = self.clock()
             if isinstance(outcome, Completion):
                 after = retry.succeeded(execution, outcome, now)
             elif isinstance(outcome, Failure):
@@ -213,13 +247,7 @@ class RegionQueueManager:
                 )
             elif container is not None:
                 released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
-            try:
-                recorded = await self.store.finish(after, released, container_id)
-            except StoreFenced:
-                # Another replica leads and will run this execution again: drop the result.
-                log.warning("%s: result dropped, this replica no longer leads", execution.id)
-                self.fenced.set()
-                return
+            recorded = await self.store.finish(after, released, container_id)
             job_done = recorded and after.state.terminal and await self._job_done(after.job_id)
         if not recorded:
             return
