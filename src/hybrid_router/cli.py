@@ -8,14 +8,18 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
@@ -225,6 +229,29 @@ def status(
         else:
             one = _call(client, "GET", f"/queue/status/{_path(region)}")
             queues = {one["region"]: one}
+    out.print(_queues_table(queues))
+
+
+@app.command()
+def watch(
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The queues live: regions, GPU bars and running executions, until Ctrl-C."""
+    with _client(url, api_key) as client, Live(console=out, auto_refresh=False) as live:
+        changed = _events_signal(client, "/events")
+        try:
+            while True:
+                queues = _call(client, "GET", "/queue/status")["queues"]
+                live.update(Group(_queues_table(queues), _running_table(queues)), refresh=True)
+                # Redraw on every event (admins get the stream), and at least every second.
+                changed.wait(1.0)
+                changed.clear()
+        except KeyboardInterrupt:
+            pass
+
+
+def _queues_table(queues: dict[str, Any]) -> Table:
     table = Table(title="hybrid-router queues", caption="GPUs: busy+warm/limit")
     table.add_column("Region")
     for column in ("Queued", "Running", "Completed", "Failed"):
@@ -242,7 +269,51 @@ def status(
             _gpu_bar(q["gpus_in_use"], q["gpus_warm"], q["gpu_limit"]),
             escape(f"{current['model']} ({current['job_id']})") if current else "",
         )
-    out.print(table)
+    return table
+
+
+def _running_table(queues: dict[str, Any]) -> Table:
+    table = Table(title="running")
+    for column in ("Region", "Model", "Job", "For"):
+        table.add_column(column)
+    now = time.time()
+    for name, q in queues.items():
+        for r in q.get("running", []):
+            started = _epoch(r.get("started_at"))
+            since = "" if started is None else f"{now - started:.0f}s"
+            table.add_row(escape(name), escape(r["model"]), escape(r["job_id"]), since)
+    return table
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _events_signal(client: httpx.Client, path: str) -> threading.Event:
+    """Set whenever the server streams an event on `path`; never set if it cannot stream."""
+    changed = threading.Event()
+
+    def listen() -> None:
+        for _ in _sse_events(client, path):
+            changed.set()
+
+    threading.Thread(target=listen, name="events", daemon=True).start()
+    return changed
+
+
+def _sse_events(client: httpx.Client, path: str) -> Iterator[str]:
+    """Event kinds from a server-sent event stream; ends quietly if it breaks or is refused."""
+    try:
+        with client.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as response:
+            if response.is_error:
+                return
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    yield line.removeprefix("event: ")
+    except httpx.HTTPError:
+        return
 
 
 @app.command("job")
@@ -372,7 +443,12 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
 
 
 def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    """Poll the job until it finishes, showing a progress bar; returns its final status."""
+    """Follow the job until it finishes, showing a progress bar; returns its final status.
+
+    The job's event stream says when to look again; polling every POLL_S covers a stream
+    that breaks or a server without one.
+    """
+    changed = _events_signal(client, f"/jobs/{_path(job_id)}/events")
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -394,7 +470,8 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
             bar.update(task, total=p["total"], completed=done, counts=counts)
             if job["status"] in FINISHED:
                 return job
-            time.sleep(POLL_S)
+            changed.wait(POLL_S * 4)
+            changed.clear()
 
 
 def _print_job(job: dict[str, Any]) -> None:
