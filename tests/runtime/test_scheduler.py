@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_router.core.model import ExecutionState, JobState
+from hybrid_router.core.model import ExecutionState, JobState, JobStatus
 from hybrid_router.runtime.service import JobRequest, RouterService
 from hybrid_router.settings import settings_from_mapping
 
@@ -177,3 +177,30 @@ def unused_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_positions_for_long_queues_come_from_the_store_index(
+    tmp_path: Path, make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service(settings_for(tmp_path, region_limit=1), new_cloud())
+    await service.start()
+    await service.submit(
+        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS * 3, job_id="l")
+    )
+    await until_something_runs(service)
+
+    def places(status: JobStatus) -> dict[str, int | None]:
+        return {s.execution.id: s.position for s in status.executions if s.position is not None}
+
+    for _ in range(50):  # two reads with no start in between
+        monkeypatch.setattr("hybrid_router.runtime.service.ESTIMATE_MAX_QUEUED", 3000)
+        whole = await service.job("l")
+        monkeypatch.setattr("hybrid_router.runtime.service.ESTIMATE_MAX_QUEUED", 0)
+        indexed = await service.job("l")
+        if places(whole).keys() == places(indexed).keys():
+            break
+
+    assert places(indexed) == places(whole)
+    assert sorted(places(whole).values()) == list(range(1, len(places(whole)) + 1))
+    assert all(s.estimated_start_s is not None for s in whole.executions if s.position)
+    assert all(s.estimated_start_s is None for s in indexed.executions)

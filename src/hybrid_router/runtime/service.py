@@ -49,7 +49,7 @@ WAIT_RECHECK_S = 5.0
 TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_FINISHED})
 
 # Estimating runs the policy forward over the whole queue; past this size a status request
-# would cost seconds, so positions are given without estimated start times.
+# would cost seconds, so positions come from the store's index, without estimated starts.
 ESTIMATE_MAX_QUEUED = 3_000
 
 
@@ -219,25 +219,43 @@ class RouterService:
         job = await self._get(job_id, owner)
         executions = await self.store.executions_of(job_id)
         statuses: tuple[ExecutionStatus, ...]
-        if any(e.state is ExecutionState.QUEUED for e in executions):
-            queued = await self.store.queued()
-            places = policy.positions(queued)
-            starts: dict[str, float] = {}
-            if len(queued) <= ESTIMATE_MAX_QUEUED:
-                starts = estimate.estimate_starts(
-                    queued,
-                    await self.store.running(),
-                    await self.store.containers(),
-                    self.topology,
-                    self.clock(),
-                    self.durations,
-                )
+        waiting = [e for e in executions if e.state is ExecutionState.QUEUED]
+        if waiting:
+            places, starts = await self._places(waiting)
             statuses = tuple(
                 ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions
             )
         else:
             statuses = tuple(ExecutionStatus(e) for e in executions)
         return _job_status(job, executions, statuses)
+
+    async def _places(self, waiting: list[Execution]) -> tuple[dict[str, int], dict[str, float]]:
+        """Queue positions and estimated starts (seconds from now) of these queued executions.
+
+        A queue small enough is read whole: positions follow the policy exactly (aging
+        included) and starts are estimated by running it forward. Past that, each position
+        is one indexed look-up in the store (stored priority, then queue order) and starts
+        are not estimated, so a status request stays cheap however long the queues grow.
+        """
+        sizes = await self.store.queue_sizes()
+        if sum(sizes.values()) > ESTIMATE_MAX_QUEUED:
+            places = {}
+            for e in waiting:
+                if (place := await self.store.position(e)) is not None:
+                    places[e.id] = place
+            return places, {}
+        now = self.clock()
+        queued = await self.store.queued()
+        places = policy.positions(queued, now, self.topology.priority_aging_s)
+        starts = estimate.estimate_starts(
+            queued,
+            await self.store.running(),
+            await self.store.containers(),
+            self.topology,
+            now,
+            self.durations,
+        )
+        return places, starts
 
     async def jobs(
         self, *, owner: str | None = None, limit: int = 50, offset: int = 0
@@ -309,7 +327,7 @@ class RouterService:
     async def queue_status(self) -> dict[str, RegionStatus]:
         """Every region's queue and GPU picture, by canonical name."""
         now = self.clock()
-        queued = await self.store.queued()
+        sizes = await self.store.queue_sizes()
         running = await self.store.running()
         containers = ledger.held(await self.store.containers(), now)
         use = ledger.usage(containers, now)
@@ -319,7 +337,7 @@ class RouterService:
             region_counts = counts.get(name, {})
             result[name] = RegionStatus(
                 region=name,
-                queue_size=sum(1 for e in queued if e.region == name),
+                queue_size=sizes.get(name, 0),
                 running=tuple(e for e in running if e.region == name),
                 completed=region_counts.get(ExecutionState.SUCCEEDED, 0),
                 failed=region_counts.get(ExecutionState.FAILED, 0)
