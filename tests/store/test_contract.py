@@ -12,6 +12,7 @@ from hybrid_router.core.model import (
     Failure,
     FailureKind,
     Job,
+    RegionMode,
 )
 from hybrid_router.store.base import Store
 
@@ -471,3 +472,29 @@ async def test_only_one_store_holds_the_scheduler_lock_until_it_closes(
 
     await first.close()
     assert await second.acquire_scheduler_lock()
+
+
+async def test_expire_ends_only_executions_still_queued(store: Store) -> None:
+    first, second, *_ = await submit(store, make_job())
+    assert await store.admit(started(second), container_for(second))
+    late = [replace(e, state=ExecutionState.EXPIRED, finished_at=500.0) for e in (first, second)]
+    written = await store.expire(late)
+    assert [e.id for e in written] == [first.id]  # the running one is not touched
+    stored = {e.id: e for e in await store.executions_of("j1")}
+    assert stored[first.id].state is ExecutionState.EXPIRED
+    assert stored[first.id].finished_at == 500.0
+    assert stored[second.id].state is RUNNING
+    assert first.id not in {e.id for e in await store.queued()}
+
+
+async def test_region_modes_are_shared_and_survive_reopen(make_store: StoreFactory) -> None:
+    first = make_store()
+    await first.open()
+    assert await first.region_modes() == {}
+    await first.set_region_mode("US", RegionMode.PAUSED)
+    await first.set_region_mode("EU", RegionMode.DRAINING)
+    await first.set_region_mode("EU", RegionMode.OPEN)
+    await first.close()
+    second = make_store()
+    await second.open()
+    assert await second.region_modes() == {"US": RegionMode.PAUSED, "EU": RegionMode.OPEN}

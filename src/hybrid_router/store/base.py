@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from hybrid_router.core.model import Container, Execution, ExecutionState, Job
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
 
 
 class Store(Protocol):
@@ -84,6 +84,15 @@ class Store(Protocol):
         self, containers: Sequence[Container], removed: Sequence[str] = ()
     ) -> None:
         """Upsert ledger rows and delete the `removed` ids, atomically."""
+
+    async def expire(self, executions: Sequence[Execution]) -> list[Execution]:
+        """Record these executions (now `expired`) where still queued; returns those written."""
+
+    async def region_modes(self) -> dict[str, RegionMode]:
+        """Regions whose mode an admin changed; any other region is open."""
+
+    async def set_region_mode(self, region: str, mode: RegionMode) -> None:
+        """Pause, drain or reopen a region, for every replica."""
 
     async def requeue(self, executions: Sequence[Execution]) -> None:
         """Put running executions back in the queue as given (crash recovery)."""

@@ -20,6 +20,7 @@ Every key is under `{prefix}:` (P below):
                           jobs created at the same instant list the last submitted first
     P:jobs:owner:{owner}  the same, for one owner's jobs
     P:expiring            zset of finished jobs' `ref`s, score: when their keys expire (ms)
+    P:regions             hash: region -> mode (paused, draining, open) set by an admin
     P:leader              the leader lease: its holder's node id, with a TTL
     P:leader:token        INCR counter: the fencing token of the latest lease
 
@@ -59,7 +60,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hybrid_router.core.model import Container, Execution, ExecutionState, Job
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
 from hybrid_router.errors import (
     ConfigError,
     Conflict,
@@ -223,6 +224,20 @@ for i = 4, #ARGV, 3 do
   if e and e.state == 'running' then move(ARGV[i], e, ARGV[i + 1], ARGV[i + 2]) end
 end
 return 1
+""",
+    # ARGV: (execution id, its JSON) pairs; only queued ones become expired. Returns the
+    # ids written.
+    "expire": """
+if fenced() then return -1 end
+local out = {}
+for i = 4, #ARGV, 2 do
+  local e = stored(ARGV[i])
+  if e and e.state == 'queued' then
+    move(ARGV[i], e, ARGV[i + 1], 'expired')
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
 """,
     # ARGV: job id, finished_at as JSON. Returns (seq, cancelled JSON) pairs, flattened.
     "cancel": """
@@ -496,13 +511,15 @@ class RedisStore:
     @_unavailable_on_connection_error
     async def admit(self, execution: Execution, container: Container) -> bool:
         """Record `execution` (now running) and its container, if it is still queued."""
-        return await self._fenced(
-            "admit",
-            execution.id,
-            _encode_execution(execution),
-            execution.state.value,
-            container.id,
-            _dumps(container_record(container)),
+        return bool(
+            await self._fenced(
+                "admit",
+                execution.id,
+                _encode_execution(execution),
+                execution.state.value,
+                container.id,
+                _dumps(container_record(container)),
+            )
         )
 
     @_unavailable_on_connection_error
@@ -511,14 +528,16 @@ class RedisStore:
     ) -> bool:
         """Record a running execution's outcome and replace (or delete) its container row."""
         # Fenced on the container the run was admitted to, as in SQLiteStore.finish.
-        return await self._fenced(
-            "finish",
-            execution.id,
-            _encode_execution(execution),
-            execution.state.value,
-            _optional(container_id),
-            _optional(container.id if container is not None else None),
-            _dumps(container_record(container)) if container is not None else "",
+        return bool(
+            await self._fenced(
+                "finish",
+                execution.id,
+                _encode_execution(execution),
+                execution.state.value,
+                _optional(container_id),
+                _optional(container.id if container is not None else None),
+                _dumps(container_record(container)) if container is not None else "",
+            )
         )
 
     @_unavailable_on_connection_error
@@ -539,6 +558,26 @@ class RedisStore:
         for c in containers:
             args += [c.id, _dumps(container_record(c))]
         await self._fenced("save_containers", *args)
+
+    @_unavailable_on_connection_error
+    async def expire(self, executions: Sequence[Execution]) -> list[Execution]:
+        """Record these executions (now `expired`) where still queued; returns those written."""
+        args: list[str] = []
+        for e in executions:
+            args += [e.id, _encode_execution(e)]
+        written = set(await self._fenced("expire", *args))
+        return [e for e in executions if e.id in written]
+
+    @_unavailable_on_connection_error
+    async def region_modes(self) -> dict[str, RegionMode]:
+        """Regions whose mode an admin changed; any other region is open."""
+        modes = await self._hash(self._key("regions"))
+        return {region: RegionMode(mode) for region, mode in modes.items()}
+
+    @_unavailable_on_connection_error
+    async def set_region_mode(self, region: str, mode: RegionMode) -> None:
+        """Pause, drain or reopen a region, for every replica."""
+        await self.client.hset(self._key("regions"), region, mode.value)
 
     @_unavailable_on_connection_error
     async def requeue(self, executions: Sequence[Execution]) -> None:
@@ -613,7 +652,7 @@ class RedisStore:
         fence: str | int = "" if token is None else token
         return await script(args=[self.prefix, self._retention_ms, fence, *args])
 
-    async def _fenced(self, name: str, *args: str | int) -> bool:
+    async def _fenced(self, name: str, *args: str | int) -> Any:
         """Run a leader's write; StoreFenced if a newer lease's token has replaced ours."""
         token = self._token
         result = await self._run(name, *args, token=token)
@@ -621,7 +660,7 @@ class RedisStore:
             raise StoreFenced(
                 f"write refused: fencing token {token} is stale, another replica leads now"
             )
-        return bool(result)
+        return result
 
     async def _executions(
         self, ids: Sequence[tuple[str, float]], state: ExecutionState | None = None

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from hybrid_router.core.model import Container, Execution, ExecutionState, Job
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
 from hybrid_router.errors import ConfigError, StoreUnavailable
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
@@ -93,6 +93,12 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS executions_by_state ON executions (state, seq)",
     "CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id)",
     "CREATE INDEX IF NOT EXISTS executions_by_region ON executions (region, state)",
+    """
+    CREATE TABLE IF NOT EXISTS region_modes (
+        region TEXT PRIMARY KEY,
+        mode   TEXT NOT NULL
+    )
+    """,
     """
     CREATE TABLE IF NOT EXISTS containers (
         id         TEXT PRIMARY KEY,
@@ -331,6 +337,33 @@ class SQLiteStore:
         async with self._transaction() as tx:
             await tx.executemany("DELETE FROM containers WHERE id = ?", [(i,) for i in removed])
             await tx.executemany(_UPSERT_CONTAINER, [_container_params(c) for c in containers])
+
+    async def expire(self, executions: Sequence[Execution]) -> list[Execution]:
+        """Record these executions (now `expired`) where still queued; returns those written."""
+        written = []
+        async with self._transaction() as tx:
+            for e in executions:
+                cursor = await tx.execute(
+                    f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'queued'",
+                    _execution_params(e),
+                )
+                if cursor.rowcount:
+                    written.append(e)
+        return written
+
+    async def region_modes(self) -> dict[str, RegionMode]:
+        """Regions whose mode an admin changed; any other region is open."""
+        rows = await self._fetch("SELECT region, mode FROM region_modes")
+        return {row["region"]: RegionMode(row["mode"]) for row in rows}
+
+    async def set_region_mode(self, region: str, mode: RegionMode) -> None:
+        """Pause, drain or reopen a region."""
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO region_modes (region, mode) VALUES (?, ?)"
+                " ON CONFLICT (region) DO UPDATE SET mode = excluded.mode",
+                (region, mode.value),
+            )
 
     async def requeue(self, executions: Sequence[Execution]) -> None:
         """Put running executions back in the queue as given (crash recovery)."""
