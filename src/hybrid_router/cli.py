@@ -233,6 +233,21 @@ def status(
 
 
 @app.command()
+def region(
+    action: Annotated[str, typer.Argument(help="pause, drain or resume")],
+    name: Annotated[str, typer.Argument(help="The region (any alias).")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Pause a region (admit nothing), drain it (and refuse new jobs), or resume it (admin)."""
+    if action not in ("pause", "drain", "resume"):
+        _fail(f"unknown action {action!r}: use pause, drain or resume", code=2)
+    with _client(url, api_key) as client:
+        queue = _call(client, "POST", f"/regions/{_path(name)}/{action}")
+    out.print(f"{escape(queue['region'])} is {queue['mode']} ({queue['queue_size']} queued)")
+
+
+@app.command()
 def watch(
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
@@ -260,8 +275,9 @@ def _queues_table(queues: dict[str, Any]) -> Table:
     table.add_column("Current", overflow="fold")
     for name, q in queues.items():
         current = q.get("current_job")
+        mode = q.get("mode", "open")
         table.add_row(
-            escape(name),
+            escape(name) + ("" if mode == "open" else f" [magenta]({escape(mode)})[/magenta]"),
             str(q["queue_size"]),
             _running(q),
             str(q["completed"]),

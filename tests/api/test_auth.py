@@ -578,3 +578,45 @@ async def test_rate_limit_with_redis_counters(tmp_path: Path) -> None:
             refused = await client.post("/jobs", json=ONE, headers=key_of("fast"))
             assert_error(refused, 429, "RATE_LIMITED")
             assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+
+async def test_only_admins_control_regions_and_follow_every_job(
+    router: httpx.AsyncClient,
+) -> None:
+    assert_error(await router.post("/regions/US/pause", headers=key_of("alice")), 403, "ADMIN_ONLY")
+    assert_error(await router.get("/events", headers=key_of("alice")), 403, "ADMIN_ONLY")
+    paused = await router.post("/regions/US/pause", headers=key_of("root"))
+    assert paused.status_code == 200 and paused.json()["mode"] == "paused"
+
+
+async def test_a_high_priority_job_from_another_user_starts_next(tmp_path: Path) -> None:
+    data = default_config(tmp_path, users=users())
+    data["regions"]["US"]["max_running"] = 1  # room for one execution at a time
+    async with started(settings_from_mapping(data)) as router:
+        await router.post("/regions/US/pause", headers=key_of("root"))
+        for n in range(5):
+            body = {
+                "job_id": f"low{n}",
+                "models": ["mistral-7b"],
+                "regions": ["US"],
+                "prompt": "low",
+            }
+            assert (await router.post("/jobs", json=body, headers=key_of("bob"))).status_code == 202
+        high = {
+            "job_id": "high",
+            "models": ["mistral-7b"],
+            "regions": ["US"],
+            "prompt": "hi",
+            "priority": 5,
+        }
+        assert (await router.post("/jobs", json=high, headers=key_of("alice"))).status_code == 202
+        queued = (await router.get("/jobs/high", headers=key_of("alice"))).json()
+        assert queued["executions"][0]["position"] == 1
+
+        await router.post("/regions/US/resume", headers=key_of("root"))
+        for _ in range(400):
+            status = (await router.get("/queue/status/US", headers=key_of("root"))).json()
+            if status["current_job"]:
+                break
+            await asyncio.sleep(0.01)
+        assert status["current_job"]["job_id"] == "high"

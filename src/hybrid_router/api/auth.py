@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem
 
-from hybrid_router.errors import ConfigError, Unauthenticated
+from hybrid_router.errors import ConfigError, Forbidden, Unauthenticated
 from hybrid_router.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,3 +149,13 @@ def _digest(key: str) -> bytes:
 
 
 UserDep = Annotated[User, Depends(authenticate)]
+
+
+def require_admin(user: UserDep) -> User:
+    """The caller, who must be an admin (403 ADMIN_ONLY otherwise)."""
+    if not user.is_admin:
+        raise Forbidden("this needs an admin's key", code="ADMIN_ONLY")
+    return user
+
+
+AdminDep = Annotated[User, Depends(require_admin)]

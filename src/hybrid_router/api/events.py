@@ -8,9 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from hybrid_router.api.auth import User, UserDep
+from hybrid_router.api.auth import AdminDep, UserDep
 from hybrid_router.api.deps import ServiceDep
-from hybrid_router.errors import Forbidden
 from hybrid_router.runtime.events import CANCEL_REQUESTED, Event
 
 router = APIRouter(tags=["events"])
@@ -20,12 +19,6 @@ router = APIRouter(tags=["events"])
 async def _visible_job(job_id: str, service: ServiceDep, user: UserDep) -> str:
     await service.job(job_id, owner=user.owner_filter)
     return job_id
-
-
-def _admin(user: UserDep) -> User:
-    if not user.is_admin:
-        raise Forbidden("only admins may follow every job's events", code="ADMIN_ONLY")
-    return user
 
 
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse)
@@ -39,7 +32,7 @@ async def job_events(
 
 @router.get("/events", response_class=EventSourceResponse)
 async def all_events(
-    service: ServiceDep, admin: Annotated[User, Depends(_admin)]
+    service: ServiceDep, admin: AdminDep
 ) -> AsyncIterator[ServerSentEvent]:
     """Every job's events as they happen (admins only)."""
     async for event in service.follow():

@@ -87,6 +87,13 @@ class JobCreate(BaseModel):
     max_tokens: MaxTokens = 256
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     max_attempts: int = Field(default=3, ge=1, le=20)
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="Executions still queued this many seconds after submission end `expired`.",
+    )
 
     @model_validator(mode="after")
     def _questions_or_prompt(self) -> JobCreate:
@@ -107,6 +114,7 @@ class JobCreate(BaseModel):
             max_tokens=self.max_tokens,
             max_attempts=self.max_attempts,
             owner=owner,
+            deadline_s=self.deadline_s,
         )
 
 
@@ -392,6 +400,7 @@ class RegionQueue(BaseModel):
     gpus_warm: int
     gpu_limit: int
     max_running: int | None
+    mode: str = Field(description="open, paused (admits nothing) or draining (and no new jobs)")
     running: list[RunningExecution]
 
     @classmethod
@@ -418,6 +427,7 @@ class RegionQueue(BaseModel):
             gpus_warm=status.gpus_warm,
             gpu_limit=status.gpu_limit,
             max_running=status.max_running,
+            mode=status.mode.value,
             running=[
                 RunningExecution(
                     execution_id=e.id,

@@ -28,6 +28,8 @@ EXECUTION_EVENTS = (
 JOB_FINISHED = "job_finished"
 # Internal: asks the scheduling replica to close these running calls.
 CANCEL_REQUESTED = "cancel_requested"
+# Internal: an admin paused, drained or reopened a region (job_id is empty).
+REGION_CHANGED = "region_changed"
 
 SUBSCRIBER_BACKLOG = 10_000
 

@@ -157,7 +157,10 @@ class RegionQueueManager:
             if gone:
                 await self.store.save_containers([], gone)
             queued = await self.store.queued()
-            decision = policy.decide(queued, containers, self.topology, now)
+            await self._expire_overdue(queued, now)
+            modes = await self.store.region_modes()
+            closed = frozenset(r for r, mode in modes.items() if not mode.admits)
+            decision = policy.decide(queued, containers, self.topology, now, closed)
             for admission in decision.admissions:
                 if not self._admitting:
                     break
@@ -165,6 +168,21 @@ class RegionQueueManager:
                     self._launch(admission.execution, cold=admission.opened)
                     await self.publish(execution_event(admission.execution, "started", now))
             return decision.wake_at
+
+    async def _expire_overdue(self, queued: list[Execution], now: float) -> None:
+        """End queued executions whose job's deadline passed: they never started."""
+        due = [
+            retry.expired(e, now)
+            for e in queued
+            if e.deadline_at is not None and e.deadline_at <= now
+        ]
+        if not due:
+            return
+        for e in await self.store.expire(due):
+            await self.publish(execution_event(e, at=now))
+        for job_id in {e.job_id for e in due}:
+            if await self._job_done(job_id):
+                await self.publish(Event(JOB_FINISHED, job_id, now))
 
     def _launch(self, execution: Execution, *, cold: bool) -> None:
         task = asyncio.create_task(self._call(execution, cold), name=f"call {execution.id}")

@@ -20,6 +20,7 @@ from hybrid_router.core.model import (
     Job,
     JobState,
     JobStatus,
+    RegionMode,
     RegionStatus,
     job_state,
 )
@@ -31,6 +32,7 @@ from hybrid_router.providers.simulated import SimulatedCloud
 from hybrid_router.runtime.events import (
     CANCEL_REQUESTED,
     JOB_FINISHED,
+    REGION_CHANGED,
     Event,
     EventBus,
     LocalBus,
@@ -66,6 +68,7 @@ class JobRequest:
     max_tokens: int = 256
     max_attempts: int = 3
     owner: str = "anonymous"
+    deadline_s: float | None = None
 
 
 # Checks a valid job before it is stored (given the job and its number of executions);
@@ -187,6 +190,13 @@ class RouterService:
                         f"no provider serves model {model!r} in region {region!r}",
                         code="MODEL_NOT_SERVED",
                     )
+        modes = await self.store.region_modes()
+        for region in regions:
+            if modes.get(region) is RegionMode.DRAINING:
+                raise errors.Conflict(
+                    f"region {region!r} is draining and accepts no new work until resumed",
+                    code="REGION_DRAINING",
+                )
         job = Job(
             id=request.job_id or _new_job_id(),
             models=models,
@@ -197,6 +207,7 @@ class RouterService:
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             max_attempts=request.max_attempts,
+            deadline_s=request.deadline_s,
             created_at=self.clock(),
         )
         executions = job.expand()
@@ -324,10 +335,18 @@ class RouterService:
                     if event.kind == JOB_FINISHED and job_id is not None:
                         return
 
+    async def set_region_mode(self, region: str, mode: RegionMode) -> RegionStatus:
+        """Pause, drain or reopen a region (by any spelling), for every replica."""
+        name = self.canonical_region(region)
+        await self.store.set_region_mode(name, mode)
+        await self.bus.publish(Event(REGION_CHANGED, "", self.clock(), region=name, state=mode))
+        return (await self.queue_status())[name]
+
     async def queue_status(self) -> dict[str, RegionStatus]:
         """Every region's queue and GPU picture, by canonical name."""
         now = self.clock()
         sizes = await self.store.queue_sizes()
+        modes = await self.store.region_modes()
         running = await self.store.running()
         containers = ledger.held(await self.store.containers(), now)
         use = ledger.usage(containers, now)
@@ -346,6 +365,7 @@ class RouterService:
                 gpus_warm=use.region(name) - use.busy_by_region.get(name, 0),
                 gpu_limit=region.gpu_limit,
                 max_running=region.max_running,
+                mode=modes.get(name, RegionMode.OPEN),
             )
         return result
 
@@ -364,7 +384,7 @@ class RouterService:
                     self._notify(event.job_id)
                 if event.kind == CANCEL_REQUESTED:
                     await self.leadership.cancel_running(list(event.execution_ids))
-                elif event.kind in ("queued", "cancelled"):
+                elif event.kind in ("queued", "cancelled", REGION_CHANGED):
                     self.leadership.wake()
 
     def _notify(self, job_id: str) -> None:
