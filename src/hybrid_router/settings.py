@@ -39,6 +39,9 @@ class StoreConfig(BaseModel):
     model_config = _STRICT
 
     url: str = "sqlite:///hybrid-router.db"
+    # Redis only: how long finished jobs are kept, and the leader lease's time to live.
+    retention_s: float = Field(default=7 * 86400, gt=0, allow_inf_nan=False)
+    lease_ttl_s: float = Field(default=5.0, ge=1, le=60, allow_inf_nan=False)
 
     @field_validator("url")
     @classmethod
@@ -157,6 +160,7 @@ class Settings(BaseModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    priority_aging_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     # No users: the router runs open (everyone is the admin "anonymous").
     users: dict[str, UserConfig] = Field(default_factory=dict)
 

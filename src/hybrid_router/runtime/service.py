@@ -98,6 +98,7 @@ class RouterService:
             regions=settings.region_specs(),
             models=settings.model_specs(),
             providers=settings.provider_specs(),
+            priority_aging_s=settings.priority_aging_s,
         )
         # The scheduler's moving averages outlive any one term as leader.
         self.durations = Durations.seeded(self.topology)
@@ -408,7 +409,11 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
             seed=simulated[0].seed,
         )
     providers = {name: build_provider(spec, env=env, cloud=cloud) for name, spec in specs.items()}
-    store = store_from_url(settings.store_url)
+    store = store_from_url(
+        settings.store_url,
+        retention_s=settings.store.retention_s,
+        lease_ttl_s=settings.store.lease_ttl_s,
+    )
     bus: EventBus = LocalBus()
     if isinstance(store, RedisStore):
         bus = RedisBus(store.url, f"{store.prefix}:events")

@@ -12,8 +12,10 @@ from hybrid_router.store.sqlite import SQLiteStore
 __all__ = ["RedisStore", "SQLiteStore", "Store", "store_from_url"]
 
 
-def store_from_url(url: str) -> Store:
-    """The store a `[store] url` names.
+def store_from_url(
+    url: str, *, retention_s: float = 7 * 86400, lease_ttl_s: float = 5.0
+) -> Store:
+    """The store a `[store] url` names (`retention_s` and `lease_ttl_s` are Redis's).
 
     `sqlite:///relative.db`, `sqlite:////abs.db`, or `redis[s]://host:port/db?prefix=hr`.
     """
@@ -39,14 +41,14 @@ def store_from_url(url: str) -> Store:
             )
         return SQLiteStore(path)
     if scheme in ("redis", "rediss"):
-        return _redis_store(url)
+        return _redis_store(url, retention_s=retention_s, lease_ttl_s=lease_ttl_s)
     raise ConfigError(
         f"store url {url!r}: unknown scheme {scheme!r}, "
         "use sqlite:///path.db or redis://host:port/db"
     )
 
 
-def _redis_store(url: str) -> RedisStore:
+def _redis_store(url: str, *, retention_s: float, lease_ttl_s: float) -> RedisStore:
     """`?prefix=` names the key prefix (default "hr"); the rest of the url goes to redis-py."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -55,4 +57,9 @@ def _redis_store(url: str) -> RedisStore:
         # Not the url itself in the message: it may hold a password.
         raise ConfigError("redis store url: ?prefix= is empty; give a key prefix, e.g. hr")
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return RedisStore(urlunsplit(parts._replace(query=rest)), prefix=prefix)
+    return RedisStore(
+        urlunsplit(parts._replace(query=rest)),
+        prefix=prefix,
+        retention_s=retention_s,
+        lease_ttl_s=lease_ttl_s,
+    )
