@@ -204,3 +204,28 @@ async def test_positions_for_long_queues_come_from_the_store_index(
     assert sorted(places(whole).values()) == list(range(1, len(places(whole)) + 1))
     assert all(s.estimated_start_s is not None for s in whole.executions if s.position)
     assert all(s.estimated_start_s is None for s in indexed.executions)
+
+
+async def test_a_job_cancelled_while_its_scheduler_is_dead_stays_cancelled(
+    tmp_path: Path, make_service: ServiceFactory
+) -> None:
+    settings = settings_for(tmp_path, region_limit=1)
+    cloud = new_cloud()
+    first = make_service(settings, cloud)
+    await first.start()
+    await first.submit(
+        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="gone")
+    )
+    await until_something_runs(first)
+    assert first.leadership.manager is not None
+    await first.leadership.manager.stop(grace_s=0)  # dies with one call in flight
+    await first.cancel("gone")  # answered by the API; no scheduler hears it
+    await first.store.close()
+
+    second = make_service(settings, cloud)
+    await second.start()
+    status = await second.wait("gone", 10)
+    assert status.state is JobState.CANCELLED
+    assert status.counts["cancelled"] == 3
+    arrivals = [a[2] for a in cloud.stats()["arrivals"]]  # type: ignore[attr-defined]
+    assert arrivals == ["gone:0:mistral-7b:US"], "the cancelled call never runs again"

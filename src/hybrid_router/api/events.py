@@ -10,7 +10,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from hybrid_router.api.auth import AdminDep, UserDep
 from hybrid_router.api.deps import ServiceDep
-from hybrid_router.runtime.events import CANCEL_REQUESTED, Event
+from hybrid_router.runtime.events import Event
 
 router = APIRouter(tags=["events"])
 
@@ -36,8 +36,7 @@ async def all_events(
 ) -> AsyncIterator[ServerSentEvent]:
     """Every job's events as they happen (admins only)."""
     async for event in service.follow():
-        if event.kind != CANCEL_REQUESTED:
-            yield _sse(event)
+        yield _sse(event)
 
 
 def _sse(event: Event) -> ServerSentEvent:

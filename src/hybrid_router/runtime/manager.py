@@ -108,9 +108,21 @@ class RegionQueueManager:
                 if container is not None and spec is not None and e.started_at is not None:
                     until = e.started_at + spec.timeout_s + spec.scaledown_window_s
                     containers[container.id] = ledger.orphan(containers[container.id], until)
+            # A job cancelled while its calls were in flight stays cancelled: the request to
+            # close them may have died with the process that ran them.
+            cancelled_jobs = set()
+            for job_id in {e.job_id for e in running}:
+                states = {e.state for e in await self.store.executions_of(job_id)}
+                if ExecutionState.CANCELLED in states:
+                    cancelled_jobs.add(job_id)
+            now = self.clock()
+            after = [
+                retry.cancelled(e, now) if e.job_id in cancelled_jobs else retry.recovered(e)
+                for e in running
+            ]
             # Containers first: if we die in between, the next start redoes this harmlessly.
             await self.store.save_containers(list(containers.values()))
-            await self.store.requeue([retry.recovered(e) for e in running])
+            await self.store.requeue(after)
             log.warning("recovered %d executions no call of this process runs", len(running))
 
     async def cancel_running(self, execution_ids: list[str]) -> None:

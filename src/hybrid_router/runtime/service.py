@@ -331,6 +331,8 @@ class RouterService:
                     yield Event(JOB_FINISHED, job_id, self.clock(), state=status.state.value)
                     return
             async for event in events:
+                if event.kind == CANCEL_REQUESTED:
+                    continue  # between replicas only
                 if job_id is None or event.job_id == job_id:
                     yield event
                     if event.kind == JOB_FINISHED and job_id is not None:

@@ -95,7 +95,7 @@ class Store(Protocol):
         """Pause, drain or reopen a region, for every replica."""
 
     async def requeue(self, executions: Sequence[Execution]) -> None:
-        """Put running executions back in the queue as given (crash recovery)."""
+        """Write running executions as given: queued again, or cancelled (crash recovery)."""
 
     async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
         """Per region, the count of executions per state."""
