@@ -15,8 +15,9 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> Health:
     """Liveness: answers while the process runs, even before the service started."""
     service = getattr(request.app.state, "service", None)
-    role = service.role if service is not None else "starting"
-    return Health(status="ok", role=role, version=__version__)
+    if service is None:
+        return Health(status="ok", role="starting", version=__version__)
+    return Health(status="ok", role=service.role, node=service.store.node_id, version=__version__)
 
 
 @router.get("/ready", responses={503: {"description": "Starting or stopping"}})

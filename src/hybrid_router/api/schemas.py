@@ -464,6 +464,7 @@ class Health(BaseModel):
 
     status: str
     role: str
+    node: str | None = Field(default=None, description="This replica's id on the store.")
     version: str
 
 

@@ -22,6 +22,8 @@ class Store(Protocol):
     # None: the lock is held until released or the process dies (a file lock), so there is no
     # standby. Otherwise a lease that lapses unless renewed within this many seconds.
     lease_ttl_s: float | None
+    # Who this process is to the other processes on the store (shown by /health).
+    node_id: str
 
     async def acquire_scheduler_lock(self) -> bool:
         """Try to become the one process that schedules on this store; True if it did.

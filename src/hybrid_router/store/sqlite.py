@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
@@ -140,6 +141,7 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._mutex = asyncio.Lock()
         self._lock_fd: int | None = None
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
     async def open(self) -> None:
         """Connect and create the schema if needed."""
