@@ -4,6 +4,9 @@ The `procs` fixture starts them the way a user would (the installed script, a co
 a free port), waits for readiness with a bound, and kills every process it started at
 teardown. Each process writes stdout and stderr to a log file in the test's tmp_path; when
 a test fails, those logs are attached to its report.
+
+Replicas share a store: `redis_store_url` gives a key prefix of the test's own on the test
+Redis, and `procs.redis` starts a private `redis-server` a test may stop and start again.
 """
 
 from __future__ import annotations
@@ -12,17 +15,23 @@ import ctypes
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import redis
+from redis.exceptions import RedisError
+
+from tests.store.conftest import REDIS_URL, redis_prefix
 
 HYBRID_ROUTER = Path(sys.executable).parent / "hybrid-router"
 TOKEN = "e2e-test-token"  # not a secret: the emulator and the router share it per test
@@ -74,6 +83,31 @@ def wait_until(
         time.sleep(every_s)
 
 
+def assert_within_limits(stats: dict[str, Any], gpu_limit: int, limits: Mapping[str, int]) -> None:
+    """What the account saw: no call refused, the GPUs held never over any limit."""
+    assert stats["refusals"] == 0, stats
+    assert stats["peak_held"] <= gpu_limit, stats
+    for region, peak in stats["peak_held_by_region"].items():
+        assert peak <= limits[region], (region, stats["peak_held_by_region"])
+
+
+def arrival_ids(stats: dict[str, Any]) -> list[str]:
+    """The execution id of every call the emulator received, in arrival order."""
+    return [execution_id for _, _, execution_id in stats["arrivals"]]
+
+
+def assert_run_once_except(
+    stats: dict[str, Any], executions: Sequence[str], in_flight: set[str]
+) -> None:
+    """Every execution reached the account; only those in `in_flight` (running when their
+    scheduler died or stopped) may have reached it twice, and none more often."""
+    arrivals = Counter(arrival_ids(stats))
+    assert set(arrivals) == set(executions), set(arrivals) ^ set(executions)
+    repeated = {i: n for i, n in arrivals.items() if n > 1}
+    assert set(repeated) <= in_flight, (repeated, in_flight)
+    assert all(n <= 2 for n in repeated.values()), repeated
+
+
 # ---------------------------------------------------------------------------- config
 
 
@@ -93,7 +127,7 @@ def _toml(value: object) -> str:
 def write_config(
     path: Path,
     *,
-    store: Path,
+    store: Path | str,
     gpu_limit: int,
     regions: Mapping[str, int],
     urls: Mapping[str, str],
@@ -104,7 +138,11 @@ def write_config(
 ) -> Path:
     """A config with one Modal provider per region in `urls`, timed for an emulator running
     at `time_scale`: the router's scaledown window is at least the emulator's, its timeout
-    covers the longest call (cold start plus a 7B run) with room to spare."""
+    covers the longest call (cold start plus a 7B run) with room to spare.
+
+    `store` is a SQLite file, or a store url as given (`redis://host:port/db?prefix=NAME`).
+    """
+    store_url = store if isinstance(store, str) else f"sqlite:///{store}"
     lines = [
         f"gpu_limit = {gpu_limit}",
         "retry_base_s = 0.05",
@@ -112,7 +150,7 @@ def write_config(
         f"shutdown_grace_s = {shutdown_grace_s!r}",
         "",
         "[store]",
-        f"url = {_toml(f'sqlite:///{store}')}",
+        f"url = {_toml(store_url)}",
     ]
     for name, limit in regions.items():
         lines += ["", f"[regions.{name}]", f"gpu_limit = {limit}"]
@@ -211,6 +249,17 @@ class Router(Process):
         data: dict[str, Any] = reply.json()
         return data
 
+    def role(self) -> str:
+        """The role GET /health reports: leader or standby."""
+        reply = self.http.get("/health", timeout=5.0)
+        assert reply.status_code == 200, reply.text
+        role: str = reply.json()["role"]
+        return role
+
+    def running(self) -> set[str]:
+        """The executions the store holds as running, per GET /queue/status."""
+        return {e["execution_id"] for q in self.queues().values() for e in q["running"]}
+
     def queues(self) -> dict[str, Any]:
         reply = self.http.get("/queue/status")
         assert reply.status_code == 200, reply.text
@@ -239,12 +288,70 @@ class Router(Process):
         return [done[j] for j in job_ids]
 
 
+class RedisServer:
+    """A `redis-server` of one test's own, with its data in a directory of the test's.
+
+    `shutdown` stops it as an operator would, saving its data (dump.rdb); `procs.redis`
+    started again with the same port and directory loads that data back.
+    """
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path, port: int) -> None:
+        self.name = name
+        self.popen = popen
+        self.log = log
+        self.port = port
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def url(self, prefix: str) -> str:
+        """A store url on this server with key prefix `prefix`."""
+        return f"redis://127.0.0.1:{self.port}/0?prefix={prefix}"
+
+    def ping(self) -> bool:
+        client = redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=2.0)
+        try:
+            return bool(client.ping())
+        except RedisError:
+            return False
+        finally:
+            client.close()
+
+    def shutdown(self, within_s: float = 10.0) -> None:
+        """SHUTDOWN SAVE: write the data to disk, then exit; fails if it is still up."""
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "save"],
+            capture_output=True,
+            timeout=within_s,
+            check=False,  # redis-cli reports the lost connection of a shutdown as an error
+        )
+        try:
+            self.popen.wait(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running after SHUTDOWN SAVE") from None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.alive:
+            self.popen.kill()
+        self.popen.wait(timeout=10)
+
+    def close(self) -> None:
+        """Nothing beyond the process to release."""
+
+
 class Procs:
     """Starts `hybrid-router` subprocesses for one test; `close` kills whatever still runs."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
-        self.started: list[Process] = []
+        self.started: list[Process | RedisServer] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_ROUTER_")}
         self.env[TOKEN_ENV] = TOKEN
         self.env["PYTHONUNBUFFERED"] = "1"
@@ -281,6 +388,40 @@ class Procs:
         self._wait_ready(router, "/ready")
         return router
 
+    def redis(self, port: int, directory: Path) -> RedisServer:
+        """Start a private `redis-server` on `port` keeping its data in `directory` (loading
+        what a previous one saved there), and wait until it answers PING."""
+        program = shutil.which("redis-server")
+        if program is None:
+            message = "redis-server is not on PATH"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true: {message}", pytrace=False)
+            pytest.skip(message)
+        directory.mkdir(parents=True, exist_ok=True)
+        popen, log = self._spawn(
+            "redis",
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            "--dbfilename", "dump.rdb",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            program=program,
+        )  # fmt: skip
+        server = RedisServer(f"redis:{port}", popen, log, port)
+        self.started.append(server)
+
+        def ready() -> bool:
+            if not server.alive:
+                raise AssertionError(
+                    f"{server.name} exited before it was ready:\n" + server.log_text()
+                )
+            return server.ping()
+
+        wait_until(ready, within_s=READY_WITHIN_S, what=f"{server.name} PING")
+        return server
+
     def cli(self, *args: str, url: str, within_s: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a client command (`submit`, `status`, ...) against `url`; its output as text."""
         env = dict(self.env, COLUMNS="200")  # wide enough that rich does not wrap names
@@ -306,13 +447,13 @@ class Procs:
         assert not stuck, f"still running after SIGKILL: {stuck}"
 
     def _spawn(
-        self, name: str, *args: str, cwd: Path | None = None
+        self, name: str, *args: str, cwd: Path | None = None, program: str | None = None
     ) -> tuple[subprocess.Popen[bytes], Path]:
         n = sum(1 for p in self.started if p.name.startswith(name)) + 1
         log = self.tmp_path / f"{name}-{n}.log"
         with log.open("wb") as sink:
             popen = subprocess.Popen(
-                [str(HYBRID_ROUTER), *args],
+                [program or str(HYBRID_ROUTER), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -355,6 +496,21 @@ def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Procs]:
         yield started
     finally:
         started.close()
+
+
+@pytest.fixture
+async def redis_store_url(procs: Procs) -> AsyncIterator[str]:
+    """A store url on the test Redis under a key prefix of this test's own, for replicas.
+
+    The prefix is tests/store's `redis_prefix`: an unreachable Redis skips the test, or fails
+    it in CI (CI=true). The test's processes are killed before its keys are deleted, so none
+    writes them again afterwards.
+    """
+    async with redis_prefix() as prefix:
+        try:
+            yield f"{REDIS_URL}?prefix={prefix}"
+        finally:
+            procs.close()
 
 
 @pytest.hookimpl(wrapper=True)

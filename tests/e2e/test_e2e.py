@@ -23,6 +23,8 @@ from tests.e2e.conftest import (
     MODELS,
     Emulator,
     Procs,
+    arrival_ids,
+    assert_within_limits,
     free_port,
     wait_until,
     write_config,
@@ -38,22 +40,10 @@ def questions(tag: str, n: int = QUESTIONS) -> list[str]:
     return [f"{tag}: question {q}?" for q in range(n)]
 
 
-def assert_within_limits(stats: dict[str, Any], gpu_limit: int, limits: dict[str, int]) -> None:
-    """What the account saw: no call refused, the GPUs held never over any limit."""
-    assert stats["refusals"] == 0, stats
-    assert stats["peak_held"] <= gpu_limit, stats
-    for region, peak in stats["peak_held_by_region"].items():
-        assert peak <= limits[region], (region, stats["peak_held_by_region"])
-
-
 def table_rows(output: str) -> list[str]:
     """The first cell of each row of a table the CLI printed (box drawn or ASCII)."""
     cells = re.findall(r"^[│┃|] (\S+) +[│┃|]", output, flags=re.MULTILINE)
     return [cell for cell in cells if cell != "Region"]  # the header's
-
-
-def arrival_ids(stats: dict[str, Any]) -> list[str]:
-    return [execution_id for _, _, execution_id in stats["arrivals"]]
 
 
 def config_for(
