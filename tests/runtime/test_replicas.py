@@ -4,8 +4,10 @@ takes over when the leader dies, and the account's GPU limit holds throughout.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +105,29 @@ async def die(service: RouterService) -> None:
     assert isinstance(store, RedisStore)
     store.set_fencing_token(None)  # so closing does not hand the lease over politely
     await store.close()
+
+
+async def test_a_call_not_sent_soon_after_admission_is_never_sent(replica: Replica) -> None:
+    leader = replica("a")
+    skew = 0.0
+    leader.clock = lambda: time.time() + skew  # type: ignore[method-assign]
+    admit = leader.store.admit
+
+    async def admit_then_pause(*args: Any) -> bool:
+        # As if the process stopped right after the admission was written.
+        nonlocal skew
+        admitted = await admit(*args)
+        if admitted and skew == 0.0:
+            skew = 10 * LEASE_S
+        return admitted
+
+    leader.store.admit = admit_then_pause  # type: ignore[method-assign]
+    await leader.start()
+    await leader.submit(JobRequest(("llama3.2-1b",), ("US",), ("q",), job_id="late"))
+    status = await leader.wait("late", 30)
+
+    assert status.state is JobState.SUCCEEDED
+    (execution,) = [s.execution for s in status.executions]
+    assert execution.attempts == 1 and execution.waits == 1  # no attempt spent on it
+    cloud: SimulatedCloud = leader.cloud  # type: ignore[attr-defined]
+    assert len(cloud.stats()["arrivals"]) == 1  # type: ignore[arg-type]

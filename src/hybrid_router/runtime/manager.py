@@ -63,6 +63,10 @@ class RegionQueueManager:
         self._cancelling: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._admitting = False
+        # How late after its admission a call may still be sent. A successor that recovers
+        # a running execution counts its GPU as held until admission + this + timeout +
+        # scaledown. With a file lock there is no successor while this process lives.
+        self._launch_slack_s = store.lease_ttl_s
         # Set when the store refused a write for a stale fencing token: leadership is lost.
         self.fenced = asyncio.Event()
 
@@ -106,7 +110,8 @@ class RegionQueueManager:
                 container = containers.get(e.container_id or "")
                 spec = self.topology.providers.get(e.provider or "")
                 if container is not None and spec is not None and e.started_at is not None:
-                    until = e.started_at + spec.timeout_s + spec.scaledown_window_s
+                    until = e.started_at + (self._launch_slack_s or 0.0) + spec.timeout_s
+                    until += spec.scaledown_window_s
                     containers[container.id] = ledger.orphan(containers[container.id], until)
             # A job cancelled while its calls were in flight stays cancelled: the request to
             # close them may have died with the process that ran them.
@@ -214,6 +219,17 @@ class RegionQueueManager:
         )
         started = self.clock()
         outcome: Completion | Failure | None
+        assert execution.started_at is not None
+        slack = self._launch_slack_s
+        if slack is not None and started - execution.started_at > slack:
+            # Paused between admission and call (a stopped process, a stalled loop): a
+            # successor may already count this GPU as held only until admission + timeout +
+            # scaledown (+ this slack), so the call must not go out this late.
+            outcome = Failure(
+                "LAUNCH_LATE", "the call was not sent in time after admission", FailureKind.CAPACITY
+            )
+            await self._settle(execution, outcome, provider.spec)
+            return
         try:
             outcome = await provider.run(request)
         except ProviderFailure as failure:
