@@ -245,9 +245,9 @@ async def test_connection_dropped_mid_call_is_transient(kit: Kit) -> None:
 
 
 async def test_timeout_counts_from_the_call_start_across_polls(kit: Kit) -> None:
-    # Every single HTTP exchange is short (a 303 after 5 ms); the 0.2 s call is not.
-    emulator = await kit.emulator(poll_after_s=0.005)
-    modal = kit.modal(f"{emulator.url}/US", timeout_s=0.1)
+    # Every single HTTP exchange is short (a 303 after 20 ms); the 2 s call is not.
+    emulator = await kit.emulator(time_scale=0.01, poll_after_s=0.02)
+    modal = kit.modal(f"{emulator.url}/US", timeout_s=0.3)
 
     with pytest.raises(ProviderFailure) as failed:
         await modal.run(request(model=LARGE))

@@ -32,9 +32,11 @@ async def inference(
     """Run one inference through the queue; wait for it unless `wait=false`."""
     default_region = next(iter(settings.region_specs()))
     request = body.to_request(default_region, owner=user.name)
-    job_status, _ = await quotas.submit(service, request, user)
+    accepted, _ = await quotas.submit(service, request, user)
     if wait:
-        job_status = await service.wait(job_status.job.id, owner=user.owner_filter)
+        job_status = await service.wait(accepted.job.id, owner=user.owner_filter)
+    else:
+        job_status = await service.job(accepted.job.id, owner=user.owner_filter)
     if job_status.state in (JobState.QUEUED, JobState.RUNNING):
         # Not waited for, or the wait ended early (the server is stopping): hand out the id.
         response.status_code = status.HTTP_202_ACCEPTED

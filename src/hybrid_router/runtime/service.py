@@ -177,7 +177,8 @@ class RouterService:
     async def submit(
         self, request: JobRequest, *, gate: Gate | None = None
     ) -> tuple[JobStatus, bool]:
-        """Queue a job. The same job_id with the same body returns the existing job.
+        """Queue a job; (its status without queue positions, created). The same job_id with
+        the same body returns the existing job.
 
         `gate` runs once the job is valid, before anything is stored; a replay of an existing
         job id skips it, since it queues nothing.
@@ -221,7 +222,10 @@ class RouterService:
             )
         if created:
             await self.bus.publish(Event("queued", job.id, job.created_at))
-        return await self.job(stored.id), created
+        # Without positions: they cost a pass over the queue, and `job()` gives them.
+        stored_executions = await self.store.executions_of(stored.id)
+        plain = tuple(ExecutionStatus(e) for e in stored_executions)
+        return _job_status(stored, stored_executions, plain), created
 
     async def job(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """A job with its executions, their queue positions and estimated starts.
