@@ -111,7 +111,7 @@ class World:
             container = self.containers[e.container_id]
             provider = self.topology.providers[container.provider]
             until = e.started_at + provider.timeout_s + provider.scaledown_window_s
-            self.containers[container.id] = ledger.orphan(container, until)
+            self.containers[container.id] = ledger.abandon(container, e.id, until)
             self.executions[e.id] = retry.recovered(e)
             del self.finishing[execution_id]
 

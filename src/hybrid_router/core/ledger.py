@@ -64,16 +64,10 @@ def abandon(container: Container, execution_id: str, until: float) -> Container:
     """The container after the router gave up on a call the provider may still be running.
 
     A cancelled or timed-out call is not stopped at the provider (a Modal function runs on),
-    so its container is no longer reused and holds its GPUs until `until`.
+    nor is one whose router died: its container is no longer reused (an orphan) and holds
+    its GPUs until `until`.
     """
     in_flight = tuple(e for e in container.in_flight if e != execution_id)
     return replace(
         container, in_flight=in_flight, orphan=True, warm_until=max(container.warm_until, until)
-    )
-
-
-def orphan(container: Container, until: float) -> Container:
-    """A container whose calls were lost in a crash: not reusable, held until `until`."""
-    return replace(
-        container, in_flight=(), orphan=True, warm_until=max(container.warm_until, until)
     )

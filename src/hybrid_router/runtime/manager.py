@@ -112,7 +112,7 @@ class RegionQueueManager:
                 if container is not None and spec is not None and e.started_at is not None:
                     until = e.started_at + (self._launch_slack_s or 0.0) + spec.timeout_s
                     until += spec.scaledown_window_s
-                    containers[container.id] = ledger.orphan(containers[container.id], until)
+                    containers[container.id] = ledger.abandon(containers[container.id], e.id, until)
             # A job cancelled while its calls were in flight stays cancelled: the request to
             # close them may have died with the process that ran them.
             cancelled_jobs = set()
@@ -129,6 +129,12 @@ class RegionQueueManager:
             await self.store.save_containers(list(containers.values()))
             await self.store.requeue(after)
             log.warning("recovered %d executions no call of this process runs", len(running))
+        for e in after:
+            if e.state.terminal:
+                await self.publish(execution_event(e, at=now))
+        for job_id in cancelled_jobs:
+            if await self._job_done(job_id):
+                await self.publish(Event(JOB_FINISHED, job_id, now))
 
     async def cancel_running(self, execution_ids: list[str]) -> None:
         """Close the provider calls of these running executions; they end `cancelled`."""
