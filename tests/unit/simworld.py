@@ -27,6 +27,60 @@ class PromiseBroken(AssertionError):
 
 
 @dataclass
+class CloudContainer:
+    """A container as the provider sees it: the truth the router's ledger must bound."""
+
+    region: str
+    model: str
+    gpus: int
+    busy: int = 0
+    warm_until: float = 0.0
+
+
+@dataclass
+class Cloud:
+    """The provider: routes each call to a warm container of its own choosing (at random),
+    opens one otherwise, and keeps running calls the router gave up on."""
+
+    rng: random.Random
+    containers: list[CloudContainer] = field(default_factory=list)
+    calls: dict[int, tuple[CloudContainer, float]] = field(default_factory=dict)
+    next_call: int = 0
+
+    def call(self, e: Execution, gpus: int, max_inputs: int, ends: float, now: float) -> None:
+        self.expire(now)
+        free = [
+            c
+            for c in self.containers
+            if c.region == e.region and c.model == e.model and c.busy < max_inputs
+        ]
+        container = self.rng.choice(free) if free else CloudContainer(e.region, e.model, gpus)
+        if not free:
+            self.containers.append(container)
+        container.busy += 1
+        self.next_call += 1
+        self.calls[self.next_call] = (container, ends)
+
+    def advance(self, now: float, scaledown_s: dict[str, float]) -> None:
+        for call, (container, ends) in list(self.calls.items()):
+            if ends <= now:
+                del self.calls[call]
+                container.busy -= 1
+                if not container.busy:
+                    container.warm_until = ends + scaledown_s[container.region]
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        self.containers = [c for c in self.containers if c.busy or c.warm_until > now]
+
+    def held(self) -> tuple[int, dict[str, int]]:
+        by_region: dict[str, int] = {}
+        for c in self.containers:
+            by_region[c.region] = by_region.get(c.region, 0) + c.gpus
+        return sum(by_region.values()), by_region
+
+
+@dataclass
 class World:
     topology: Topology
     rng: random.Random
@@ -41,6 +95,10 @@ class World:
     starts: list[Execution] = field(default_factory=list)
     terminal_records: dict[str, int] = field(default_factory=dict)
     retry_policy: retry.RetryPolicy = field(default_factory=lambda: retry.RetryPolicy(0.5, 4.0))
+    cloud: Cloud = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cloud = Cloud(random.Random(self.rng.random()))
 
     def submit(self, job: Job) -> None:
         for e in job.expand():
@@ -66,6 +124,8 @@ class World:
         if not candidates:
             return None
         self.now = max(self.now, min(candidates))
+        scaledown = {p.region: p.scaledown_window_s for p in self.topology.providers.values()}
+        self.cloud.advance(self.now, scaledown)
         for execution_id, at in sorted(self.finishing.items(), key=lambda kv: kv[1]):
             if at <= self.now:
                 self._finish(execution_id)
@@ -80,6 +140,8 @@ class World:
         provider = self.topology.providers[container.provider]
         duration = self.rng.uniform(0.1, provider.timeout_s)
         self.finishing[execution.id] = self.now + duration
+        gpus = self.topology.gpus(execution.model)
+        self.cloud.call(execution, gpus, provider.max_inputs, self.now + duration, self.now)
 
     def _finish(self, execution_id: str) -> None:
         del self.finishing[execution_id]
@@ -87,9 +149,13 @@ class World:
         assert e.container_id is not None
         container = self.containers[e.container_id]
         provider = self.topology.providers[container.provider]
-        self.containers[container.id] = ledger.release(
-            container, e.id, self.now, provider.scaledown_window_s
-        )
+        released = ledger.release(container, e.id, self.now, provider.scaledown_window_s)
+        self.containers[container.id] = released
+        if provider.max_inputs > 1:
+            for sibling in ledger.warm_siblings(
+                self.containers.values(), released, self.now, provider.scaledown_window_s
+            ):
+                self.containers[sibling.id] = sibling
         roll = self.rng.random()
         if roll < self.capacity_rate:
             failure = Failure("PROVIDER_CAPACITY", "busy", FailureKind.CAPACITY)
@@ -116,11 +182,21 @@ class World:
             del self.finishing[execution_id]
 
     def _expire(self) -> None:
-        for container_id in ledger.expired(self.containers.values(), self.now):
+        for container_id in ledger.expired(
+            self.containers.values(), self.now, self.topology.shared
+        ):
             del self.containers[container_id]
 
     def _check_limits(self) -> None:
-        use = ledger.usage(self.containers.values(), self.now)
+        # What the provider really holds, whichever containers it chose: the promise itself.
+        total, by_region = self.cloud.held()
+        if total > self.topology.gpu_limit:
+            raise PromiseBroken(f"provider holds {total} > {self.topology.gpu_limit}")
+        for name, held in by_region.items():
+            if held > self.topology.regions[name].gpu_limit:
+                raise PromiseBroken(f"provider holds {held} in {name}")
+        # And the router's ledger, which must bound it.
+        use = ledger.usage(self.containers.values(), self.now, self.topology.shared)
         if use.total > self.topology.gpu_limit:
             raise PromiseBroken(f"global {use.total} > {self.topology.gpu_limit} at {self.now}")
         for name, region in self.topology.regions.items():

@@ -83,7 +83,7 @@ def run_world(world: World, jobs: list[tuple[float, Job]]) -> None:
     raise AssertionError("the world did not drain: an execution is stuck")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_random_workloads_keep_every_promise(data: st.DataObject, seed: int) -> None:
     topology = data.draw(topologies())

@@ -104,6 +104,6 @@ def estimate_starts(
                 if container is not None:
                     scaledown = topology.providers[container.provider].scaledown_window_s
                     live[container_id] = ledger.release(container, execution_id, t, scaledown)
-        for container_id in ledger.expired(live.values(), t):
+        for container_id in ledger.expired(live.values(), t, topology.shared):
             del live[container_id]
     return starts

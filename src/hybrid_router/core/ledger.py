@@ -25,21 +25,39 @@ class Usage:
         return self.by_region.get(name, 0)
 
 
-def held(containers: Iterable[Container], now: float) -> list[Container]:
-    """The containers still holding GPUs at `now`."""
-    return [c for c in containers if c.held_at(now)]
+def held(
+    containers: Iterable[Container], now: float, shared: frozenset[str] = frozenset()
+) -> list[Container]:
+    """The containers still holding GPUs at `now`.
+
+    `shared` names providers whose containers take several inputs each. Their calls go to
+    whichever container the provider picks, so while any call of a (provider, model) is in
+    flight, every container of it is held (and releases keep the idle ones warm: see
+    warm_siblings): the provider cannot hold more of them than the ledger has.
+    """
+    containers = list(containers)
+    busy_groups = {
+        (c.provider, c.model) for c in containers if c.in_flight and c.provider in shared
+    }
+    return [c for c in containers if c.held_at(now) or (c.provider, c.model) in busy_groups]
 
 
-def expired(containers: Iterable[Container], now: float) -> list[str]:
+def expired(
+    containers: Iterable[Container], now: float, shared: frozenset[str] = frozenset()
+) -> list[str]:
     """Ids of containers that no longer hold GPUs at `now` and can be forgotten."""
-    return [c.id for c in containers if not c.held_at(now)]
+    containers = list(containers)
+    still = {c.id for c in held(containers, now, shared)}
+    return [c.id for c in containers if c.id not in still]
 
 
-def usage(containers: Iterable[Container], now: float) -> Usage:
+def usage(
+    containers: Iterable[Container], now: float, shared: frozenset[str] = frozenset()
+) -> Usage:
     """GPUs held at `now` by busy, warm and orphaned containers."""
     by_region: Counter[str] = Counter()
     busy: Counter[str] = Counter()
-    for c in held(containers, now):
+    for c in held(containers, now, shared):
         by_region[c.region] += c.gpus
         if c.in_flight:
             busy[c.region] += c.gpus
@@ -58,6 +76,27 @@ def release(container: Container, execution_id: str, now: float, scaledown_s: fl
     if not in_flight:
         warm_until = max(warm_until, now + scaledown_s)
     return replace(container, in_flight=in_flight, warm_until=warm_until)
+
+
+def warm_siblings(
+    containers: Iterable[Container], released: Container, now: float, scaledown_s: float
+) -> list[Container]:
+    """Idle containers of the released one's provider and model, kept warm as long as it.
+
+    With several inputs per container the provider, not the router, picks which container
+    each call ran in, so any of them may be the one that just served a call: each idle one
+    is held for the scaledown window from now. (With one input per container, booking each
+    call on the idle entry that expires first is enough: see policy._free_slot.)
+    """
+    return [
+        replace(c, warm_until=now + scaledown_s)
+        for c in containers
+        if c.id != released.id
+        and c.provider == released.provider
+        and c.model == released.model
+        and not c.in_flight
+        and c.warm_until < now + scaledown_s
+    ]
 
 
 def abandon(container: Container, execution_id: str, until: float) -> Container:

@@ -47,6 +47,11 @@ class Topology:
         """Providers serving `model` in `region`, in config order."""
         return [p for p in self.providers.values() if p.region == region and model in p.models]
 
+    @property
+    def shared(self) -> frozenset[str]:
+        """Providers whose containers take several inputs each (see ledger.held)."""
+        return frozenset(p.name for p in self.providers.values() if p.max_inputs > 1)
+
     def gpus(self, model: str) -> int:
         spec = self.models.get(model)
         return spec.gpus if spec else 1
@@ -101,8 +106,9 @@ def decide(
     Regions in `closed` (paused or draining) admit nothing and block no one elsewhere.
     Executions past their deadline are never admitted: the caller expires them.
     """
-    live = {c.id: c for c in ledger.held(containers, now)}
-    use = ledger.usage(live.values(), now)
+    shared = topology.shared
+    live = {c.id: c for c in ledger.held(containers, now, shared)}
+    use = ledger.usage(live.values(), now, shared)
     region_used = Counter(use.by_region)
     total_used = use.total
     running = Counter({r: 0 for r in topology.regions})
@@ -165,7 +171,7 @@ def decide(
                         global_binds = True
                 continue
             placed = Container(
-                id=f"{e.id}@{now:.6f}",  # unique even after a crash requeues e
+                id=_new_container_id(e, now, live),
                 provider=opener.name,
                 model=e.model,
                 region=e.region,
@@ -229,23 +235,31 @@ def _free_slot(
     model: str,
     may_reuse_idle: bool,
 ) -> Container | None:
-    """A container of `model` with a free input slot: busy ones first, idle ones if allowed."""
+    """The ledger entry a call for `model` takes without opening a container, if any.
+
+    The provider, not the router, picks which of its free containers serves a call. The
+    ledger stays an upper bound whatever it picks because the call is booked on the idle
+    entry that expires first (a busy container's free slot only when no idle one may be
+    used): the entries left idle then expire no earlier than the provider's own do. An
+    orphan whose lost call may have ended is a container the provider may pick too: when it
+    expires before that idle one, the call is booked on the orphan, and the idle one keeps
+    its later expiry. (Releases keep idle siblings warm as well: ledger.warm_siblings.)
+    """
     max_inputs = {p.name: p.max_inputs for p in providers}
-    candidates = [
+    pool = [c for c in live if c.provider in max_inputs and c.model == model]
+    idle = [c for c in pool if not c.in_flight and not c.orphan]
+    if idle and may_reuse_idle:
+        target = min(idle, key=lambda c: (c.warm_until, c.id))
+        orphans = [
+            c for c in pool if c.orphan and not c.in_flight and c.warm_until < target.warm_until
+        ]
+        return min(orphans, key=lambda c: (c.warm_until, c.id)) if orphans else target
+    busy = [
         c
-        for c in live
-        if c.provider in max_inputs
-        and c.model == model
-        and not c.orphan
-        and len(c.in_flight) < max_inputs[c.provider]
-        and (c.in_flight or may_reuse_idle)
+        for c in pool
+        if c.in_flight and not c.orphan and len(c.in_flight) < max_inputs[c.provider]
     ]
-    if not candidates:
-        return None
-    # Busy first: no GPU is kept warm that would otherwise free. Among idle ones, the one that
-    # expires first: the provider picks which warm container serves the call, and whichever
-    # it picks, the idle ones left in the ledger then expire no earlier than its own do.
-    return min(candidates, key=lambda c: (not c.in_flight, c.warm_until, c.id))
+    return min(busy, key=lambda c: (c.warm_until, c.id)) if busy else None
 
 
 def _provider_with_room(
@@ -256,6 +270,16 @@ def _provider_with_room(
         if p.max_containers is None or open_count[p.name] < p.max_containers:
             return p
     return None
+
+
+def _new_container_id(e: Execution, now: float, live: Mapping[str, Container]) -> str:
+    """Named after the execution that opens it (estimates rely on that), never reused."""
+    base = container_id = f"{e.id}@{now:.6f}"
+    suffix = 0
+    while container_id in live:  # e lost its call and is opening again in the same instant
+        suffix += 1
+        container_id = f"{base}.{suffix}"
+    return container_id
 
 
 def _model_up(live: Iterable[Container], region: str, model: str) -> bool:

@@ -176,7 +176,7 @@ class RegionQueueManager:
         async with self.lock:
             now = self.clock()
             containers = await self.store.containers()
-            gone = ledger.expired(containers, now)
+            gone = ledger.expired(containers, now, self.topology.shared)
             if gone:
                 await self.store.save_containers([], gone)
             queued = await self.store.queued()
@@ -299,7 +299,14 @@ class RegionQueueManager:
                 )
             elif container is not None:
                 released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
+            siblings = []
+            if released is not None and spec.max_inputs > 1:
+                siblings = ledger.warm_siblings(
+                    containers.values(), released, now, spec.scaledown_window_s
+                )
             recorded = await self.store.finish(after, released, container_id)
+            if recorded and siblings:
+                await self.store.save_containers(siblings)
             job_done = recorded and after.state.terminal and await self._job_done(after.job_id)
         if not recorded:
             return

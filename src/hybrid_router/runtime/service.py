@@ -355,8 +355,9 @@ class RouterService:
         sizes = await self.store.queue_sizes()
         modes = await self.store.region_modes()
         running = await self.store.running()
-        containers = ledger.held(await self.store.containers(), now)
-        use = ledger.usage(containers, now)
+        shared = self.topology.shared
+        containers = ledger.held(await self.store.containers(), now, shared)
+        use = ledger.usage(containers, now, shared)
         counts = await self.store.region_counts()
         result = {}
         for name, region in self.topology.regions.items():
