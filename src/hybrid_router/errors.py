@@ -3,12 +3,13 @@
 RouterError
 ├── InvalidRequest (400/422)      code: INVALID_REQUEST, UNKNOWN_REGION, UNKNOWN_MODEL, ...
 ├── Unauthenticated (401)         code: UNAUTHENTICATED, INVALID_API_KEY
-├── Forbidden (403)               code: PRIORITY_NOT_ALLOWED, JOB_TOO_LARGE
+├── Forbidden (403)               code: PRIORITY_NOT_ALLOWED, JOB_TOO_LARGE, ADMIN_ONLY
 ├── NotFound (404)                code: JOB_NOT_FOUND, REGION_NOT_FOUND
-├── Conflict (409)                code: JOB_CONFLICT
+├── Conflict (409)                code: JOB_CONFLICT, REGION_DRAINING
 ├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE
 ├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
-├── StoreUnavailable (503)        code: STORE_UNAVAILABLE
+├── StoreUnavailable (503)        code: STORE_UNAVAILABLE, NOT_READY
+├── StoreFenced (503)             code: NOT_LEADER (a stale leader's write was refused)
 └── ConfigError                   a bad config file, reported at start
 """
 
