@@ -80,3 +80,17 @@ async def test_executions_still_queued_at_the_deadline_expire_without_running(
 async def test_a_bad_deadline_is_a_422(client: httpx.AsyncClient) -> None:
     response = await client.post("/jobs", json=job("bad", "US", deadline_s=-1))
     assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR"
+
+
+async def test_metrics_show_queues_outcomes_and_gpus(client: httpx.AsyncClient) -> None:
+    await client.post("/jobs", json=job("counted", "US"))
+    await wait_for(client, "counted", "succeeded")
+    await client.post("/regions/EU/pause")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    lines = set(response.text.splitlines())
+    assert 'hybrid_router_finished{outcome="succeeded",region="US"} 1.0' in lines
+    assert 'hybrid_router_gpu_limit{region="US"} 3.0' in lines
+    assert 'hybrid_router_region_admitting{region="EU"} 0.0' in lines
+    assert "hybrid_router_leader 1.0" in lines
