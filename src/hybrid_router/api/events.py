@@ -31,9 +31,7 @@ async def job_events(
 
 
 @router.get("/events", response_class=EventSourceResponse)
-async def all_events(
-    service: ServiceDep, admin: AdminDep
-) -> AsyncIterator[ServerSentEvent]:
+async def all_events(service: ServiceDep, admin: AdminDep) -> AsyncIterator[ServerSentEvent]:
     """Every job's events as they happen (admins only)."""
     async for event in service.follow():
         yield _sse(event)

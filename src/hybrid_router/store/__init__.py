@@ -12,9 +12,7 @@ from hybrid_router.store.sqlite import SQLiteStore
 __all__ = ["RedisStore", "SQLiteStore", "Store", "store_from_url"]
 
 
-def store_from_url(
-    url: str, *, retention_s: float = 7 * 86400, lease_ttl_s: float = 5.0
-) -> Store:
+def store_from_url(url: str, *, retention_s: float = 7 * 86400, lease_ttl_s: float = 5.0) -> Store:
     """The store a `[store] url` names (`retention_s` and `lease_ttl_s` are Redis's).
 
     `sqlite:///relative.db`, `sqlite:////abs.db`, or `redis[s]://host:port/db?prefix=hr`.
