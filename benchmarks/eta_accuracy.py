@@ -90,8 +90,12 @@ async def trace(job_count: int) -> None:
         if execution_id in actual:
             errors.append(abs(estimated - actual[execution_id]))
             if DEBUG:
-                print(execution_id, position, round((estimated - submitted_at) / TIME_SCALE),
-                      round((actual[execution_id] - submitted_at) / TIME_SCALE))
+                print(
+                    execution_id,
+                    position,
+                    round((estimated - submitted_at) / TIME_SCALE),
+                    round((actual[execution_id] - submitted_at) / TIME_SCALE),
+                )
             naive_start = submitted_at + (position - 1) * per_slot / 3  # 3 GPUs per region
             naive.append(abs(naive_start - actual[execution_id]))
     to_production = 1 / TIME_SCALE
