@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_router.core.model import ExecutionState, JobState, JobStatus
+from hybrid_router.core.model import ExecutionState, JobState, JobStatus, RegionMode
+from hybrid_router.errors import StoreUnavailable
 from hybrid_router.runtime.service import JobRequest, RouterService
 from hybrid_router.settings import settings_from_mapping
 
@@ -229,3 +230,32 @@ async def test_a_job_cancelled_while_its_scheduler_is_dead_stays_cancelled(
     assert status.counts["cancelled"] == 3
     arrivals = [a[2] for a in cloud.stats()["arrivals"]]  # type: ignore[attr-defined]
     assert arrivals == ["gone:0:mistral-7b:US"], "the cancelled call never runs again"
+
+
+async def test_a_cancel_lost_during_a_store_outage_still_closes_the_call(
+    tmp_path: Path, make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service(settings_for(tmp_path, region_limit=1), new_cloud())
+    await service.start()
+    await service.submit(
+        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="x")
+    )
+    await until_something_runs(service)
+    # The queued ones are cancelled in the store, but the request to close the running
+    # call never reaches the scheduler (as when Redis dropped the message)...
+    await service.store.cancel_queued("x", service.clock())
+    # ...and then the store fails one scheduling round.
+    region_modes = service.store.region_modes
+    failures = iter([StoreUnavailable("store unavailable: test")])
+
+    async def flaky_region_modes() -> dict[str, RegionMode]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await region_modes()
+
+    monkeypatch.setattr(service.store, "region_modes", flaky_region_modes)
+    monkeypatch.setattr("hybrid_router.runtime.manager.RETRY_ROUND_S", 0.01)
+    service.leadership.wake()
+    status = await service.wait("x", 10)
+    assert status.counts["cancelled"] == 3, status.counts

@@ -33,6 +33,9 @@ from hybrid_router.store.base import Store
 
 log = logging.getLogger(__name__)
 
+# After a failed scheduling round (the store away, say), how long until the next try.
+RETRY_ROUND_S = 1.0
+
 
 class RegionQueueManager:
     """Admits queued executions within the GPU limits and runs them on their providers."""
@@ -136,6 +139,14 @@ class RegionQueueManager:
             if await self._job_done(job_id):
                 await self.publish(Event(JOB_FINISHED, job_id, now))
 
+    async def _close_cancelled_calls(self) -> None:
+        """Close the calls of jobs cancelled while the request to close them was lost."""
+        running = await self.store.running()
+        for job_id in {e.job_id for e in running if e.id in self._calls}:
+            executions = await self.store.executions_of(job_id)
+            if any(e.state is ExecutionState.CANCELLED for e in executions):
+                await self.cancel_running([e.id for e in executions if e.id in self._calls])
+
     async def cancel_running(self, execution_ids: list[str]) -> None:
         """Close the provider calls of these running executions; they end `cancelled`."""
         for execution_id in execution_ids:
@@ -150,8 +161,10 @@ class RegionQueueManager:
             self._wakeup.clear()
             try:
                 if store_failed:
-                    # An admission may have been written with its answer lost: reconcile.
+                    # An admission may have been written with its answer lost, and a cancel
+                    # sent while the store was away may never have reached us: reconcile.
                     await self.recover()
+                    await self._close_cancelled_calls()
                     store_failed = False
                 wake_at = await self._admit_round()
             except StoreFenced:
@@ -162,12 +175,12 @@ class RegionQueueManager:
             except StoreUnavailable as exc:
                 log.warning("scheduling paused, store unavailable: %s", exc.message)
                 store_failed = True
-                wake_at = self.clock() + 1.0
+                wake_at = self.clock() + RETRY_ROUND_S
             except Exception:
                 # A bug in one round must not kill the scheduler; the next event retries.
                 log.exception("scheduling round failed")
                 store_failed = True
-                wake_at = self.clock() + 1.0
+                wake_at = self.clock() + RETRY_ROUND_S
             timeout = None if wake_at is None else max(0.0, wake_at - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
