@@ -179,15 +179,13 @@ def write_config(
 # ---------------------------------------------------------------------------- processes
 
 
-class Process:
-    """One started `hybrid-router` subprocess, its log file and base URL."""
+class Subprocess:
+    """A process one test started, with the file its output goes to."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path, url: str) -> None:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
         self.name = name
         self.popen = popen
         self.log = log
-        self.url = url
-        self.http = httpx.Client(base_url=url, timeout=30.0)
 
     @property
     def alive(self) -> bool:
@@ -204,6 +202,18 @@ class Process:
         if self.alive:
             self.popen.kill()
         self.popen.wait(timeout=10)
+
+    def close(self) -> None:
+        """Release what the test held besides the process."""
+
+
+class Process(Subprocess):
+    """One started `hybrid-router` subprocess, its log file and base URL."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path, url: str) -> None:
+        super().__init__(name, popen, log)
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30.0)
 
     def terminate(self, within_s: float) -> int:
         """SIGTERM, as a deploy would; the exit code (fails if it is still up after `within_s`)."""
@@ -288,7 +298,7 @@ class Router(Process):
         return [done[j] for j in job_ids]
 
 
-class RedisServer:
+class RedisServer(Subprocess):
     """A `redis-server` of one test's own, with its data in a directory of the test's.
 
     `shutdown` stops it as an operator would, saving its data (dump.rdb); `procs.redis`
@@ -296,14 +306,8 @@ class RedisServer:
     """
 
     def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path, port: int) -> None:
-        self.name = name
-        self.popen = popen
-        self.log = log
+        super().__init__(name, popen, log)
         self.port = port
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
 
     def url(self, prefix: str) -> str:
         """A store url on this server with key prefix `prefix`."""
@@ -331,27 +335,13 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} still running after SHUTDOWN SAVE") from None
 
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text("utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        if self.alive:
-            self.popen.kill()
-        self.popen.wait(timeout=10)
-
-    def close(self) -> None:
-        """Nothing beyond the process to release."""
-
 
 class Procs:
     """Starts `hybrid-router` subprocesses for one test; `close` kills whatever still runs."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
-        self.started: list[Process | RedisServer] = []
+        self.started: list[Subprocess] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_ROUTER_")}
         self.env[TOKEN_ENV] = TOKEN
         self.env["PYTHONUNBUFFERED"] = "1"

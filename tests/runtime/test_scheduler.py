@@ -26,6 +26,11 @@ async def until_something_runs(service: RouterService) -> None:
     raise AssertionError("nothing started")
 
 
+def one_lane_job(job_id: str, rounds: int = 1) -> JobRequest:
+    """Slow 7B calls in one (region, model) lane: something runs while the rest waits."""
+    return JobRequest(("mistral-7b",), ("US",), QUESTIONS * rounds, job_id=job_id)
+
+
 def bias_job(job_id: str, regions: tuple[str, ...] = ("US", "EU")) -> JobRequest:
     return JobRequest(models=tuple(MODELS), regions=regions, questions=QUESTIONS, job_id=job_id)
 
@@ -130,9 +135,7 @@ async def test_cancel_stops_queued_and_running_executions(
     cloud = new_cloud()
     service = make_service(settings, cloud)
     await service.start()
-    await service.submit(
-        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="c")
-    )
+    await service.submit(one_lane_job("c"))
     await until_something_runs(service)
     status = await service.cancel("c")
     status = await service.wait("c", 10)
@@ -185,9 +188,7 @@ async def test_positions_for_long_queues_come_from_the_store_index(
 ) -> None:
     service = make_service(settings_for(tmp_path, region_limit=1), new_cloud())
     await service.start()
-    await service.submit(
-        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS * 3, job_id="l")
-    )
+    await service.submit(one_lane_job("l", 3))
     await until_something_runs(service)
 
     def places(status: JobStatus) -> dict[str, int | None]:
@@ -214,9 +215,7 @@ async def test_a_job_cancelled_while_its_scheduler_is_dead_stays_cancelled(
     cloud = new_cloud()
     first = make_service(settings, cloud)
     await first.start()
-    await first.submit(
-        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="gone")
-    )
+    await first.submit(one_lane_job("gone"))
     await until_something_runs(first)
     assert first.leadership.manager is not None
     await first.leadership.manager.stop(grace_s=0)  # dies with one call in flight
@@ -237,9 +236,7 @@ async def test_a_cancel_lost_during_a_store_outage_still_closes_the_call(
 ) -> None:
     service = make_service(settings_for(tmp_path, region_limit=1), new_cloud())
     await service.start()
-    await service.submit(
-        JobRequest(models=("mistral-7b",), regions=("US",), questions=QUESTIONS, job_id="x")
-    )
+    await service.submit(one_lane_job("x"))
     await until_something_runs(service)
     # The queued ones are cancelled in the store, but the request to close the running
     # call never reaches the scheduler (as when Redis dropped the message)...

@@ -21,10 +21,7 @@ from hybrid_router.core.model import Execution
 
 log = logging.getLogger(__name__)
 
-# Execution events a client sees, then the job's own end.
-EXECUTION_EVENTS = (
-    "queued", "started", "retrying", "succeeded", "failed", "cancelled", "expired",
-)  # fmt: skip
+# The end of a job, after its executions' events (queued, started, retrying, succeeded, ...).
 JOB_FINISHED = "job_finished"
 # Internal: asks the scheduling replica to close these running calls.
 CANCEL_REQUESTED = "cancel_requested"
