@@ -7,9 +7,20 @@ last saw, so a cancellation racing an admission or a completion never loses eith
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one batched write did."""
+
+    # The executions whose compare-and-set matched (the others were left as they were).
+    executions: frozenset[str] = frozenset()
+    # The jobs this write left with no execution queued or running: they are finished.
+    finished_jobs: frozenset[str] = frozenset()
 
 
 class Store(Protocol):
@@ -47,16 +58,22 @@ class Store(Protocol):
     async def get_job(self, job_id: str) -> Job | None:
         """The job, or None."""
 
+    async def job_with_counts(self, job_id: str) -> tuple[Job, dict[ExecutionState, int]] | None:
+        """The job and the count of its executions per state (zeros included), from one
+        maintained record: never a pass over its executions. None if there is no such job."""
+
     async def list_jobs(
         self, *, owner: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[tuple[Job, dict[ExecutionState, int]]]:
         """Jobs newest first, each with the count of its executions per state."""
 
-    async def executions_of(self, job_id: str) -> list[Execution]:
-        """A job's executions in `seq` order."""
+    async def executions_of(
+        self, job_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[Execution]:
+        """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
 
     async def queued(self) -> list[Execution]:
-        """Every queued execution, in `seq` order."""
+        """Every queued execution, in `seq` order (the leader builds its index from it)."""
 
     async def running(self) -> list[Execution]:
         """Every running execution, in `seq` order."""
@@ -64,19 +81,30 @@ class Store(Protocol):
     async def containers(self) -> list[Container]:
         """Every container in the ledger."""
 
-    async def admit(self, execution: Execution, container: Container) -> bool:
-        """Record `execution` (now running) and its container, if it is still queued.
+    async def admit(
+        self, executions: Sequence[Execution], containers: Sequence[Container]
+    ) -> Recorded:
+        """Record one round's admissions in one atomic write.
 
-        Returns False, writing nothing, when the execution is no longer queued (cancelled).
+        Each execution (now running) is written where the stored one is still queued; the
+        others (cancelled, expired meanwhile) are left as they are. Every container is
+        upserted without the calls (`in_flight` ids) of the refused executions, so an
+        admission that lost its race never leaves a call in the ledger that no one makes.
         """
 
     async def finish(
-        self, execution: Execution, container: Container | None, container_id: str | None
-    ) -> bool:
-        """Record a running execution's outcome (terminal or queued again) and its container.
+        self,
+        results: Sequence[tuple[Execution, str | None]],
+        containers: Sequence[Container],
+        removed: Sequence[str] = (),
+    ) -> Recorded:
+        """Record calls' outcomes together, in one atomic write (group commit).
 
-        `container` replaces the ledger row `container_id`; None deletes it. Returns False,
-        writing nothing, when the stored execution is not running with the same attempt.
+        Each result is (the execution after its call: terminal or queued again, the id of the
+        container it was admitted to) and is written where the stored execution is still
+        running on that container. The ledger rows `containers` are then upserted and the
+        `removed` ids deleted, whatever the compare-and-sets found: the leader's ledger is
+        the truth. `finished_jobs` names the jobs left with nothing queued or running.
         """
 
     async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
@@ -87,8 +115,8 @@ class Store(Protocol):
     ) -> None:
         """Upsert ledger rows and delete the `removed` ids, atomically."""
 
-    async def expire(self, executions: Sequence[Execution]) -> list[Execution]:
-        """Record these executions (now `expired`) where still queued; returns those written."""
+    async def expire(self, executions: Sequence[Execution]) -> Recorded:
+        """Record these executions (now `expired`) where still queued, in one write."""
 
     async def region_modes(self) -> dict[str, RegionMode]:
         """Regions whose mode an admin changed; any other region is open."""
@@ -100,13 +128,14 @@ class Store(Protocol):
         """Write running executions as given: queued again, or cancelled (crash recovery)."""
 
     async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
-        """Per region, the count of executions per state."""
+        """Per region, the count of executions per state, from maintained counters."""
 
     async def queue_sizes(self) -> dict[str, int]:
-        """Per region with queued executions, how many are queued."""
+        """Per region with queued executions, how many are queued, from maintained counters."""
 
-    async def position(self, execution: Execution) -> int | None:
-        """1-based place of a queued execution in its region's order; None if not queued.
+    async def positions(self, executions: Sequence[Execution]) -> dict[str, int]:
+        """1-based place of each still-queued execution in its region's order, one index
+        read each; executions no longer queued are left out.
 
         The order is the policy's without priority aging: higher stored priority first, then
         `seq`. Executions waiting out a backoff keep their place in it.
