@@ -1,7 +1,9 @@
 """A discrete-event world that drives the pure core the way the runtime does.
 
 Used by the property tests: random workloads, completion orders, failures and crashes go
-through `policy.decide`, the ledger and the retry decisions, and every step is checked.
+through `policy.decide`, the ledger and the retry decisions, and every step is checked. The
+world also keeps a QueueIndex as the scheduler does, from its own transitions, and checks at
+every step that the incremental `decide_indexed` makes exactly the full scan's decision.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hybrid_router.core.model import (
     FailureKind,
     Job,
 )
-from hybrid_router.core.policy import Topology, decide, queue_key
+from hybrid_router.core.policy import Topology, decide, decide_indexed, queue_key
+from hybrid_router.core.queue_index import QueueIndex
 
 
 class PromiseBroken(AssertionError):
@@ -96,6 +99,7 @@ class World:
     terminal_records: dict[str, int] = field(default_factory=dict)
     retry_policy: retry.RetryPolicy = field(default_factory=lambda: retry.RetryPolicy(0.5, 4.0))
     cloud: Cloud = field(init=False)
+    index: QueueIndex = field(default_factory=QueueIndex)
 
     def __post_init__(self) -> None:
         self.cloud = Cloud(random.Random(self.rng.random()))
@@ -103,7 +107,14 @@ class World:
     def submit(self, job: Job) -> None:
         for e in job.expand():
             self.seq += 1
-            self.executions[e.id] = replace(e, seq=self.seq, queued_at=self.now)
+            queued = replace(
+                e,
+                seq=self.seq,
+                queued_at=self.now,
+                deadline_at=None if job.deadline_s is None else self.now + job.deadline_s,
+            )
+            self.executions[e.id] = queued
+            self.index.add(queued)
 
     def queued(self) -> list[Execution]:
         return [e for e in self.executions.values() if e.state is ExecutionState.QUEUED]
@@ -112,6 +123,10 @@ class World:
         """Decide at `now`, then advance to the next event (no later than `until`)."""
         self._expire()
         decision = decide(self.queued(), self.containers.values(), self.topology, self.now)
+        incremental = decide_indexed(self.index, self.containers.values(), self.topology, self.now)
+        if incremental != decision:
+            raise PromiseBroken(f"at {self.now}: indexed {incremental} != full scan {decision}")
+        self._expire_overdue()
         for admission in decision.admissions:
             self._check_order(admission.execution)
             self._start(admission.execution, admission.container)
@@ -135,6 +150,7 @@ class World:
 
     def _start(self, execution: Execution, container: Container) -> None:
         self.executions[execution.id] = execution
+        self.index.discard(execution.id)
         self.containers[container.id] = container
         self.starts.append(execution)
         provider = self.topology.providers[container.provider]
@@ -166,6 +182,8 @@ class World:
         else:
             after = retry.succeeded(e, Completion(response="ok"), self.now)
         self.executions[e.id] = after
+        if after.state is ExecutionState.QUEUED:
+            self.index.add(after)
         if after.state.terminal:
             self.terminal_records[e.id] = self.terminal_records.get(e.id, 0) + 1
 
@@ -179,7 +197,15 @@ class World:
             until = e.started_at + provider.timeout_s + provider.scaledown_window_s
             self.containers[container.id] = ledger.abandon(container, e.id, until)
             self.executions[e.id] = retry.recovered(e)
+            self.index.add(self.executions[e.id])
             del self.finishing[execution_id]
+
+    def _expire_overdue(self) -> None:
+        """Queued executions past their job's deadline end expired, as the scheduler does."""
+        for e in self.index.overdue(self.now):
+            self.index.discard(e.id)
+            self.executions[e.id] = retry.expired(e, self.now)
+            self.terminal_records[e.id] = self.terminal_records.get(e.id, 0) + 1
 
     def _expire(self) -> None:
         for container_id in ledger.expired(

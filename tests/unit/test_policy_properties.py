@@ -70,6 +70,7 @@ def workloads(draw: st.DrawFn, topology: Topology) -> list[tuple[float, Job]]:
             questions=tuple(f"q{i}" for i in range(draw(st.integers(1, 3)))),
             priority=draw(st.integers(0, 2)),
             max_attempts=draw(st.integers(1, 3)),
+            deadline_s=draw(st.sampled_from([None, None, None, 2.0, 8.0])),
         )
         jobs.append((at, job))
     return sorted(jobs, key=lambda pair: pair[0])
@@ -106,5 +107,5 @@ def test_random_workloads_keep_every_promise(data: st.DataObject, seed: int) -> 
     assert all(count == 1 for count in world.terminal_records.values())
     assert len(world.terminal_records) == submitted
     for e in world.executions.values():
-        assert e.state in (ExecutionState.SUCCEEDED, ExecutionState.FAILED)
+        assert e.state in (ExecutionState.SUCCEEDED, ExecutionState.FAILED, ExecutionState.EXPIRED)
         assert e.attempts <= e.max_attempts

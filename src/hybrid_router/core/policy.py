@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import ledger
@@ -29,6 +29,7 @@ from hybrid_router.core.model import (
     ProviderSpec,
     Region,
 )
+from hybrid_router.core.queue_index import QueueIndex
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,111 @@ class _RegionWalk:
     closed: bool = False  # nothing more can start in this region this round
 
 
+class _Round:
+    """One admission round: the ledger as placed so far, and where each region's walk stands.
+
+    Both drivers (the full scan in `decide`, the lane heads in `decide_indexed`) feed it the
+    same executions in the same order; only `consider` decides.
+    """
+
+    def __init__(
+        self,
+        containers: Iterable[Container],
+        topology: Topology,
+        now: float,
+        closed: frozenset[str],
+    ) -> None:
+        self.topology = topology
+        self.now = now
+        self.closed = closed
+        shared = topology.shared
+        self.live = {c.id: c for c in ledger.held(containers, now, shared)}
+        use = ledger.usage(self.live.values(), now, shared)
+        self.region_used = Counter(use.by_region)
+        self.total_used = use.total
+        self.running = Counter({r: 0 for r in topology.regions})
+        for c in self.live.values():
+            self.running[c.region] += len(c.in_flight)
+        self.walks = {r: _RegionWalk() for r in topology.regions}
+        self.global_binds = False
+        self.admissions: list[Admission] = []
+        self.wake_at: float | None = None
+        for c in self.live.values():
+            if not c.in_flight:
+                self.wake(c.warm_until)
+
+    def wake(self, at: float | None) -> None:
+        if at is not None and at > self.now and (self.wake_at is None or at < self.wake_at):
+            self.wake_at = at
+
+    def region_open(self, region: str) -> bool:
+        """Whether anything more can start in `region` this round."""
+        return region not in self.closed and not self.walks[region].closed
+
+    def lane_open(self, region: str, model: str) -> bool:
+        """Whether executions of `model` in `region` can still start this round."""
+        return self.region_open(region) and model not in self.walks[region].blocked_models
+
+    def decision(self) -> Decision:
+        return Decision(tuple(self.admissions), self.wake_at)
+
+    def consider(self, e: Execution) -> None:
+        """Admit `e` now, or note why it waits and what that holds back behind it."""
+        now, topology = self.now, self.topology
+        if e.deadline_at is not None and e.deadline_at <= now:
+            return  # expired, not waiting: it blocks no one
+        if not self.lane_open(e.region, e.model):
+            return
+        providers = topology.providers_for(e.region, e.model)
+        if not providers:
+            return  # refused at submission; never blocks anyone
+        region = topology.regions[e.region]
+        walk = self.walks[e.region]
+        if e.not_before > now:
+            self.wake(e.not_before)
+            walk.blocked_models.add(e.model)
+            if region.max_running == 1:
+                walk.closed = True  # the seed's sequential mode is strict FIFO
+            return
+        if region.max_running is not None and self.running[e.region] >= region.max_running:
+            walk.closed = True
+            return
+
+        live = self.live
+        may_reuse_idle = not walk.waiting_for_gpu and not self.global_binds
+        slot = _free_slot(live.values(), providers, e.model, may_reuse_idle)
+        if slot is not None:
+            placed = ledger.occupy(slot, e.id)
+            self.admissions.append(Admission(_started(e, placed, now), placed, opened=False))
+        else:
+            gpus = topology.gpus(e.model)
+            region_fits = self.region_used[e.region] + gpus <= region.gpu_limit
+            global_fits = self.total_used + gpus <= topology.gpu_limit
+            opener = None
+            if region_fits and global_fits and not walk.waiting_for_gpu and not self.global_binds:
+                opener = _provider_with_room(live.values(), providers, e.model)
+            if opener is None:
+                walk.blocked_models.add(e.model)
+                if not _model_up(live.values(), e.region, e.model):
+                    walk.waiting_for_gpu = True
+                    if region_fits and not global_fits:
+                        self.global_binds = True
+                return
+            placed = Container(
+                id=_new_container_id(e, now, live),
+                provider=opener.name,
+                model=e.model,
+                region=e.region,
+                gpus=gpus,
+                in_flight=(e.id,),
+            )
+            self.region_used[e.region] += gpus
+            self.total_used += gpus
+            self.admissions.append(Admission(_started(e, placed, now), placed, opened=True))
+        live[placed.id] = placed
+        self.running[e.region] += 1
+
+
 def decide(
     queued: Iterable[Execution],
     containers: Iterable[Container],
@@ -103,88 +209,69 @@ def decide(
 ) -> Decision:
     """The admissions that keep every promise at `now`, and when to decide again.
 
-    Regions in `closed` (paused or draining) admit nothing and block no one elsewhere.
-    Executions past their deadline are never admitted: the caller expires them.
+    The reference: it walks every queued execution. Regions in `closed` (paused or
+    draining) admit nothing and block no one elsewhere. Executions past their deadline are
+    never admitted: the caller expires them.
     """
-    shared = topology.shared
-    live = {c.id: c for c in ledger.held(containers, now, shared)}
-    use = ledger.usage(live.values(), now, shared)
-    region_used = Counter(use.by_region)
-    total_used = use.total
-    running = Counter({r: 0 for r in topology.regions})
-    for c in live.values():
-        running[c.region] += len(c.in_flight)
-
-    walks = {r: _RegionWalk() for r in topology.regions}
-    global_binds = False
-    admissions: list[Admission] = []
-    wake_at: float | None = None
-
-    def wake(at: float) -> None:
-        nonlocal wake_at
-        if at > now and (wake_at is None or at < wake_at):
-            wake_at = at
-
-    for c in live.values():
-        if not c.in_flight:
-            wake(c.warm_until)
-
+    round_ = _Round(containers, topology, now, closed)
     for e in _interleaved(queued, topology, now):
         if e.deadline_at is not None:
-            if e.deadline_at <= now:
-                continue  # expired, not waiting: it blocks no one
-            wake(e.deadline_at)
-        region = topology.regions[e.region]
-        walk = walks[e.region]
-        if e.region in closed or walk.closed or e.model in walk.blocked_models:
-            continue
-        if e.not_before > now:
-            wake(e.not_before)
-            walk.blocked_models.add(e.model)
-            if region.max_running == 1:
-                walk.closed = True  # the seed's sequential mode is strict FIFO
-            continue
-        providers = topology.providers_for(e.region, e.model)
-        if not providers:
-            continue  # refused at submission; never blocks anyone
-        if region.max_running is not None and running[e.region] >= region.max_running:
-            walk.closed = True
-            continue
+            round_.wake(e.deadline_at)
+        round_.consider(e)
+    return round_.decision()
 
-        may_reuse_idle = not walk.waiting_for_gpu and not global_binds
-        slot = _free_slot(live.values(), providers, e.model, may_reuse_idle)
-        if slot is not None:
-            placed = ledger.occupy(slot, e.id)
-            admissions.append(Admission(_started(e, placed, now), placed, opened=False))
-        else:
-            gpus = topology.gpus(e.model)
-            region_fits = region_used[e.region] + gpus <= region.gpu_limit
-            global_fits = total_used + gpus <= topology.gpu_limit
-            opener = None
-            if region_fits and global_fits and not walk.waiting_for_gpu and not global_binds:
-                opener = _provider_with_room(live.values(), providers, e.model)
-            if opener is None:
-                walk.blocked_models.add(e.model)
-                if not _model_up(live.values(), e.region, e.model):
-                    walk.waiting_for_gpu = True
-                    if region_fits and not global_fits:
-                        global_binds = True
-                continue
-            placed = Container(
-                id=_new_container_id(e, now, live),
-                provider=opener.name,
-                model=e.model,
-                region=e.region,
-                gpus=gpus,
-                in_flight=(e.id,),
-            )
-            region_used[e.region] += gpus
-            total_used += gpus
-            admissions.append(Admission(_started(e, placed, now), placed, opened=True))
-        live[placed.id] = placed
-        running[e.region] += 1
 
-    return Decision(tuple(admissions), wake_at)
+def decide_indexed(
+    index: QueueIndex,
+    containers: Iterable[Container],
+    topology: Topology,
+    now: float,
+    closed: frozenset[str] = frozenset(),
+) -> Decision:
+    """Exactly `decide` over the indexed executions, touching lane heads only.
+
+    A lane is walked only while it can still start something; a lane, once blocked, and a
+    region, once closed, are dropped, since the full scan would skip all that follows in
+    them. The regions take turns as in the full scan (QueueIndex.turn). With priority aging
+    the order changes with time rather than with writes, so the full scan decides.
+    """
+    if topology.priority_aging_s:
+        return decide(index, containers, topology, now, closed)
+    round_ = _Round(containers, topology, now, closed)
+    round_.wake(index.next_deadline(now))
+    Lane = tuple[tuple[int, int], str, Iterator[Execution], Execution]
+    turns: list[tuple[int, int, list[Lane], str]] = []
+    for order, region in enumerate(index.regions()):
+        if region not in topology.regions or region in closed:
+            continue
+        lanes: list[Lane] = []
+        for model, walk in index.lanes(region).items():
+            head = _next_live(walk, now)
+            if head is not None and topology.providers_for(region, model):
+                lanes.append((queue_key(head), model, walk, head))
+        heapq.heapify(lanes)
+        if lanes:
+            turns.append((index.turn(lanes[0][3]), order, lanes, region))
+    heapq.heapify(turns)
+    while turns:
+        _, order, lanes, region = heapq.heappop(turns)
+        _, model, walk, e = heapq.heappop(lanes)
+        round_.consider(e)
+        if not round_.region_open(region):
+            continue
+        if round_.lane_open(region, model) and (following := _next_live(walk, now)) is not None:
+            heapq.heappush(lanes, (queue_key(following), model, walk, following))
+        if lanes:
+            heapq.heappush(turns, (index.turn(lanes[0][3]), order, lanes, region))
+    return round_.decision()
+
+
+def _next_live(walk: Iterator[Execution], now: float) -> Execution | None:
+    """The lane's next execution that has not passed its deadline."""
+    for e in walk:
+        if e.deadline_at is None or e.deadline_at > now:
+            return e
+    return None
 
 
 def positions(
