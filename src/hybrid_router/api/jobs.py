@@ -12,6 +12,9 @@ from hybrid_router.api.schemas import JobAccepted, JobCreate, JobList, JobOut, J
 
 router = APIRouter(tags=["jobs"])
 
+# Far beyond any job's size, and small enough for every store's integer types.
+MAX_EXECUTIONS_PAGE_OFFSET = 10_000_000
+
 
 @router.post(
     "/jobs",
@@ -42,9 +45,21 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, service: ServiceDep, user: UserDep) -> JobOut:
-    """A job with its progress and every execution (queue position while queued)."""
-    return JobOut.from_status(await service.job(job_id, owner=user.owner_filter))
+async def get_job(
+    job_id: str,
+    service: ServiceDep,
+    user: UserDep,
+    executions_offset: Annotated[int, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET)] = 0,
+    executions_limit: Annotated[
+        int | None, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET, description="None: every one")
+    ] = None,
+) -> JobOut:
+    """A job with its progress and its executions (queue position while queued): every one,
+    or a page of them in queue order."""
+    status = await service.job(
+        job_id, owner=user.owner_filter, offset=executions_offset, limit=executions_limit
+    )
+    return JobOut.from_status(status)
 
 
 @router.delete("/jobs/{job_id}")

@@ -46,6 +46,9 @@ class Event:
     error_code: str | None = None
     message: str | None = None
     execution_ids: tuple[str, ...] = ()
+    # The node that published it (queued events): the leader loads a job announced by
+    # another replica from the store, and one of its own process straight from the service.
+    origin: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, ())})
@@ -79,8 +82,8 @@ class EventBus(Protocol):
     async def start(self) -> None:
         """Begin delivering events."""
 
-    async def publish(self, event: Event) -> None:
-        """Deliver `event` to every subscriber in every replica (best effort)."""
+    async def publish(self, *events: Event) -> None:
+        """Deliver `events`, in order, to every subscriber in every replica (best effort)."""
 
     def subscribe(self) -> Subscription:
         """Every event published from now on, until the subscription is closed."""
@@ -121,9 +124,10 @@ class LocalBus:
     async def start(self) -> None:
         """Nothing to start."""
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, *events: Event) -> None:
         """Deliver to every local subscriber."""
-        self.deliver(event)
+        for event in events:
+            self.deliver(event)
 
     def deliver(self, event: Event | None) -> None:
         """Hand `event` to each subscriber; a subscriber too far behind loses the oldest."""
@@ -161,12 +165,19 @@ class RedisBus:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), 5.0)
 
-    async def publish(self, event: Event) -> None:
-        """Publish to every replica; if Redis is down the event is lost (logged)."""
+    async def publish(self, *events: Event) -> None:
+        """Publish to every replica, in one round trip; if Redis is down they are lost (logged)."""
+        if not events:
+            return
         try:
-            await self._client.publish(self._channel, event.to_json())
+            async with self._client.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.publish(self._channel, event.to_json())
+                await pipe.execute()
         except RedisError as exc:
-            log.warning("could not publish %s for %s: %s", event.kind, event.job_id, exc)
+            log.warning(
+                "could not publish %d events (%s ...): %s", len(events), events[0].kind, exc
+            )
 
     def subscribe(self) -> Subscription:
         """Every event any replica publishes from now on."""

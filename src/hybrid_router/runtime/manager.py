@@ -2,8 +2,15 @@
 
 One loop per process that holds the store's scheduler lock. It sleeps until something can
 change what may start — a submission, a completion, a cancellation, or a timer (a backoff
-ending, a warm container expiring) — never polling. All ledger writes happen under one lock,
-so an admission and a completion never overwrite each other's view of a container.
+ending, a warm container expiring) — never polling.
+
+Its cost follows what changed, not what is queued: the leader keeps what is queued in a
+QueueIndex and the container ledger in memory, both read from the store once when it starts
+leading and kept current from its own writes and from other replicas' events. A round
+decides over lane heads only and records all its admissions in one write; results that
+arrive close together are recorded in one write too (group commit). The ledger is changed
+only under one lock, together with the write that makes the change durable, so the store's
+copy never goes back in time.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import ledger, policy, retry
 from hybrid_router.core.estimate import Durations
 from hybrid_router.core.model import (
     Completion,
+    Container,
     Execution,
     ExecutionState,
     Failure,
@@ -26,6 +35,7 @@ from hybrid_router.core.model import (
     ProviderSpec,
 )
 from hybrid_router.core.policy import Topology
+from hybrid_router.core.queue_index import QueueIndex
 from hybrid_router.errors import StoreFenced, StoreUnavailable
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
 from hybrid_router.runtime.events import JOB_FINISHED, Event, execution_event
@@ -35,6 +45,24 @@ log = logging.getLogger(__name__)
 
 # After a failed scheduling round (the store away, say), how long until the next try.
 RETRY_ROUND_S = 1.0
+# How often the index is checked against the store's queue counters. Events between
+# replicas are best effort; a lost submission would otherwise wait until the next restart.
+RECONCILE_S = 10.0
+# At most this many results go into one group commit.
+MAX_RESULTS_PER_WRITE = 2_000
+
+
+@dataclass
+class _Result:
+    """A call's outcome, waiting for the recorder; `recorded` resolves once it is written."""
+
+    execution: Execution
+    outcome: Completion | Failure | None
+    answered_at: float
+    spec: ProviderSpec
+    recorded: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class RegionQueueManager:
@@ -47,7 +75,7 @@ class RegionQueueManager:
         topology: Topology,
         *,
         retry_policy: retry.RetryPolicy,
-        publish: Callable[[Event], Awaitable[None]],
+        publish: Callable[..., Awaitable[None]],
         durations: Durations,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -65,7 +93,16 @@ class RegionQueueManager:
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._recorder_task: asyncio.Task[None] | None = None
+        self._results: asyncio.Queue[_Result] = asyncio.Queue()
         self._admitting = False
+        # This leader's view, authoritative while it leads: what is queued, and the ledger.
+        self.index = QueueIndex()
+        self.ledger: dict[str, Container] = {}
+        # Jobs other replicas announced, loaded from the store at the next round.
+        self._announced: set[str] = set()
+        # Counts admission rounds, so readers can cache what they derive from one.
+        self.rounds = 0
         # How late after its admission a call may still be sent. A successor that recovers
         # a running execution counts its GPU as held until admission + this + timeout +
         # scaledown. With a file lock there is no successor while this process lives.
@@ -77,6 +114,7 @@ class RegionQueueManager:
         """Recover what a crashed predecessor left running, then start scheduling."""
         await self.recover()
         self._admitting = True
+        self._recorder_task = asyncio.create_task(self._recorder(), name="result recorder")
         self._loop_task = asyncio.create_task(self._loop(), name="region-queue-manager")
 
     async def stop(self, grace_s: float) -> None:
@@ -96,48 +134,76 @@ class RegionQueueManager:
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*still_running, return_exceptions=True)
+        if self._recorder_task is not None:
+            self._recorder_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recorder_task
 
     def wake(self) -> None:
         """Something changed (submission, completion, cancellation): decide again."""
         self._wakeup.set()
 
+    def enqueue(self, executions: Iterable[Execution]) -> None:
+        """Index executions this process just stored (a submission), and decide again."""
+        for e in executions:
+            if e.state is ExecutionState.QUEUED:
+                self.index.add(e)
+        self.wake()
+
+    def announce(self, job_id: str) -> None:
+        """Another replica stored this job: load its executions at the next round."""
+        self._announced.add(job_id)
+        self.wake()
+
+    def forget(self, execution_ids: Iterable[str]) -> None:
+        """These executions left the queue elsewhere (cancelled by another replica)."""
+        for execution_id in execution_ids:
+            self.index.discard(execution_id)
+        self.wake()
+
     async def recover(self) -> None:
-        """Treat executions left running by a dead process, or by a write whose answer was
-        lost, as promise 1 says: GPUs held until timeout + scaledown, then queued again."""
+        """Read the ledger and the queue, treating executions left running by a dead process,
+        or by a write whose answer was lost, as promise 1 says: GPUs held until timeout +
+        scaledown, then queued again."""
         async with self.lock:
-            running = [e for e in await self.store.running() if e.id not in self._calls]
-            if not running:
-                return
-            containers = {c.id: c for c in await self.store.containers()}
-            for e in running:
-                container = containers.get(e.container_id or "")
-                spec = self.topology.providers.get(e.provider or "")
-                if container is not None and spec is not None and e.started_at is not None:
-                    until = e.started_at + (self._launch_slack_s or 0.0) + spec.timeout_s
-                    until += spec.scaledown_window_s
-                    containers[container.id] = ledger.abandon(containers[container.id], e.id, until)
-            # A job cancelled while its calls were in flight stays cancelled: the request to
-            # close them may have died with the process that ran them.
-            cancelled_jobs = set()
-            for job_id in {e.job_id for e in running}:
-                states = {e.state for e in await self.store.executions_of(job_id)}
-                if ExecutionState.CANCELLED in states:
-                    cancelled_jobs.add(job_id)
             now = self.clock()
-            after = [
-                retry.cancelled(e, now) if e.job_id in cancelled_jobs else retry.recovered(e)
-                for e in running
-            ]
-            # Containers first: if we die in between, the next start redoes this harmlessly.
-            await self.store.save_containers(list(containers.values()))
-            await self.store.requeue(after)
-            log.warning("recovered %d executions no call of this process runs", len(running))
-        for e in after:
-            if e.state.terminal:
-                await self.publish(execution_event(e, at=now))
+            running = [e for e in await self.store.running() if e.id not in self._calls]
+            containers = {c.id: c for c in await self.store.containers()}
+            after: list[Execution] = []
+            cancelled_jobs: set[str] = set()
+            if running:
+                for e in running:
+                    container = containers.get(e.container_id or "")
+                    spec = self.topology.providers.get(e.provider or "")
+                    if container is not None and spec is not None and e.started_at is not None:
+                        until = e.started_at + (self._launch_slack_s or 0.0) + spec.timeout_s
+                        until += spec.scaledown_window_s
+                        containers[container.id] = ledger.abandon(
+                            containers[container.id], e.id, until
+                        )
+                # A job cancelled while its calls were in flight stays cancelled: the request
+                # to close them may have died with the process that ran them.
+                for job_id in {e.job_id for e in running}:
+                    found = await self.store.job_with_counts(job_id)
+                    if found is not None and found[1][ExecutionState.CANCELLED]:
+                        cancelled_jobs.add(job_id)
+                after = [
+                    retry.cancelled(e, now) if e.job_id in cancelled_jobs else retry.recovered(e)
+                    for e in running
+                ]
+                # Containers first: if we die in between, the next start redoes this harmlessly.
+                await self.store.save_containers(list(containers.values()))
+                await self.store.requeue(after)
+                log.warning("recovered %d executions no call of this process runs", len(running))
+            self.ledger = containers
+            self._announced.clear()
+            self.index = QueueIndex(await self.store.queued())
+        events = [execution_event(e, at=now) for e in after if e.state.terminal]
         for job_id in cancelled_jobs:
-            if await self._job_done(job_id):
-                await self.publish(Event(JOB_FINISHED, job_id, now))
+            found = await self.store.job_with_counts(job_id)
+            if found is not None and _finished(found[1]):
+                events.append(Event(JOB_FINISHED, job_id, now))
+        await self.publish(*events)
 
     async def _close_cancelled_calls(self) -> None:
         """Close the calls of jobs cancelled while the request to close them was lost."""
@@ -157,6 +223,8 @@ class RegionQueueManager:
 
     async def _loop(self) -> None:
         store_failed = False
+        mismatched = False
+        reconcile_at = self.clock() + RECONCILE_S
         while self._admitting:
             self._wakeup.clear()
             try:
@@ -166,6 +234,9 @@ class RegionQueueManager:
                     await self.recover()
                     await self._close_cancelled_calls()
                     store_failed = False
+                if self.clock() >= reconcile_at:
+                    mismatched = await self._reconcile(mismatched)
+                    reconcile_at = self.clock() + RECONCILE_S
                 wake_at = await self._admit_round()
             except StoreFenced:
                 log.warning("another replica leads now: this one stops admitting")
@@ -181,44 +252,88 @@ class RegionQueueManager:
                 log.exception("scheduling round failed")
                 store_failed = True
                 wake_at = self.clock() + RETRY_ROUND_S
-            timeout = None if wake_at is None else max(0.0, wake_at - self.clock())
+            wake_at = reconcile_at if wake_at is None else min(wake_at, reconcile_at)
+            timeout = max(0.0, wake_at - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
+    async def _reconcile(self, mismatched_before: bool) -> bool:
+        """Rebuild the index when it disagrees with the store's counters twice running (an
+        event between replicas was lost); True if it disagrees now."""
+        sizes = {r: n for r, n in (await self.store.queue_sizes()).items() if n}
+        if sizes == self.index.sizes():
+            return False
+        if not mismatched_before:
+            return True  # may be an event still on its way
+        log.warning("queue index out of step with the store (lost events?): rebuilding it")
+        async with self.lock:
+            self._announced.clear()
+            self.index = QueueIndex(await self.store.queued())
+        return False
+
     async def _admit_round(self) -> float | None:
         async with self.lock:
+            await self._load_announced()
             now = self.clock()
-            containers = await self.store.containers()
-            gone = ledger.expired(containers, now, self.topology.shared)
+            gone = ledger.expired(self.ledger.values(), now, self.topology.shared)
             if gone:
                 await self.store.save_containers([], gone)
-            queued = await self.store.queued()
-            await self._expire_overdue(queued, now)
+                for container_id in gone:
+                    del self.ledger[container_id]
+            await self._expire_overdue(now)
             modes = await self.store.region_modes()
             closed = frozenset(r for r, mode in modes.items() if not mode.admits)
-            decision = policy.decide(queued, containers, self.topology, now, closed)
-            for admission in decision.admissions:
-                if not self._admitting:
-                    break
-                if await self.store.admit(admission.execution, admission.container):
-                    self._launch(admission.execution, cold=admission.opened)
-                    await self.publish(execution_event(admission.execution, "started", now))
+            decision = policy.decide_indexed(
+                self.index, self.ledger.values(), self.topology, now, closed
+            )
+            self.rounds += 1
+            if decision.admissions and self._admitting:
+                await self._admit(decision.admissions, now)
             return decision.wake_at
 
-    async def _expire_overdue(self, queued: list[Execution], now: float) -> None:
+    async def _admit(self, admissions: tuple[policy.Admission, ...], now: float) -> None:
+        """Record a round's admissions in one write, then send their calls."""
+        executions = [a.execution for a in admissions]
+        # A container placed twice in a round (several inputs) holds both calls the second time.
+        placed = {a.container.id: a.container for a in admissions}
+        recorded = await self.store.admit(executions, list(placed.values()))
+        admitted = recorded.executions
+        refused = {e.id for e in executions} - admitted
+        for container in placed.values():
+            if refused:
+                kept = tuple(i for i in container.in_flight if i not in refused)
+                container = replace(container, in_flight=kept)
+            self.ledger[container.id] = container
+        for e in executions:
+            self.index.discard(e.id)
+        for admission in admissions:
+            if admission.execution.id in admitted:
+                self._launch(admission.execution, cold=admission.opened)
+        await self.publish(
+            *(execution_event(e, "started", now) for e in executions if e.id in admitted)
+        )
+
+    async def _load_announced(self) -> None:
+        """Index the queued executions of jobs other replicas stored."""
+        while self._announced:
+            job_id = self._announced.pop()
+            for e in await self.store.executions_of(job_id):
+                if e.state is ExecutionState.QUEUED and e.id not in self.index:
+                    self.index.add(e)
+
+    async def _expire_overdue(self, now: float) -> None:
         """End queued executions whose job's deadline passed: they never started."""
-        due = [
-            retry.expired(e, now)
-            for e in queued
-            if e.deadline_at is not None and e.deadline_at <= now
-        ]
-        if not due:
+        overdue = self.index.overdue(now)
+        if not overdue:
             return
-        for e in await self.store.expire(due):
-            await self.publish(execution_event(e, at=now))
-        for job_id in {e.job_id for e in due}:
-            if await self._job_done(job_id):
-                await self.publish(Event(JOB_FINISHED, job_id, now))
+        due = [retry.expired(e, now) for e in overdue]
+        recorded = await self.store.expire(due)
+        for e in overdue:
+            self.index.discard(e.id)
+        await self.publish(
+            *(execution_event(e, at=now) for e in due if e.id in recorded.executions),
+            *(Event(JOB_FINISHED, job_id, now) for job_id in sorted(recorded.finished_jobs)),
+        )
 
     def _launch(self, execution: Execution, *, cold: bool) -> None:
         task = asyncio.create_task(self._call(execution, cold), name=f"call {execution.id}")
@@ -247,7 +362,7 @@ class RegionQueueManager:
             outcome = Failure(
                 "LAUNCH_LATE", "the call was not sent in time after admission", FailureKind.CAPACITY
             )
-            await self._settle(execution, outcome, provider.spec)
+            await self._settle(_Result(execution, outcome, started, provider.spec))
             return
         try:
             outcome = await provider.run(request)
@@ -261,78 +376,120 @@ class RegionQueueManager:
             log.exception("provider %s raised", execution.provider)
             outcome = Failure("PROVIDER_BUG", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
         self._cancelling.discard(execution.id)
+        answered_at = self.clock()
         if isinstance(outcome, Completion):
-            elapsed = self.clock() - started
-            self.durations.observe(execution.region, execution.model, elapsed, cold=cold)
-        await self._settle(execution, outcome, provider.spec)
+            self.durations.observe(
+                execution.region, execution.model, answered_at - started, cold=cold
+            )
+        await self._settle(_Result(execution, outcome, answered_at, provider.spec))
 
-    async def _settle(
-        self, execution: Execution, outcome: Completion | Failure | None, spec: ProviderSpec
-    ) -> None:
-        """Record the outcome, retrying while the store is away: a result is never dropped
-        unless another replica leads (and will run the execution again)."""
-        now = self.clock()
-        delay = 0.2
+    async def _settle(self, result: _Result) -> None:
+        """Hand the outcome to the recorder and wait until it is written (or dropped because
+        another replica leads), so a graceful stop waits for results as well as calls."""
+        self._results.put_nowait(result)
+        await asyncio.shield(result.recorded)
+
+    async def _recorder(self) -> None:
+        """Record results in batches: whatever arrived while the last write was going on."""
         while True:
-            try:
-                await self._record(execution, outcome, spec, now)
-                return
-            except StoreFenced:
-                log.warning("%s: result dropped, this replica no longer leads", execution.id)
-                self.fenced.set()
-                return
-            except StoreUnavailable as exc:
-                log.warning("%s: cannot record yet (%s); retrying", execution.id, exc.message)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            batch = [await self._results.get()]
+            while len(batch) < MAX_RESULTS_PER_WRITE and not self._results.empty():
+                batch.append(self._results.get_nowait())
+            delay = 0.2
+            while True:
+                try:
+                    await self._record(batch)
+                    break
+                except StoreFenced:
+                    log.warning("%d results dropped, this replica no longer leads", len(batch))
+                    self.fenced.set()
+                    break
+                except StoreUnavailable as exc:
+                    # Never dropped while we may still lead: written once the store is back.
+                    log.warning("cannot record %d results yet (%s)", len(batch), exc.message)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for result in batch:
+                if not result.recorded.done():
+                    result.recorded.set_result(None)
 
-    async def _record(
-        self,
-        execution: Execution,
-        outcome: Completion | Failure | None,
-        spec: ProviderSpec,
-        now: float,
-    ) -> None:
+    async def _record(self, batch: list[_Result]) -> None:
+        """One group commit: every result's execution, and the ledger rows they change."""
         async with self.lock:
-            if isinstance(outcome, Completion):
-                after = retry.succeeded(execution, outcome, now)
-            elif isinstance(outcome, Failure):
-                after = self.retry_policy.after_failure(execution, outcome, now, self.rng.random())
-            else:
-                after = retry.cancelled(execution, now)
-            container_id = execution.container_id
-            containers = {c.id: c for c in await self.store.containers()}
-            container = containers.get(container_id or "")
-            released = None
-            if container is not None and _abandoned(outcome):
-                assert execution.started_at is not None
-                until = execution.started_at + spec.timeout_s + spec.scaledown_window_s
-                released = ledger.abandon(
-                    container, execution.id, max(until, now + spec.scaledown_window_s)
-                )
-            elif container is not None:
-                released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
-            siblings = []
-            if released is not None and spec.max_inputs > 1:
-                siblings = ledger.warm_siblings(
-                    containers.values(), released, now, spec.scaledown_window_s
-                )
-            recorded = await self.store.finish(after, released, container_id)
-            if recorded and siblings:
-                await self.store.save_containers(siblings)
-            job_done = recorded and after.state.terminal and await self._job_done(after.job_id)
-        if not recorded:
-            return
-        if isinstance(outcome, Failure):
-            log.info("%s: %s (%s) -> %s", execution.id, outcome.code, outcome.kind, after.state)
-        kind = "retrying" if after.state is ExecutionState.QUEUED else after.state.value
-        await self.publish(execution_event(after, kind, now))
-        if job_done:
-            await self.publish(Event(JOB_FINISHED, after.job_id, now))
+            work: dict[str, Container] = {}
+            touched: set[str] = set()
+            results: list[tuple[Execution, str | None]] = []
+            for result in batch:
+                after = self._after(result)
+                results.append((after, result.execution.container_id))
+                touched.update(self._release(result, work))
+            recorded = await self.store.finish(
+                results,
+                [work[c] for c in touched if c in work],
+                [c for c in touched if c not in work],
+            )
+            for container_id in touched:
+                if container_id in work:
+                    self.ledger[container_id] = work[container_id]
+                else:
+                    self.ledger.pop(container_id, None)
+            events = []
+            for (after, _), result in zip(results, batch, strict=True):
+                if after.id not in recorded.executions:
+                    continue
+                if after.state is ExecutionState.QUEUED:
+                    self.index.add(after)
+                outcome = result.outcome
+                if isinstance(outcome, Failure):
+                    log.info("%s: %s (%s) -> %s", after.id, outcome.code, outcome.kind, after.state)
+                kind = "retrying" if after.state is ExecutionState.QUEUED else after.state.value
+                events.append(execution_event(after, kind, result.answered_at))
+        events += [Event(JOB_FINISHED, j, self.clock()) for j in sorted(recorded.finished_jobs)]
+        await self.publish(*events)
         self.wake()
 
-    async def _job_done(self, job_id: str) -> bool:
-        return all(e.state.terminal for e in await self.store.executions_of(job_id))
+    def _after(self, result: _Result) -> Execution:
+        """The execution once its call is over: finished, or queued again for a retry."""
+        execution, outcome, now = result.execution, result.outcome, result.answered_at
+        if isinstance(outcome, Completion):
+            return retry.succeeded(execution, outcome, now)
+        if isinstance(outcome, Failure):
+            return self.retry_policy.after_failure(execution, outcome, now, self.rng.random())
+        return retry.cancelled(execution, now)
+
+    def _release(self, result: _Result, work: dict[str, Container]) -> set[str]:
+        """Update `work` (the ledger rows changed so far in this batch) for a call that ended,
+        as of the instant the provider answered; the ids of the rows changed."""
+        execution, spec, now = result.execution, result.spec, result.answered_at
+        container_id = execution.container_id
+        if container_id is None:
+            return set()
+        container = work.get(container_id, self.ledger.get(container_id))
+        if container is None:
+            return {container_id}
+        if _abandoned(result.outcome):
+            assert execution.started_at is not None
+            until = execution.started_at + spec.timeout_s + spec.scaledown_window_s
+            released = ledger.abandon(
+                container, execution.id, max(until, now + spec.scaledown_window_s)
+            )
+        else:
+            released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
+        work[container_id] = released
+        changed = {container_id}
+        if spec.max_inputs > 1:
+            current = {**self.ledger, **work}
+            for sibling in ledger.warm_siblings(
+                current.values(), released, now, spec.scaledown_window_s
+            ):
+                work[sibling.id] = sibling
+                changed.add(sibling.id)
+        return changed
+
+
+def _finished(counts: dict[ExecutionState, int]) -> bool:
+    """Whether a job with these counts has nothing queued or running."""
+    return not counts[ExecutionState.QUEUED] and not counts[ExecutionState.RUNNING]
 
 
 def _abandoned(outcome: Completion | Failure | None) -> bool:

@@ -50,9 +50,22 @@ from hybrid_router.store.base import Store
 WAIT_RECHECK_S = 5.0
 TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_FINISHED})
 
-# Estimating runs the policy forward over the whole queue; past this size a status request
-# would cost seconds, so positions come from the store's index, without estimated starts.
+# Estimating runs the policy forward over the whole queue; past this size it would cost
+# seconds, so positions come from the queue's index, without estimated starts.
 ESTIMATE_MAX_QUEUED = 3_000
+# Readers share one estimate, made again at most this often (and only after a round).
+ESTIMATE_MAX_AGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """Positions (aging included) and estimated starts of every queued execution, as of one
+    scheduling round; `made_at` is when, `round` which (None: read from the store)."""
+
+    places: dict[str, int]
+    starts: dict[str, float]
+    made_at: float
+    round: tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,8 @@ class RouterService:
         )
         self._job_events: dict[str, asyncio.Event] = {}
         self._follower: asyncio.Task[None] | None = None
+        self._estimate: _Estimate | None = None
+        self._estimating = asyncio.Lock()
 
     def _new_manager(self) -> RegionQueueManager:
         return RegionQueueManager(
@@ -216,69 +231,110 @@ class RouterService:
         if gate is not None and (request.job_id is None or not await self.store.get_job(job.id)):
             await gate(job, len(executions))
         stored, created = await self.store.submit_job(job, executions)
-        if not created and replace(stored, created_at=0.0) != replace(job, created_at=0.0):
-            raise errors.Conflict(
-                f"job {job.id!r} already exists with a different body", code="JOB_CONFLICT"
-            )
-        if created:
-            await self.bus.publish(Event("queued", job.id, job.created_at))
-        # Without positions: they cost a pass over the queue, and `job()` gives them.
+        if not created:
+            if replace(stored, created_at=0.0) != replace(job, created_at=0.0):
+                raise errors.Conflict(
+                    f"job {job.id!r} already exists with a different body", code="JOB_CONFLICT"
+                )
+            return await self.job(stored.id, positions=False), False
         stored_executions = await self.store.executions_of(stored.id)
+        manager = self.leadership.manager
+        if manager is not None:
+            manager.enqueue(stored_executions)
+        await self.bus.publish(Event("queued", job.id, job.created_at, origin=self.store.node_id))
+        # Without positions: `job()` gives them.
         plain = tuple(ExecutionStatus(e) for e in stored_executions)
-        return _job_status(stored, stored_executions, plain), created
+        return _job_status(stored, _counts(stored_executions), plain), True
 
-    async def job(self, job_id: str, *, owner: str | None = None) -> JobStatus:
-        """A job with its executions, their queue positions and estimated starts.
+    async def job(
+        self,
+        job_id: str,
+        *,
+        owner: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        positions: bool = True,
+    ) -> JobStatus:
+        """A job with its progress counts and its executions (`limit` of them from `offset`;
+        None: all), with queue positions and estimated starts while queued.
 
         With `owner`, another owner's job is JOB_NOT_FOUND (None: any owner, for admins).
         """
-        job = await self._get(job_id, owner)
-        executions = await self.store.executions_of(job_id)
-        statuses: tuple[ExecutionStatus, ...]
+        job, counts = await self._get(job_id, owner)
+        executions = await self.store.executions_of(job_id, offset=offset, limit=limit)
         waiting = [e for e in executions if e.state is ExecutionState.QUEUED]
-        if waiting:
+        places: dict[str, int] = {}
+        starts: dict[str, float] = {}
+        if waiting and positions:
             places, starts = await self._places(waiting)
-            statuses = tuple(
-                ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions
-            )
-        else:
-            statuses = tuple(ExecutionStatus(e) for e in executions)
-        return _job_status(job, executions, statuses)
+        statuses = tuple(ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions)
+        return _job_status(job, counts, statuses)
 
     async def _places(self, waiting: list[Execution]) -> tuple[dict[str, int], dict[str, float]]:
         """Queue positions and estimated starts (seconds from now) of these queued executions.
 
-        A queue small enough is read whole: positions follow the policy exactly (aging
-        included) and starts are estimated by running it forward. Past that, each position
-        is one indexed look-up in the store (stored priority, then queue order) and starts
-        are not estimated, so a status request stays cheap however long the queues grow.
+        While the queue is small enough, both come from the shared estimate: positions
+        follow the policy exactly (aging included) and starts are estimated by running it
+        forward. Past that, each position is one look-up in the queue's index (the leader's
+        in memory, else the store's), and starts are not estimated.
         """
-        sizes = await self.store.queue_sizes()
-        if sum(sizes.values()) > ESTIMATE_MAX_QUEUED:
-            places = {}
-            for e in waiting:
-                if (place := await self.store.position(e)) is not None:
-                    places[e.id] = place
-            return places, {}
-        now = self.clock()
-        queued = await self.store.queued()
-        places = policy.positions(queued, now, self.topology.priority_aging_s)
-        starts = estimate.estimate_starts(
-            queued,
-            await self.store.running(),
-            await self.store.containers(),
-            self.topology,
-            now,
-            self.durations,
-        )
-        return places, starts
+        estimate_ = await self._shared_estimate()
+        if estimate_ is not None:
+            made_ago = self.clock() - estimate_.made_at
+            return (
+                {e.id: estimate_.places[e.id] for e in waiting if e.id in estimate_.places},
+                {
+                    e.id: max(0.0, estimate_.starts[e.id] - made_ago)
+                    for e in waiting
+                    if e.id in estimate_.starts
+                },
+            )
+        manager = self.leadership.manager
+        if manager is not None:
+            found = ((e.id, manager.index.position(e.id)) for e in waiting)
+            return {i: place for i, place in found if place is not None}, {}
+        return await self.store.positions(waiting), {}
+
+    async def _shared_estimate(self) -> _Estimate | None:
+        """The estimate readers share, made again once it is older than a round and than
+        ESTIMATE_MAX_AGE_S; None when the queue is too long to estimate."""
+        manager = self.leadership.manager
+        if manager is not None:
+            queued_count = len(manager.index)
+            current = (id(manager), manager.rounds)
+        else:
+            queued_count = sum((await self.store.queue_sizes()).values())
+            current = None
+        if queued_count > ESTIMATE_MAX_QUEUED:
+            return None
+        async with self._estimating:
+            cached = self._estimate
+            fresh = cached is not None and (
+                (current is not None and cached.round == current)
+                or self.clock() - cached.made_at < ESTIMATE_MAX_AGE_S
+            )
+            if fresh:
+                return cached
+            now = self.clock()
+            if manager is not None:
+                queued: list[Execution] = list(manager.index)
+                containers = list(manager.ledger.values())
+            else:
+                queued = await self.store.queued()
+                containers = await self.store.containers()
+            places = policy.positions(queued, now, self.topology.priority_aging_s)
+            starts = estimate.estimate_starts(
+                queued, await self.store.running(), containers, self.topology, now, self.durations
+            )
+            self._estimate = _Estimate(places, starts, now, current)
+            return self._estimate
 
     async def jobs(
         self, *, owner: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[JobStatus]:
         """Jobs newest first (only `owner`'s when given), with counts but no executions."""
         rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
-        return [_summary(job, counts) for job, counts in rows]
+        return [_job_status(job, counts) for job, counts in rows]
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """Cancel queued and running executions; finished ones keep their results."""
@@ -287,28 +343,29 @@ class RouterService:
         cancelled = await self.store.cancel_queued(job_id, now)
         remaining = await self.store.executions_of(job_id)
         running = tuple(e.id for e in remaining if e.state is ExecutionState.RUNNING)
-        for e in cancelled:
-            await self.bus.publish(execution_event(e))
+        events = [execution_event(e) for e in cancelled]
         if running:
             # The leader closes the calls; their `cancelled` events follow from it.
-            await self.bus.publish(Event(CANCEL_REQUESTED, job_id, now, execution_ids=running))
+            events.append(Event(CANCEL_REQUESTED, job_id, now, execution_ids=running))
         elif cancelled and all(e.state.terminal for e in remaining):
-            await self.bus.publish(Event(JOB_FINISHED, job_id, now))
+            events.append(Event(JOB_FINISHED, job_id, now))
+        await self.bus.publish(*events)
         return await self.job(job_id)
 
     async def wait(
         self, job_id: str, timeout_s: float | None = None, *, owner: str | None = None
     ) -> JobStatus:
-        """Wait until the job has finished (or the timeout passed); return its status."""
+        """Wait until the job has finished (or the timeout passed); return its status.
+
+        Each wake looks at the job's counts only; the executions are read once, at the end.
+        """
         deadline = None if timeout_s is None else self.clock() + timeout_s
         while True:
             event = self._job_events.setdefault(job_id, asyncio.Event())
-            status = await self.job(job_id, owner=owner)
-            if status.state not in (JobState.QUEUED, JobState.RUNNING):
-                return status
+            _, counts = await self._get(job_id, owner)
             remaining = None if deadline is None else deadline - self.clock()
-            if remaining is not None and remaining <= 0:
-                return status
+            if _finished(counts) or (remaining is not None and remaining <= 0):
+                return await self.job(job_id, owner=owner)
             # Events may be lost while Redis is away: look again now and then regardless.
             pause = WAIT_RECHECK_S if remaining is None else min(remaining, WAIT_RECHECK_S)
             with contextlib.suppress(TimeoutError):
@@ -377,12 +434,14 @@ class RouterService:
             )
         return result
 
-    async def _get(self, job_id: str, owner: str | None = None) -> Job:
-        job = await self.store.get_job(job_id)
+    async def _get(
+        self, job_id: str, owner: str | None = None
+    ) -> tuple[Job, dict[ExecutionState, int]]:
+        found = await self.store.job_with_counts(job_id)
         # Another owner's job answers exactly like a missing one, so ids reveal nothing.
-        if job is None or (owner is not None and job.owner != owner):
+        if found is None or (owner is not None and found[0].owner != owner):
             raise errors.NotFound(f"no job with id {job_id!r}", code="JOB_NOT_FOUND")
-        return job
+        return found
 
     async def _follow(self, events: Subscription) -> None:
         """React to every replica's events: wake waiters; as leader, schedule and cancel."""
@@ -390,10 +449,17 @@ class RouterService:
             async for event in events:
                 if event.kind in TERMINAL_EVENTS:
                     self._notify(event.job_id)
+                manager = self.leadership.manager
                 if event.kind == CANCEL_REQUESTED:
                     await self.leadership.cancel_running(list(event.execution_ids))
-                elif event.kind in ("queued", "cancelled", REGION_CHANGED):
-                    self.leadership.wake()
+                elif manager is None:
+                    continue
+                elif event.kind == "queued" and event.origin != self.store.node_id:
+                    manager.announce(event.job_id)
+                elif event.kind == "cancelled" and event.execution_id is not None:
+                    manager.forget([event.execution_id])
+                elif event.kind == REGION_CHANGED:
+                    manager.wake()
 
     def _notify(self, job_id: str) -> None:
         event = self._job_events.pop(job_id, None)
@@ -427,18 +493,25 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
     return RouterService(settings, store, providers, bus=bus)
 
 
-def _job_status(
-    job: Job, executions: list[Execution], statuses: tuple[ExecutionStatus, ...]
-) -> JobStatus:
-    counts: dict[str, int] = {s.value: 0 for s in ExecutionState}
+def _counts(executions: Iterable[Execution]) -> dict[ExecutionState, int]:
+    counts = dict.fromkeys(ExecutionState, 0)
     for e in executions:
-        counts[e.state.value] += 1
-    return JobStatus(job, job_state([e.state for e in executions]), counts, statuses)
+        counts[e.state] += 1
+    return counts
 
 
-def _summary(job: Job, counts: Mapping[ExecutionState, int]) -> JobStatus:
-    states = [state for state, n in counts.items() for _ in range(n)]
-    return JobStatus(job, job_state(states), {s.value: counts.get(s, 0) for s in ExecutionState})
+def _finished(counts: Mapping[ExecutionState, int]) -> bool:
+    return not counts.get(ExecutionState.QUEUED) and not counts.get(ExecutionState.RUNNING)
+
+
+def _job_status(
+    job: Job, counts: Mapping[ExecutionState, int], statuses: tuple[ExecutionStatus, ...] = ()
+) -> JobStatus:
+    """A job's status from its per-state counts (and the executions asked for)."""
+    states = [state for state, n in counts.items() for _ in range(min(n, 1))]
+    return JobStatus(
+        job, job_state(states), {s.value: counts.get(s, 0) for s in ExecutionState}, statuses
+    )
 
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
