@@ -25,6 +25,7 @@ from hybrid_router.core.model import (
 # Fields holding tuples of strings: SQLite keeps them as JSON text columns.
 TUPLE_FIELDS = frozenset({"models", "regions", "questions", "in_flight"})
 
+JOB_FIELDS = tuple(f.name for f in fields(Job))
 # The execution fields copied as they are; state and error get their own encoding.
 _EXECUTION_PLAIN = tuple(
     f.name for f in fields(Execution) if f.name not in ("seq", "state", "error")
@@ -44,12 +45,12 @@ EXECUTION_DEFAULTS: dict[str, Any] = {
 
 def job_record(job: Job) -> dict[str, Any]:
     """The job as a record."""
-    return {f.name: getattr(job, f.name) for f in fields(Job)}
+    return {name: getattr(job, name) for name in JOB_FIELDS}
 
 
 def job_from_record(record: Mapping[str, Any]) -> Job:
     """The job a record holds (extra keys are ignored)."""
-    values = {f.name: record[f.name] for f in fields(Job)}
+    values = {name: record[name] for name in JOB_FIELDS}
     for name in TUPLE_FIELDS.intersection(values):
         values[name] = tuple(values[name])
     return Job(**values)

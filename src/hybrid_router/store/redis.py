@@ -77,6 +77,7 @@ from hybrid_router.store._codec import (
     job_from_record,
     job_record,
 )
+from hybrid_router.store.base import Recorded
 
 LAYOUT_VERSION = 1
 # The region score -priority * 2**40 + seq stays an exact double (< 2**53) below this.
@@ -135,11 +136,11 @@ local function leave(e, id, state)
 end
 
 -- Once none of a job's executions is queued or running, none can move again: its keys get
--- their expiry, and its index entries a date with the purge.
+-- their expiry, and its index entries a date with the purge. True if the job is finished.
 local function retire(job_id)
   local job = P .. ':job:' .. job_id
   local live = redis.call('HMGET', job, 'queued', 'running')
-  if (tonumber(live[1]) or 0) > 0 or (tonumber(live[2]) or 0) > 0 then return end
+  if (tonumber(live[1]) or 0) > 0 or (tonumber(live[2]) or 0) > 0 then return false end
   local at = now_ms() + RETENTION_MS
   local ids = P .. ':jobx:' .. job_id
   for _, id in ipairs(redis.call('ZRANGE', ids, 0, -1)) do
@@ -148,15 +149,24 @@ local function retire(job_id)
   redis.call('PEXPIREAT', ids, at)
   redis.call('PEXPIREAT', job, at)
   redis.call('ZADD', P .. ':expiring', at, redis.call('HGET', job, 'ref'))
+  return true
 end
 
 -- Store `raw` for execution `id`, stored until now as `e`, and move it to `state`'s index.
+-- True if that finished its job.
 local function move(id, e, raw, state)
   redis.call('SET', P .. ':exec:' .. id, raw)
-  if state == e.state then return end
+  if state == e.state then return false end
   leave(e, id, e.state)
   enter(e, id, redis.call('ZSCORE', P .. ':jobx:' .. e.job_id, id), state)
-  if state ~= 'queued' and state ~= 'running' then retire(e.job_id) end
+  return state ~= 'queued' and state ~= 'running' and retire(e.job_id)
+end
+
+-- What a batched write returns: the ids written and the jobs it finished, as two arrays.
+local function recorded(written, finished)
+  local jobs = {}
+  for job_id in pairs(finished) do jobs[#jobs + 1] = job_id end
+  return {written, jobs}
 end
 """
 
@@ -189,32 +199,61 @@ end
 retire(job_id)
 return false
 """,
-    # ARGV: execution id, its JSON, its state, container id, container JSON.
+    # ARGV: the number of executions, then (execution id, JSON, state) triples, then per
+    # container: its id, its JSON up to the in_flight array (which comes last, so the script
+    # writes the rest without re-encoding a number), the number of its in-flight calls, and
+    # (execution id, that id as JSON) pairs. Calls of refused executions are left out.
     "admit": """
 if fenced() then return -1 end
-local e = stored(ARGV[4])
-if not e or e.state ~= 'queued' then return 0 end
-move(ARGV[4], e, ARGV[5], ARGV[6])
-redis.call('HSET', P .. ':containers', ARGV[7], ARGV[8])
-return 1
+local n = tonumber(ARGV[4])
+local written, refused = {}, {}
+local i = 5
+for _ = 1, n do
+  local id = ARGV[i]
+  local e = stored(id)
+  if e and e.state == 'queued' then
+    move(id, e, ARGV[i + 1], ARGV[i + 2])
+    written[#written + 1] = id
+  else
+    refused[id] = true
+  end
+  i = i + 3
+end
+while i <= #ARGV do
+  local calls, kept = tonumber(ARGV[i + 2]), {}
+  for j = i + 3, i + 1 + 2 * calls, 2 do
+    if not refused[ARGV[j]] then kept[#kept + 1] = ARGV[j + 1] end
+  end
+  local raw = ARGV[i + 1] .. '[' .. table.concat(kept, ',') .. ']}'
+  redis.call('HSET', P .. ':containers', ARGV[i], raw)
+  i = i + 3 + 2 * calls
+end
+return recorded(written, {})
 """,
-    # ARGV: execution id, its JSON, its state, the container it was admitted to, the
-    # container that replaces it, that container's JSON. Ids that may be None travel as
-    # '' (None) or '=' .. id.
+    # ARGV: the number of results, then (execution id, JSON, state, the container it was
+    # admitted to) quadruples, the container id travelling as '' (None) or '=' .. id; then
+    # the number of removed ids, the removed ids, then (container id, JSON) pairs.
     "finish": """
 if fenced() then return -1 end
-local admitted, container = ARGV[7], ARGV[8]
-local e = stored(ARGV[4])
-if not e or e.state ~= 'running' then return 0 end
-if (e.container_id and '=' .. e.container_id or '') ~= admitted then return 0 end
-move(ARGV[4], e, ARGV[5], ARGV[6])
-if admitted ~= '' and admitted ~= container then
-  redis.call('HDEL', P .. ':containers', string.sub(admitted, 2))
+local n = tonumber(ARGV[4])
+local written, finished = {}, {}
+local i = 5
+for _ = 1, n do
+  local id, admitted = ARGV[i], ARGV[i + 3]
+  local e = stored(id)
+  local on = e and (e.container_id and '=' .. e.container_id or '')
+  if e and e.state == 'running' and on == admitted then
+    if move(id, e, ARGV[i + 1], ARGV[i + 2]) then finished[e.job_id] = true end
+    written[#written + 1] = id
+  end
+  i = i + 4
 end
-if container ~= '' then
-  redis.call('HSET', P .. ':containers', string.sub(container, 2), ARGV[9])
+local removed = tonumber(ARGV[i])
+for j = i + 1, i + removed do redis.call('HDEL', P .. ':containers', ARGV[j]) end
+for j = i + 1 + removed, #ARGV, 2 do
+  redis.call('HSET', P .. ':containers', ARGV[j], ARGV[j + 1])
 end
-return 1
+return recorded(written, finished)
 """,
     # ARGV: (execution id, its JSON, its state) triples; only running ones are moved.
     "requeue": """
@@ -225,19 +264,18 @@ for i = 4, #ARGV, 3 do
 end
 return 1
 """,
-    # ARGV: (execution id, its JSON) pairs; only queued ones become expired. Returns the
-    # ids written.
+    # ARGV: (execution id, its JSON) pairs; only queued ones become expired.
     "expire": """
 if fenced() then return -1 end
-local out = {}
+local written, finished = {}, {}
 for i = 4, #ARGV, 2 do
   local e = stored(ARGV[i])
   if e and e.state == 'queued' then
-    move(ARGV[i], e, ARGV[i + 1], 'expired')
-    out[#out + 1] = ARGV[i]
+    if move(ARGV[i], e, ARGV[i + 1], 'expired') then finished[e.job_id] = true end
+    written[#written + 1] = ARGV[i]
   end
 end
-return out
+return recorded(written, finished)
 """,
     # ARGV: job id, finished_at as JSON. Returns (seq, cancelled JSON) pairs, flattened.
     "cancel": """
@@ -475,20 +513,24 @@ class RedisStore:
             for member in members:
                 pipe.hgetall(self._key("job", member.split("|", 1)[1]))
             hashes: list[dict[str, str]] = await pipe.execute()
-        page = []
-        for fields in hashes:
-            if not fields:
-                continue  # expired since the purge above
-            counts = _zero_counts()
-            for state in ExecutionState:
-                counts[state] = int(fields.get(state.value, 0))
-            page.append((job_from_record(json.loads(fields["job"])), counts))
-        return page
+        # An empty hash: the job expired since the purge above.
+        return [_with_counts(fields) for fields in hashes if fields]
 
     @_unavailable_on_connection_error
-    async def executions_of(self, job_id: str) -> list[Execution]:
-        """A job's executions in `seq` order."""
-        return await self._executions(await self._scored(self._key("jobx", job_id)))
+    async def job_with_counts(self, job_id: str) -> tuple[Job, dict[ExecutionState, int]] | None:
+        """The job and its executions' count per state (zeros included), or None."""
+        fields = await self._hash(self._key("job", job_id))
+        return _with_counts(fields) if fields else None
+
+    @_unavailable_on_connection_error
+    async def executions_of(
+        self, job_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[Execution]:
+        """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
+        if limit == 0:
+            return []
+        last = -1 if limit is None else offset + limit - 1
+        return await self._executions(await self._scored(self._key("jobx", job_id), offset, last))
 
     @_unavailable_on_connection_error
     async def queued(self) -> list[Execution]:
@@ -509,36 +551,39 @@ class RedisStore:
         return [container_from_record(json.loads(rows[cid])) for cid in sorted(rows)]
 
     @_unavailable_on_connection_error
-    async def admit(self, execution: Execution, container: Container) -> bool:
-        """Record `execution` (now running) and its container, if it is still queued."""
-        return bool(
-            await self._fenced(
-                "admit",
-                execution.id,
-                _encode_execution(execution),
-                execution.state.value,
-                container.id,
-                _dumps(container_record(container)),
-            )
-        )
+    async def admit(
+        self, executions: Sequence[Execution], containers: Sequence[Container]
+    ) -> Recorded:
+        """Record one round's admissions where still queued, and the ledger without the others."""
+        args: list[str | int] = [len(executions)]
+        for e in executions:
+            args += [e.id, _encode_execution(e), e.state.value]
+        for c in containers:
+            record = container_record(c)
+            in_flight = record.pop("in_flight")
+            # The record's JSON with its closing brace cut off, for the script to complete.
+            head = _dumps({**record, "in_flight": []})[: -len("[]}")]
+            args += [c.id, head, len(in_flight)]
+            for call in in_flight:
+                args += [call, _dumps(call)]
+        return _recorded(await self._fenced("admit", *args))
 
     @_unavailable_on_connection_error
     async def finish(
-        self, execution: Execution, container: Container | None, container_id: str | None
-    ) -> bool:
-        """Record a running execution's outcome and replace (or delete) its container row."""
+        self,
+        results: Sequence[tuple[Execution, str | None]],
+        containers: Sequence[Container],
+        removed: Sequence[str] = (),
+    ) -> Recorded:
+        """Record calls' outcomes where still running on their container; then the ledger."""
         # Fenced on the container the run was admitted to, as in SQLiteStore.finish.
-        return bool(
-            await self._fenced(
-                "finish",
-                execution.id,
-                _encode_execution(execution),
-                execution.state.value,
-                _optional(container_id),
-                _optional(container.id if container is not None else None),
-                _dumps(container_record(container)) if container is not None else "",
-            )
-        )
+        args: list[str | int] = [len(results)]
+        for e, container_id in results:
+            args += [e.id, _encode_execution(e), e.state.value, _optional(container_id)]
+        args += [len(removed), *removed]
+        for c in containers:
+            args += [c.id, _dumps(container_record(c))]
+        return _recorded(await self._fenced("finish", *args))
 
     @_unavailable_on_connection_error
     async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
@@ -560,13 +605,12 @@ class RedisStore:
         await self._fenced("save_containers", *args)
 
     @_unavailable_on_connection_error
-    async def expire(self, executions: Sequence[Execution]) -> list[Execution]:
-        """Record these executions (now `expired`) where still queued; returns those written."""
+    async def expire(self, executions: Sequence[Execution]) -> Recorded:
+        """Record these executions (now `expired`) where still queued, in one write."""
         args: list[str] = []
         for e in executions:
             args += [e.id, _encode_execution(e)]
-        written = set(await self._fenced("expire", *args))
-        return [e for e in executions if e.id in written]
+        return _recorded(await self._fenced("expire", *args))
 
     @_unavailable_on_connection_error
     async def region_modes(self) -> dict[str, RegionMode]:
@@ -613,10 +657,15 @@ class RedisStore:
         }
 
     @_unavailable_on_connection_error
-    async def position(self, execution: Execution) -> int | None:
-        """1-based place of a queued execution in its region's order; None if not queued."""
-        rank = await self.client.zrank(self._key("queued", execution.region), execution.id)
-        return None if rank is None else cast(int, rank) + 1
+    async def positions(self, executions: Sequence[Execution]) -> dict[str, int]:
+        """1-based place of each still-queued execution in its region's order."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for e in executions:
+                pipe.zrank(self._key("queued", e.region), e.id)
+            ranks: list[int | None] = await pipe.execute()
+        return {
+            e.id: rank + 1 for e, rank in zip(executions, ranks, strict=True) if rank is not None
+        }
 
     @_unavailable_on_connection_error
     async def purge_expired(self, now: float | None = None) -> int:
@@ -641,9 +690,10 @@ class RedisStore:
     async def _hash(self, key: str) -> dict[str, str]:
         return cast(dict[str, str], await self.client.hgetall(key))
 
-    async def _scored(self, key: str) -> list[tuple[str, float]]:
-        """A sorted set's members with their scores, in order."""
-        return cast(list[tuple[str, float]], await self.client.zrange(key, 0, -1, withscores=True))
+    async def _scored(self, key: str, start: int = 0, end: int = -1) -> list[tuple[str, float]]:
+        """A sorted set's members with their scores, in order, from rank `start` to `end`."""
+        members = await self.client.zrange(key, start, end, withscores=True)
+        return cast(list[tuple[str, float]], members)
 
     async def _run(self, name: str, *args: str | int, token: int | None = None) -> Any:
         script = self._scripts.get(name)
@@ -687,6 +737,18 @@ class RedisStore:
 
 def _zero_counts() -> dict[ExecutionState, int]:
     return dict.fromkeys(ExecutionState, 0)
+
+
+def _with_counts(fields: dict[str, str]) -> tuple[Job, dict[ExecutionState, int]]:
+    """A job hash's job and its count per state (zeros included)."""
+    counts = {state: int(fields.get(state.value, 0)) for state in ExecutionState}
+    return job_from_record(json.loads(fields["job"])), counts
+
+
+def _recorded(reply: list[list[str]]) -> Recorded:
+    """A batched write script's reply: the ids written, the jobs finished."""
+    written, finished = reply
+    return Recorded(frozenset(written), frozenset(finished))
 
 
 def _dumps(value: object) -> str:

@@ -1,9 +1,13 @@
-"""The embedded default store: one SQLite file in WAL mode, one connection per process.
+"""The embedded default store: one SQLite file in WAL mode.
 
-Every transaction runs under an asyncio.Lock, so the one connection never interleaves two
-coroutines' statements, and takes SQLite's write lock up front (BEGIN IMMEDIATE), so a
-compare-and-set reads and writes under the same lock even when another process (a standby
-replica, the CLI) has the file open.
+Writes go through one connection, one transaction at a time under an asyncio.Lock, and take
+SQLite's write lock up front (BEGIN IMMEDIATE), so a compare-and-set reads and writes under
+the same lock even when another process (a standby replica, the CLI) has the file open.
+Reads go through a few connections of their own: in WAL mode a reader sees the last commit
+and never waits for a writer, so the API stays fast while the scheduler writes.
+
+Counts (per job and per region, per state) live in tables that triggers on `executions`
+keep in step with every write, so status reads never count executions one by one.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -26,6 +30,7 @@ from hybrid_router.core.model import Container, Execution, ExecutionState, Job, 
 from hybrid_router.errors import ConfigError, StoreUnavailable
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
+    JOB_FIELDS,
     TUPLE_FIELDS,
     container_from_record,
     container_record,
@@ -34,13 +39,28 @@ from hybrid_router.store._codec import (
     job_from_record,
     job_record,
 )
+from hybrid_router.store.base import Recorded
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Columns added since version 1, by the version that added them: a file written by an older
 # version gets them on open (every one nullable, so existing rows need no value).
 _ADDED_COLUMNS = {
     2: (("jobs", "deadline_s REAL"), ("executions", "deadline_at REAL")),
 }
+# Read connections: the API's reads run side by side on them, and a long one (the leader
+# reading the whole queue) leaves the others free.
+_READERS = 3
+
+_COUNT_NEW = """
+    INSERT INTO job_counts (job_id, state, n) VALUES (NEW.job_id, NEW.state, 1)
+        ON CONFLICT (job_id, state) DO UPDATE SET n = n + 1;
+    INSERT INTO region_counts (region, state, n) VALUES (NEW.region, NEW.state, 1)
+        ON CONFLICT (region, state) DO UPDATE SET n = n + 1;
+"""
+_UNCOUNT_OLD = """
+    UPDATE job_counts SET n = n - 1 WHERE job_id = OLD.job_id AND state = OLD.state;
+    UPDATE region_counts SET n = n - 1 WHERE region = OLD.region AND state = OLD.state;
+"""
 
 _SCHEMA = (
     """
@@ -91,9 +111,43 @@ _SCHEMA = (
         deadline_at    REAL
     )
     """,
+    # queued() and running() in seq order.
     "CREATE INDEX IF NOT EXISTS executions_by_state ON executions (state, seq)",
-    "CREATE INDEX IF NOT EXISTS executions_by_job ON executions (job_id)",
-    "CREATE INDEX IF NOT EXISTS executions_by_region ON executions (region, state)",
+    # A job's executions, a page at a time.
+    "CREATE INDEX IF NOT EXISTS executions_of_job ON executions (job_id, seq)",
+    # A region's queue in policy order: a position is two range counts on it.
+    "CREATE INDEX IF NOT EXISTS executions_in_place ON executions (state, region, priority, seq)",
+    """
+    CREATE TABLE IF NOT EXISTS job_counts (
+        job_id TEXT NOT NULL,
+        state  TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (job_id, state)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS region_counts (
+        region TEXT NOT NULL,
+        state  TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (region, state)
+    ) WITHOUT ROWID
+    """,
+    f"""
+    CREATE TRIGGER IF NOT EXISTS executions_counted_on_insert AFTER INSERT ON executions
+    BEGIN {_COUNT_NEW} END
+    """,
+    f"""
+    CREATE TRIGGER IF NOT EXISTS executions_counted_on_update
+    AFTER UPDATE OF state, job_id, region ON executions
+    WHEN OLD.state IS NOT NEW.state OR OLD.job_id IS NOT NEW.job_id
+        OR OLD.region IS NOT NEW.region
+    BEGIN {_UNCOUNT_OLD} {_COUNT_NEW} END
+    """,
+    f"""
+    CREATE TRIGGER IF NOT EXISTS executions_counted_on_delete AFTER DELETE ON executions
+    BEGIN {_UNCOUNT_OLD} END
+    """,
     """
     CREATE TABLE IF NOT EXISTS region_modes (
         region TEXT PRIMARY KEY,
@@ -114,10 +168,25 @@ _SCHEMA = (
     """,
 )
 
+
+# Upgrading a version 1 or 2 file: counters from the rows already there, and the indexes
+# version 3 replaced.
+_TO_V3 = (
+    "INSERT INTO job_counts (job_id, state, n)"
+    " SELECT job_id, state, COUNT(*) FROM executions GROUP BY job_id, state",
+    "INSERT INTO region_counts (region, state, n)"
+    " SELECT region, state, COUNT(*) FROM executions GROUP BY region, state",
+    "DROP INDEX IF EXISTS executions_by_job",
+    "DROP INDEX IF EXISTS executions_by_region",
+)
+
 # Every execution column but seq, which the store alone assigns and never rewrites.
 _INSERT_EXECUTION = (
     f"INSERT INTO executions ({', '.join(EXECUTION_FIELDS)}) "
     f"VALUES ({', '.join(':' + c for c in EXECUTION_FIELDS)})"
+)
+_INSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(JOB_FIELDS)}) VALUES ({', '.join(':' + c for c in JOB_FIELDS)})"
 )
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
     f"{c} = :{c}" for c in EXECUTION_FIELDS if c != "id"
@@ -132,6 +201,34 @@ _UPSERT_CONTAINER = """
 """
 
 
+# 1 + the queued executions ahead of each target in its region: higher priority, or the
+# same priority and earlier seq. Each count is a range of executions_in_place.
+_POSITIONS = """
+    WITH target AS (
+        SELECT id, region, priority, seq FROM executions
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
+    )
+    SELECT id, 1 + (
+        SELECT COUNT(*) FROM executions AS ahead
+        WHERE ahead.state = 'queued' AND ahead.region = target.region
+          AND ahead.priority > target.priority
+    ) + (
+        SELECT COUNT(*) FROM executions AS ahead
+        WHERE ahead.state = 'queued' AND ahead.region = target.region
+          AND ahead.priority = target.priority AND ahead.seq < target.seq
+    ) AS position
+    FROM target
+"""
+# Of the given jobs, those with no execution queued or running.
+_FINISHED_JOBS = """
+    SELECT job_id FROM job_counts WHERE job_id IN (SELECT value FROM json_each(:jobs))
+    GROUP BY job_id HAVING SUM(CASE WHEN state IN ('queued', 'running') THEN n ELSE 0 END) = 0
+"""
+
+_T = TypeVar("_T")
+Transaction = Callable[[aiosqlite.Connection], Awaitable[_T]]
+
+
 class SQLiteStore:
     """The Store protocol on one SQLite file (see store.base for each method's contract)."""
 
@@ -140,56 +237,77 @@ class SQLiteStore:
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._db: aiosqlite.Connection | None = None
         self._mutex = asyncio.Lock()
+        self._readers: list[aiosqlite.Connection] = []
+        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._lock_fd: int | None = None
         self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
     async def open(self) -> None:
-        """Connect and create the schema if needed."""
+        """Connect and create (or upgrade) the schema if needed."""
         if self._db is not None:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db = await self._connect()
         except (OSError, sqlite3.Error) as e:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
-        db.row_factory = sqlite3.Row
-        self._db = db
         try:
-            # busy_timeout first: switching to WAL needs the write lock another process may hold.
-            await db.execute("PRAGMA busy_timeout = 5000")
-            await db.execute("PRAGMA journal_mode = WAL")
+            # WAL first: readers may open only once the file is in WAL mode.
+            await self._db.execute("PRAGMA journal_mode = WAL")
             # FULL fsyncs the WAL on every commit, so an accepted job also survives a power
-            # cut, not only a process crash; the write rate (a few per GPU call) makes it cheap.
-            await db.execute("PRAGMA synchronous = FULL")
-            async with self._transaction() as tx:
-                rows = await tx.execute_fetchall("PRAGMA user_version")
-                version = int(next(iter(rows))[0])
-                if version > SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"SQLite store {self.path} has schema version {version}, newer than "
-                        f"this hybrid-router's {SCHEMA_VERSION}: upgrade, or use another file"
-                    )
-                for statement in _SCHEMA:
-                    await tx.execute(statement)
-                if version > 0:  # 0: the file was new, and _SCHEMA made it current
-                    for added in range(version + 1, SCHEMA_VERSION + 1):
-                        for table, column in _ADDED_COLUMNS.get(added, ()):
-                            await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-                await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # cut, not only a process crash; one commit per scheduling round keeps it cheap.
+            await self._db.execute("PRAGMA synchronous = FULL")
+            await self._write(self._migrate)
+            for _ in range(_READERS):
+                reader = await self._connect()
+                self._readers.append(reader)
+                await reader.execute("PRAGMA query_only = ON")
+                self._idle.put_nowait(reader)
         except BaseException as e:
             await self.close()
             if isinstance(e, sqlite3.Error):
                 raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
             raise
 
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        # Before anything else: switching to WAL needs the write lock another process may hold.
+        await db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    async def _migrate(self, tx: aiosqlite.Connection) -> None:
+        rows = await tx.execute_fetchall("PRAGMA user_version")
+        version = int(next(iter(rows))[0])
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"SQLite store {self.path} has schema version {version}, newer than "
+                f"this hybrid-router's {SCHEMA_VERSION}: upgrade, or use another file"
+            )
+        if version > 0:  # 0: the file is new, and _SCHEMA makes it current
+            for added in range(version + 1, SCHEMA_VERSION + 1):
+                for table, column in _ADDED_COLUMNS.get(added, ()):
+                    await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        for statement in _SCHEMA:
+            await tx.execute(statement)
+        if 0 < version < 3:
+            for statement in _TO_V3:
+                await tx.execute(statement)
+        await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     async def close(self) -> None:
-        """Release the connection and the scheduler lock, if held."""
+        """Release the connections and the scheduler lock, if held."""
         try:
             # Under the mutex, so a transaction in progress ends before the connection does.
             async with self._mutex:
                 db, self._db = self._db, None
                 if db is not None:
                     await db.close()
+            readers, self._readers = self._readers, []
+            for _ in readers:
+                await self._idle.get()  # each one back from the read it may be serving
+            for reader in readers:
+                await reader.close()
         finally:
             await self.release_scheduler_lock()
 
@@ -214,24 +332,31 @@ class SQLiteStore:
 
     async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
         """Store a job and its executions atomically; (existing job, False) if the id exists."""
-        async with self._transaction() as tx:
+
+        async def submit(tx: aiosqlite.Connection) -> tuple[Job, bool]:
             rows = await tx.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job.id,))
             for row in rows:
                 return _job(row), False
-            await tx.execute(
-                "INSERT INTO jobs (id, owner, priority, models, regions, questions, temperature,"
-                " max_tokens, max_attempts, created_at) VALUES (:id, :owner, :priority, :models,"
-                " :regions, :questions, :temperature, :max_tokens, :max_attempts, :created_at)",
-                _job_params(job),
-            )
+            await tx.execute(_INSERT_JOB, _job_params(job))
             # executemany inserts in list order, so seq follows the order given.
             await tx.executemany(_INSERT_EXECUTION, [_execution_params(e) for e in executions])
-        return job, True
+            return job, True
+
+        return await self._write(submit)
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job, or None."""
         rows = await self._fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
+
+    async def job_with_counts(self, job_id: str) -> tuple[Job, dict[ExecutionState, int]] | None:
+        """The job and its executions' count per state (zeros included), or None."""
+        rows = await self._fetch(
+            "SELECT jobs.*, c.state AS execution_state, c.n AS n FROM jobs"
+            " LEFT JOIN job_counts AS c ON c.job_id = jobs.id WHERE jobs.id = ?",
+            (job_id,),
+        )
+        return _with_counts(rows)[0] if rows else None
 
     async def list_jobs(
         self, *, owner: str | None = None, limit: int = 50, offset: int = 0
@@ -246,25 +371,21 @@ class SQLiteStore:
                 ORDER BY created_at DESC, rowid DESC
                 LIMIT :limit OFFSET :offset
             )
-            SELECT page.*, e.state AS execution_state, COUNT(e.seq) AS n
-            FROM page LEFT JOIN executions AS e ON e.job_id = page.id
-            GROUP BY page.pos, e.state
+            SELECT page.*, c.state AS execution_state, c.n AS n
+            FROM page LEFT JOIN job_counts AS c ON c.job_id = page.id
             ORDER BY page.created_at DESC, page.pos DESC
             """,
             {"owner": owner, "limit": limit, "offset": offset},
         )
-        page: dict[str, tuple[Job, dict[ExecutionState, int]]] = {}
-        for row in rows:
-            if row["id"] not in page:
-                page[row["id"]] = (_job(row), _zero_counts())
-            if row["execution_state"] is not None:
-                page[row["id"]][1][ExecutionState(row["execution_state"])] = row["n"]
-        return list(page.values())
+        return _with_counts(rows)
 
-    async def executions_of(self, job_id: str) -> list[Execution]:
-        """A job's executions in `seq` order."""
+    async def executions_of(
+        self, job_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[Execution]:
+        """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
         rows = await self._fetch(
-            "SELECT * FROM executions WHERE job_id = ? ORDER BY seq", (job_id,)
+            "SELECT * FROM executions WHERE job_id = ? ORDER BY seq LIMIT ? OFFSET ?",
+            (job_id, -1 if limit is None else limit, offset),
         )
         return [_execution(row) for row in rows]
 
@@ -281,42 +402,57 @@ class SQLiteStore:
         rows = await self._fetch("SELECT * FROM containers ORDER BY rowid")
         return [_container(row) for row in rows]
 
-    async def admit(self, execution: Execution, container: Container) -> bool:
-        """Record `execution` (now running) and its container, if it is still queued."""
-        async with self._transaction() as tx:
-            # The CAS comes first: when it matches nothing, the transaction has written nothing.
-            cursor = await tx.execute(
-                f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'queued'",
-                _execution_params(execution),
+    async def admit(
+        self, executions: Sequence[Execution], containers: Sequence[Container]
+    ) -> Recorded:
+        """Record one round's admissions where still queued, and the ledger without the others."""
+
+        async def admit(tx: aiosqlite.Connection) -> Recorded:
+            written = await _compare_and_set(tx, "state = 'queued'", executions)
+            refused = {e.id for e in executions} - written
+            await tx.executemany(
+                _UPSERT_CONTAINER,
+                [
+                    _container_params(
+                        replace(c, in_flight=tuple(i for i in c.in_flight if i not in refused))
+                    )
+                    for c in containers
+                ],
             )
-            if cursor.rowcount == 0:
-                return False
-            await tx.execute(_UPSERT_CONTAINER, _container_params(container))
-        return True
+            return Recorded(frozenset(written))
+
+        return await self._write(admit)
 
     async def finish(
-        self, execution: Execution, container: Container | None, container_id: str | None
-    ) -> bool:
-        """Record a running execution's outcome and replace (or delete) its container row."""
-        async with self._transaction() as tx:
-            # Fenced on the container the run was admitted to rather than on `attempts`, which
-            # the caller may lower again for a capacity wait that spends no attempt.
-            cursor = await tx.execute(
-                f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'running'"
-                " AND container_id IS :admitted_to",
-                {**_execution_params(execution), "admitted_to": container_id},
-            )
-            if cursor.rowcount == 0:
-                return False
-            if container_id is not None and (container is None or container.id != container_id):
-                await tx.execute("DELETE FROM containers WHERE id = ?", (container_id,))
-            if container is not None:
-                await tx.execute(_UPSERT_CONTAINER, _container_params(container))
-        return True
+        self,
+        results: Sequence[tuple[Execution, str | None]],
+        containers: Sequence[Container],
+        removed: Sequence[str] = (),
+    ) -> Recorded:
+        """Record calls' outcomes where still running on their container; then the ledger."""
+
+        async def finish(tx: aiosqlite.Connection) -> Recorded:
+            written = set()
+            for execution, container_id in results:
+                # Fenced on the container the run was admitted to rather than on `attempts`,
+                # which the caller may lower again for a capacity wait that spends no attempt.
+                cursor = await tx.execute(
+                    f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'running'"
+                    " AND container_id IS :admitted_to",
+                    {**_execution_params(execution), "admitted_to": container_id},
+                )
+                if cursor.rowcount:
+                    written.add(execution.id)
+            await _save_containers(tx, containers, removed)
+            jobs = {e.job_id for e, _ in results if e.id in written}
+            return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
+
+        return await self._write(finish)
 
     async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
         """Cancel a job's queued executions atomically; returns them as cancelled."""
-        async with self._transaction() as tx:
+
+        async def cancel(tx: aiosqlite.Connection) -> list[Execution]:
             # Read and update under the same write lock: nothing can be admitted in between.
             rows = await tx.execute_fetchall(
                 "SELECT * FROM executions WHERE job_id = ? AND state = 'queued' ORDER BY seq",
@@ -327,31 +463,32 @@ class SQLiteStore:
                 " WHERE job_id = ? AND state = 'queued'",
                 (now, job_id),
             )
-        return [
-            replace(_execution(row), state=ExecutionState.CANCELLED, finished_at=now)
-            for row in rows
-        ]
+            return [
+                replace(_execution(row), state=ExecutionState.CANCELLED, finished_at=now)
+                for row in rows
+            ]
+
+        return await self._write(cancel)
 
     async def save_containers(
         self, containers: Sequence[Container], removed: Sequence[str] = ()
     ) -> None:
         """Upsert ledger rows and delete the `removed` ids, atomically."""
-        async with self._transaction() as tx:
-            await tx.executemany("DELETE FROM containers WHERE id = ?", [(i,) for i in removed])
-            await tx.executemany(_UPSERT_CONTAINER, [_container_params(c) for c in containers])
 
-    async def expire(self, executions: Sequence[Execution]) -> list[Execution]:
-        """Record these executions (now `expired`) where still queued; returns those written."""
-        written = []
-        async with self._transaction() as tx:
-            for e in executions:
-                cursor = await tx.execute(
-                    f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'queued'",
-                    _execution_params(e),
-                )
-                if cursor.rowcount:
-                    written.append(e)
-        return written
+        async def save(tx: aiosqlite.Connection) -> None:
+            await _save_containers(tx, containers, removed)
+
+        await self._write(save)
+
+    async def expire(self, executions: Sequence[Execution]) -> Recorded:
+        """Record these executions (now `expired`) where still queued, in one write."""
+
+        async def expire(tx: aiosqlite.Connection) -> Recorded:
+            written = await _compare_and_set(tx, "state = 'queued'", executions)
+            jobs = {e.job_id for e in executions if e.id in written}
+            return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
+
+        return await self._write(expire)
 
     async def region_modes(self) -> dict[str, RegionMode]:
         """Regions whose mode an admin changed; any other region is open."""
@@ -360,55 +497,49 @@ class SQLiteStore:
 
     async def set_region_mode(self, region: str, mode: RegionMode) -> None:
         """Pause, drain or reopen a region."""
-        async with self._transaction() as tx:
+
+        async def set_mode(tx: aiosqlite.Connection) -> None:
             await tx.execute(
                 "INSERT INTO region_modes (region, mode) VALUES (?, ?)"
                 " ON CONFLICT (region) DO UPDATE SET mode = excluded.mode",
                 (region, mode.value),
             )
 
+        await self._write(set_mode)
+
     async def requeue(self, executions: Sequence[Execution]) -> None:
         """Put running executions back in the queue as given (crash recovery)."""
-        async with self._transaction() as tx:
+
+        async def requeue(tx: aiosqlite.Connection) -> None:
             await tx.executemany(
                 f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'running'",
                 [_execution_params(e) for e in executions],
             )
 
+        await self._write(requeue)
+
     async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
         """Per region, the count of executions per state (zeros included)."""
-        rows = await self._fetch(
-            "SELECT region, state, COUNT(*) AS n FROM executions GROUP BY region, state"
-        )
+        rows = await self._fetch("SELECT region, state, n FROM region_counts")
         counts: dict[str, dict[ExecutionState, int]] = {}
         for row in rows:
-            region = counts.setdefault(row["region"], _zero_counts())
-            region[ExecutionState(row["state"])] = row["n"]
+            counts.setdefault(row["region"], _zero_counts())[ExecutionState(row["state"])] = row[
+                "n"
+            ]
         return counts
 
     async def queue_sizes(self) -> dict[str, int]:
         """Per region with queued executions, how many are queued."""
         rows = await self._fetch(
-            "SELECT region, COUNT(*) AS n FROM executions WHERE state = 'queued' GROUP BY region"
+            "SELECT region, n FROM region_counts WHERE state = 'queued' AND n > 0"
         )
         return {row["region"]: row["n"] for row in rows}
 
-    async def position(self, execution: Execution) -> int | None:
-        """1-based place of a queued execution in its region's order; None if not queued."""
-        # The stored priority and seq, not the caller's copy: the order is the store's.
-        rows = await self._fetch(
-            """
-            SELECT 1 + (
-                SELECT COUNT(*) FROM executions AS ahead
-                WHERE ahead.state = 'queued' AND ahead.region = e.region
-                  AND (ahead.priority > e.priority
-                       OR (ahead.priority = e.priority AND ahead.seq < e.seq))
-            ) AS position
-            FROM executions AS e WHERE e.id = ? AND e.state = 'queued'
-            """,
-            (execution.id,),
-        )
-        return int(rows[0]["position"]) if rows else None
+    async def positions(self, executions: Sequence[Execution]) -> dict[str, int]:
+        """1-based place of each still-queued execution in its region's order."""
+        # The stored priority and seq, not the caller's copies: the order is the store's.
+        rows = await self._fetch(_POSITIONS, {"ids": json.dumps([e.id for e in executions])})
+        return {row["id"]: row["position"] for row in rows}
 
     async def _in_state(self, state: ExecutionState) -> list[Execution]:
         rows = await self._fetch(
@@ -424,31 +555,99 @@ class SQLiteStore:
     async def _fetch(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[sqlite3.Row]:
-        """Run one read statement; a single statement is its own consistent snapshot."""
-        db = self._connection()
-        async with self._mutex:
-            try:
-                return list(await db.execute_fetchall(sql, params))
-            except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        """Run one read statement on a read connection: one statement is one snapshot."""
+        if not self._readers:
+            raise RuntimeError(f"SQLite store {self.path} is not open")
+        reader = await self._idle.get()
+        try:
+            return list(await reader.execute_fetchall(sql, params))
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        finally:
+            self._idle.put_nowait(reader)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
+    async def _write(self, body: Transaction[_T]) -> _T:
+        """Run `body` in one write transaction: committed if it returns, rolled back if not.
+
+        Once begun, the transaction runs to its end in a task of its own, so a caller
+        cancelled meanwhile (a client gone, a wait_for timing out) cannot leave the one write
+        connection inside a transaction. Whether the write happened is then as unknown to
+        that caller as after a lost reply; a caller cancelled before it begins writes nothing.
+        """
         db = self._connection()
-        async with self._mutex:
+        await self._mutex.acquire()
+        try:
+            task = asyncio.create_task(self._transact(db, body))
+        except BaseException:
+            self._mutex.release()
+            raise
+        # Its outcome is read here even when no one awaits it any more, so a failure after
+        # its caller left is not reported again as a "never retrieved" exception.
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _transact(self, db: aiosqlite.Connection, body: Transaction[_T]) -> _T:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    # SQLite may already have rolled back by itself (disk full, I/O error).
+                result = await body(db)
+                await db.execute("COMMIT")
+            except BaseException:
+                # Not if SQLite already rolled back by itself (disk full, I/O error); but a
+                # COMMIT that failed (SQLITE_BUSY) leaves the transaction open.
+                if db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         await db.execute("ROLLBACK")
-                    raise
-                await db.execute("COMMIT")
-            except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+                raise
+            return result
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        finally:
+            self._mutex.release()
+
+
+async def _compare_and_set(
+    tx: aiosqlite.Connection, condition: str, executions: Sequence[Execution]
+) -> set[str]:
+    """Write each execution where its stored row meets `condition`; the ids written."""
+    written = set()
+    for e in executions:
+        cursor = await tx.execute(
+            f"{_UPDATE_EXECUTION} WHERE id = :id AND {condition}", _execution_params(e)
+        )
+        if cursor.rowcount:
+            written.add(e.id)
+    return written
+
+
+async def _save_containers(
+    tx: aiosqlite.Connection, containers: Sequence[Container], removed: Sequence[str]
+) -> None:
+    await tx.executemany("DELETE FROM containers WHERE id = ?", [(i,) for i in removed])
+    await tx.executemany(_UPSERT_CONTAINER, [_container_params(c) for c in containers])
+
+
+async def _finished_jobs(tx: aiosqlite.Connection, jobs: set[str]) -> frozenset[str]:
+    if not jobs:
+        return frozenset()
+    rows = await tx.execute_fetchall(_FINISHED_JOBS, {"jobs": json.dumps(sorted(jobs))})
+    return frozenset(row["job_id"] for row in rows)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _with_counts(rows: Sequence[sqlite3.Row]) -> list[tuple[Job, dict[ExecutionState, int]]]:
+    """Jobs from rows of (job columns, execution_state, n), one row per counted state."""
+    jobs: dict[str, tuple[Job, dict[ExecutionState, int]]] = {}
+    for row in rows:
+        if row["id"] not in jobs:
+            jobs[row["id"]] = (_job(row), _zero_counts())
+        if row["execution_state"] is not None:
+            jobs[row["id"]][1][ExecutionState(row["execution_state"])] = row["n"]
+    return list(jobs.values())
 
 
 def _try_flock(path: Path) -> int | None:
