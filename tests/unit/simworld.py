@@ -165,7 +165,7 @@ class World:
         assert e.container_id is not None
         container = self.containers[e.container_id]
         provider = self.topology.providers[container.provider]
-        released = ledger.release(container, e.id, self.now, provider.scaledown_window_s)
+        released = ledger.release(container, (e.id,), self.now, provider.scaledown_window_s)
         self.containers[container.id] = released
         if provider.max_inputs > 1:
             for sibling in ledger.warm_siblings(

@@ -151,7 +151,7 @@ def _digest(key: str) -> bytes:
 UserDep = Annotated[User, Depends(authenticate)]
 
 
-def require_admin(user: UserDep) -> User:
+async def require_admin(user: UserDep) -> User:
     """The caller, who must be an admin (403 ADMIN_ONLY otherwise)."""
     if not user.is_admin:
         raise Forbidden("this needs an admin's key", code="ADMIN_ONLY")

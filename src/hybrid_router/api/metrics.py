@@ -43,7 +43,7 @@ async def metrics(service: ServiceDep) -> Response:
     )
     for name, region in (await service.queue_status()).items():
         queued.labels(name).set(region.queue_size)
-        running.labels(name).set(len(region.running))
+        running.labels(name).set(region.running_count)
         done.labels(name, "succeeded").set(region.completed)
         done.labels(name, "failed").set(region.failed)
         gpus.labels(name, "busy").set(region.gpus_in_use)

@@ -401,7 +401,10 @@ class RegionQueue(BaseModel):
     gpu_limit: int
     max_running: int | None
     mode: str = Field(description="open, paused (admits nothing) or draining (and no new jobs)")
-    running: list[RunningExecution]
+    running_count: int = Field(description="Executions running in the region")
+    running: list[RunningExecution] = Field(
+        description="The longest-running executions, at most 100 (running_count has them all)"
+    )
 
     @classmethod
     def from_status(cls, status: RegionStatus) -> RegionQueue:
@@ -411,7 +414,7 @@ class RegionQueue(BaseModel):
         return cls(
             region=status.region,
             queue_size=status.queue_size,
-            processing=bool(running),
+            processing=status.running_count > 0 or bool(running),
             current_job=CurrentJob(
                 job_id=oldest.job_id,
                 model=oldest.model,
@@ -428,6 +431,7 @@ class RegionQueue(BaseModel):
             gpu_limit=status.gpu_limit,
             max_running=status.max_running,
             mode=status.mode.value,
+            running_count=max(status.running_count, len(running)),
             running=[
                 RunningExecution(
                     execution_id=e.id,

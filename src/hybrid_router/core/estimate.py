@@ -103,7 +103,7 @@ def estimate_starts(
                 container = live.get(container_id)
                 if container is not None:
                     scaledown = topology.providers[container.provider].scaledown_window_s
-                    live[container_id] = ledger.release(container, execution_id, t, scaledown)
+                    live[container_id] = ledger.release(container, (execution_id,), t, scaledown)
         for container_id in ledger.expired(live.values(), t, topology.shared):
             del live[container_id]
     return starts

@@ -7,7 +7,7 @@ holds its GPUs while a call is in flight and for the scaledown window after its 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
 from hybrid_router.core.model import Container
@@ -69,9 +69,13 @@ def occupy(container: Container, execution_id: str) -> Container:
     return replace(container, in_flight=(*container.in_flight, execution_id))
 
 
-def release(container: Container, execution_id: str, now: float, scaledown_s: float) -> Container:
-    """The container after a call ends: warm for the scaledown window once it is idle."""
-    in_flight = tuple(e for e in container.in_flight if e != execution_id)
+def release(
+    container: Container, execution_ids: Collection[str], now: float, scaledown_s: float
+) -> Container:
+    """The container after these calls ended (by `now`): warm for the scaledown window once
+    it is idle. Several at once cost one pass over a container's calls, however many."""
+    ended = set(execution_ids)
+    in_flight = tuple(e for e in container.in_flight if e not in ended)
     warm_until = container.warm_until
     if not in_flight:
         warm_until = max(warm_until, now + scaledown_s)

@@ -254,7 +254,8 @@ class RegionStatus:
 
     region: str
     queue_size: int
-    running: tuple[Execution, ...]
+    running: tuple[Execution, ...]  # the longest-running ones, at most RUNNING_SHOWN
+    running_count: int
     completed: int
     failed: int
     gpus_in_use: int  # held by containers with a call in flight

@@ -99,6 +99,8 @@ class RegionQueueManager:
         # This leader's view, authoritative while it leads: what is queued, and the ledger.
         self.index = QueueIndex()
         self.ledger: dict[str, Container] = {}
+        # The executions whose calls this process is making, as admitted.
+        self.running: dict[str, Execution] = {}
         # Jobs other replicas announced, loaded from the store at the next round.
         self._announced: set[str] = set()
         # Counts admission rounds, so readers can cache what they derive from one.
@@ -338,7 +340,13 @@ class RegionQueueManager:
     def _launch(self, execution: Execution, *, cold: bool) -> None:
         task = asyncio.create_task(self._call(execution, cold), name=f"call {execution.id}")
         self._calls[execution.id] = task
-        task.add_done_callback(lambda _: self._calls.pop(execution.id, None))
+        self.running[execution.id] = execution
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._calls.pop(execution.id, None)
+            self.running.pop(execution.id, None)
+
+        task.add_done_callback(done)
 
     async def _call(self, execution: Execution, cold: bool) -> None:
         assert execution.provider is not None
@@ -419,10 +427,13 @@ class RegionQueueManager:
             work: dict[str, Container] = {}
             touched: set[str] = set()
             results: list[tuple[Execution, str | None]] = []
+            ending: dict[str, list[_Result]] = {}
             for result in batch:
-                after = self._after(result)
-                results.append((after, result.execution.container_id))
-                touched.update(self._release(result, work))
+                results.append((self._after(result), result.execution.container_id))
+                if result.execution.container_id is not None:
+                    ending.setdefault(result.execution.container_id, []).append(result)
+            for container_id, ended in ending.items():
+                touched.update(self._release(container_id, ended, work))
             recorded = await self.store.finish(
                 results,
                 [work[c] for c in touched if c in work],
@@ -457,33 +468,38 @@ class RegionQueueManager:
             return self.retry_policy.after_failure(execution, outcome, now, self.rng.random())
         return retry.cancelled(execution, now)
 
-    def _release(self, result: _Result, work: dict[str, Container]) -> set[str]:
-        """Update `work` (the ledger rows changed so far in this batch) for a call that ended,
-        as of the instant the provider answered; the ids of the rows changed."""
-        execution, spec, now = result.execution, result.spec, result.answered_at
-        container_id = execution.container_id
-        if container_id is None:
-            return set()
+    def _release(
+        self, container_id: str, ended: list[_Result], work: dict[str, Container]
+    ) -> set[str]:
+        """Update `work` (the ledger rows changed so far in this batch) for calls of one
+        container that ended, as of the instants the provider answered; the ids changed."""
         container = work.get(container_id, self.ledger.get(container_id))
         if container is None:
             return {container_id}
-        if _abandoned(result.outcome):
-            assert execution.started_at is not None
-            until = execution.started_at + spec.timeout_s + spec.scaledown_window_s
-            released = ledger.abandon(
-                container, execution.id, max(until, now + spec.scaledown_window_s)
-            )
-        else:
-            released = ledger.release(container, execution.id, now, spec.scaledown_window_s)
-        work[container_id] = released
+        spec = ended[0].spec
+        scaledown = spec.scaledown_window_s
+        answered = []
+        for result in ended:
+            execution, now = result.execution, result.answered_at
+            if _abandoned(result.outcome):
+                assert execution.started_at is not None
+                until = execution.started_at + spec.timeout_s + scaledown
+                container = ledger.abandon(container, execution.id, max(until, now + scaledown))
+            else:
+                answered.append(result)
         changed = {container_id}
-        if spec.max_inputs > 1:
-            current = {**self.ledger, **work}
-            for sibling in ledger.warm_siblings(
-                current.values(), released, now, spec.scaledown_window_s
-            ):
-                work[sibling.id] = sibling
-                changed.add(sibling.id)
+        if answered:
+            # Released together as of the last answer: warm no shorter than the truth.
+            now = max(r.answered_at for r in answered)
+            container = ledger.release(
+                container, [r.execution.id for r in answered], now, scaledown
+            )
+            if spec.max_inputs > 1:
+                current = {**self.ledger, **work, container_id: container}
+                for sibling in ledger.warm_siblings(current.values(), container, now, scaledown):
+                    work[sibling.id] = sibling
+                    changed.add(sibling.id)
+        work[container_id] = container
         return changed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import os
 import time
 import uuid
@@ -14,6 +15,7 @@ from hybrid_router import errors
 from hybrid_router.core import estimate, ledger, policy
 from hybrid_router.core.estimate import Durations
 from hybrid_router.core.model import (
+    Container,
     Execution,
     ExecutionState,
     ExecutionStatus,
@@ -53,6 +55,8 @@ TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_
 # Estimating runs the policy forward over the whole queue; past this size it would cost
 # seconds, so positions come from the queue's index, without estimated starts.
 ESTIMATE_MAX_QUEUED = 3_000
+# A region's status lists this many of its running executions (the longest-running).
+RUNNING_SHOWN = 100
 # Readers share one estimate, made again at most this often (and only after a round).
 ESTIMATE_MAX_AGE_S = 1.0
 
@@ -407,22 +411,36 @@ class RouterService:
         return (await self.queue_status())[name]
 
     async def queue_status(self) -> dict[str, RegionStatus]:
-        """Every region's queue and GPU picture, by canonical name."""
+        """Every region's queue and GPU picture, by canonical name, from counters (and, on
+        the leader, its own view of the ledger and of the calls it makes)."""
         now = self.clock()
+        manager = self.leadership.manager
         sizes = await self.store.queue_sizes()
         modes = await self.store.region_modes()
-        running = await self.store.running()
-        shared = self.topology.shared
-        containers = ledger.held(await self.store.containers(), now, shared)
-        use = ledger.usage(containers, now, shared)
         counts = await self.store.region_counts()
+        if manager is not None:
+            running: Iterable[Execution] = list(manager.running.values())
+            all_containers: Iterable[Container] = list(manager.ledger.values())
+        else:
+            running = await self.store.running()
+            all_containers = await self.store.containers()
+        by_region: dict[str, list[Execution]] = {}
+        for e in running:
+            by_region.setdefault(e.region, []).append(e)
+        shared = self.topology.shared
+        containers = ledger.held(all_containers, now, shared)
+        use = ledger.usage(containers, now, shared)
         result = {}
         for name, region in self.topology.regions.items():
             region_counts = counts.get(name, {})
+            longest = heapq.nsmallest(
+                RUNNING_SHOWN, by_region.get(name, ()), key=lambda e: (e.started_at or 0.0, e.seq)
+            )
             result[name] = RegionStatus(
                 region=name,
                 queue_size=sizes.get(name, 0),
-                running=tuple(e for e in running if e.region == name),
+                running=tuple(longest),
+                running_count=region_counts.get(ExecutionState.RUNNING, 0),
                 completed=region_counts.get(ExecutionState.SUCCEEDED, 0),
                 failed=region_counts.get(ExecutionState.FAILED, 0)
                 + region_counts.get(ExecutionState.EXPIRED, 0),
@@ -480,6 +498,8 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
             time_scale=simulated[0].time_scale,
             scaledown_window_s=min(s.scaledown_window_s for s in simulated),
             seed=simulated[0].seed,
+            # Packing calls more tightly than the router assumes keeps its ledger an upper bound.
+            max_inputs=max(s.max_inputs for s in simulated),
         )
     providers = {name: build_provider(spec, env=env, cloud=cloud) for name, spec in specs.items()}
     store = store_from_url(
