@@ -263,11 +263,15 @@ async def preload(
                 await store.submit_job(job, job.expand())
                 marker = job.id
                 number += 1
-            size = min(per_job, n - queued)
-            batch = [bench_job(number + i, size) for i in range(10)]
+            # Ten jobs at a time, as concurrent clients would; never past the marker's place.
+            until = n if marker is not None or marker_at is None else max(marker_at, queued + 1)
+            sizes = []
+            while len(sizes) < 10 and queued + sum(sizes) < until:
+                sizes.append(min(per_job, n - queued - sum(sizes)))
+            batch = [bench_job(number + i, size) for i, size in enumerate(sizes)]
             await asyncio.gather(*(store.submit_job(j, j.expand()) for j in batch))
             number += len(batch)
-            queued += size * len(batch)
+            queued += sum(sizes)
     finally:
         await store.close()
     return marker
