@@ -312,9 +312,16 @@ class Profile:
                 self.popen.kill()
 
 
-def summarise_profile(path: Path, top: int = 15) -> str:
-    """Top frames of a collapsed-stack file by self and by total samples."""
-    own: Counter[str] = Counter()
+def summarise_profile(path: Path, top: int = 12) -> str:
+    """Where the samples of a collapsed-stack file went: idle, SQL, and our own functions.
+
+    A sample is idle when its leaf is the event loop's select or aiosqlite's worker waiting
+    for work; the event loop's busy samples are charged to their innermost hybrid_router
+    frame (library code it called included), and counted by total for every such frame.
+    """
+    idle = _idle_leaves()
+    counts: Counter[str] = Counter()
+    innermost: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -324,20 +331,46 @@ def summarise_profile(path: Path, top: int = 15) -> str:
         n = int(count)
         samples += n
         frames = stack.split(";")
-        own[_short(frames[-1])] += n
-        for frame in {_short(f) for f in frames}:
+        leaf = frames[-1]
+        if any(marker in leaf for marker in idle):
+            counts["idle (event loop select, SQLite thread waiting)"] += n
+            continue
+        if "aiosqlite/core.py" in frames[-1] or "_connection_worker_thread" in stack:
+            counts["SQLite thread running a statement"] += n
+            continue
+        counts["event loop busy"] += n
+        ours = [_short(f) for f in frames if "hybrid_router/" in f and "cli.py" not in f]
+        innermost[ours[-1] if ours else f"(outside hybrid_router) {_short(leaf)}"] += n
+        for frame in set(ours):
             total[frame] += n
     if not samples:
         return f"{path}: no samples"
-    out = [f"{samples} samples; top {top} by self time:"]
-    out += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in own.most_common(top)]
-    out.append(f"top {top} by total time (self + callees):")
-    out += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in total.most_common(top)]
+    busy = counts["event loop busy"] or 1
+    out = [f"{samples} samples:"]
+    out += [f"  {100 * n / samples:5.1f}%  {what}" for what, n in counts.most_common()]
+    out.append(f"event loop busy time by innermost hybrid_router function (top {top}):")
+    out += [f"  {100 * n / busy:5.1f}%  {frame}" for frame, n in innermost.most_common(top)]
+    out.append(f"event loop busy time by hybrid_router function, total (top {top}):")
+    out += [f"  {100 * n / busy:5.1f}%  {frame}" for frame, n in total.most_common(top)]
     return "\n".join(out)
 
 
+def _idle_leaves() -> tuple[str, ...]:
+    """Leaf frames that mean waiting: the loop's select, aiosqlite's `tx.get()` line."""
+    import inspect
+
+    import aiosqlite.core
+
+    markers = ["EpollSelector.select (", "KqueueSelector.select ("]
+    lines, first = inspect.getsourcelines(aiosqlite.core._connection_worker_thread)
+    for i, text in enumerate(lines):
+        if "tx.get(" in text:
+            markers.append(f"_connection_worker_thread (aiosqlite/core.py:{first + i})")
+    return tuple(markers)
+
+
 def _short(frame: str) -> str:
-    """`func (path/to/file.py:12)` -> `func (file.py)`: lines apart would split a function."""
+    """`func (path/to/file.py:12)` -> `func (dir/file.py)`: lines apart would split a function."""
     name, _, where = frame.partition(" (")
     file = where.rstrip(")").rsplit(":", 1)[0]
     return f"{name} ({'/'.join(Path(file).parts[-2:])})" if file else name
