@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger
 from hybrid_router.core.model import Container, Execution
-from hybrid_router.core.policy import Topology, decide
+from hybrid_router.core.policy import Topology, decide_indexed
+from hybrid_router.core.queue_index import QueueIndex
 
 MAX_STEPS = 2_000
 # Seeds a (region, model)'s expected call duration until one is observed.
@@ -70,7 +71,7 @@ def estimate_starts(
     Assumes every call succeeds after its expected duration, cold or warm. Executions whose
     start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
-    pending = {e.id: e for e in queued}
+    pending = QueueIndex(queued)
     live = {c.id: c for c in containers}
     finishing: dict[str, tuple[float, str]] = {}
     for e in running:
@@ -81,11 +82,12 @@ def estimate_starts(
     starts: dict[str, float] = {}
     t = now
     for _ in range(MAX_STEPS):
-        decision = decide(pending.values(), live.values(), topology, t)
+        # Lane heads only: each step costs what it admits, not the length of the queue.
+        decision = decide_indexed(pending, live.values(), topology, t)
         for admission in decision.admissions:
             e = admission.execution
             starts[e.id] = t - now
-            del pending[e.id]
+            pending.discard(e.id)
             live[admission.container.id] = admission.container
             ends = t + duration(e.region, e.model, admission.opened)
             finishing[e.id] = (ends, admission.container.id)
