@@ -205,8 +205,9 @@ _UPSERT_CONTAINER = """
 # same priority and earlier seq. Each count is a range of executions_in_place.
 _POSITIONS = """
     WITH target AS (
+        -- `+state`: found by id, one lookup each, not by a pass over every queued one.
         SELECT id, region, priority, seq FROM executions
-        WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = 'queued'
     )
     SELECT id, 1 + (
         SELECT COUNT(*) FROM executions AS ahead
