@@ -715,6 +715,11 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
     for i, late in enumerate(submitted):
         await cancelled_after(store.submit_job(late, late.expand()), i)
 
+    # The store takes writes again; this one also comes after any cancelled write that its
+    # store went on with.
+    again = make_job("again", models=("m",), created_at=300.0)
+    assert await store.submit_job(again, again.expand()) == (again, True)
+
     # Each write happened whole or not at all, and the counters agree with the rows.
     ledger = {c.id: c for c in await store.containers()}
     for i, e in enumerate(await store.executions_of("j1")):
@@ -738,7 +743,7 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
     assert await store.job_with_counts("j1") == (job, tally)
     assert (await store.queue_sizes()).get("US", 0) == len(await store.queued())
 
-    # And the store takes writes again.
+    # And the rest of the work can be recorded.
     queued = [e for e in await store.queued() if e.job_id == "j1"]
     recorded = await store.admit(
         [started(e, f"c{i + 100}") for i, e in enumerate(queued)],
@@ -750,5 +755,3 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
     recorded = await store.finish(done, [])
     assert recorded.executions == {e.id for e in running}
     assert "j1" in recorded.finished_jobs
-    again = make_job("again", models=("m",), created_at=300.0)
-    assert await store.submit_job(again, again.expand()) == (again, True)

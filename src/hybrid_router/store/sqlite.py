@@ -188,6 +188,8 @@ _INSERT_EXECUTION = (
 _INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_FIELDS)}) VALUES ({', '.join(':' + c for c in JOB_FIELDS)})"
 )
+# What reads of executions select, in this order (see _execution).
+_EXECUTION_COLUMNS = ", ".join(("seq", *EXECUTION_FIELDS))
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
     f"{c} = :{c}" for c in EXECUTION_FIELDS if c != "id"
 )
@@ -385,7 +387,8 @@ class SQLiteStore:
     ) -> list[Execution]:
         """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
         rows = await self._fetch(
-            "SELECT * FROM executions WHERE job_id = ? ORDER BY seq LIMIT ? OFFSET ?",
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE job_id = ?"
+            " ORDER BY seq LIMIT ? OFFSET ?",
             (job_id, -1 if limit is None else limit, offset),
         )
         return [_execution(row) for row in rows]
@@ -456,7 +459,8 @@ class SQLiteStore:
         async def cancel(tx: aiosqlite.Connection) -> list[Execution]:
             # Read and update under the same write lock: nothing can be admitted in between.
             rows = await tx.execute_fetchall(
-                "SELECT * FROM executions WHERE job_id = ? AND state = 'queued' ORDER BY seq",
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions"
+                " WHERE job_id = ? AND state = 'queued' ORDER BY seq",
                 (job_id,),
             )
             await tx.execute(
@@ -544,7 +548,8 @@ class SQLiteStore:
 
     async def _in_state(self, state: ExecutionState) -> list[Execution]:
         rows = await self._fetch(
-            "SELECT * FROM executions WHERE state = ? ORDER BY seq", (state.value,)
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE state = ? ORDER BY seq",
+            (state.value,),
         )
         return [_execution(row) for row in rows]
 
@@ -697,7 +702,9 @@ def _execution_params(e: Execution) -> dict[str, Any]:
 
 
 def _execution(row: sqlite3.Row) -> Execution:
-    return execution_from_record(_from_row(row), row["seq"])
+    """The execution a row of _EXECUTION_COLUMNS holds (no tuple fields: nothing to decode)."""
+    seq, *values = row
+    return execution_from_record(dict(zip(EXECUTION_FIELDS, values, strict=True)), seq)
 
 
 def _container_params(c: Container) -> dict[str, Any]:
