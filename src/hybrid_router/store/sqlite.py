@@ -287,12 +287,12 @@ class SQLiteStore:
                 f"SQLite store {self.path} has schema version {version}, newer than "
                 f"this hybrid-router's {SCHEMA_VERSION}: upgrade, or use another file"
             )
-        if version > 0:  # 0: the file is new, and _SCHEMA makes it current
+        for statement in _SCHEMA:
+            await tx.execute(statement)
+        if version > 0:  # 0: the file was new, and _SCHEMA made it current
             for added in range(version + 1, SCHEMA_VERSION + 1):
                 for table, column in _ADDED_COLUMNS.get(added, ()):
                     await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        for statement in _SCHEMA:
-            await tx.execute(statement)
         if 0 < version < 3:
             for statement in _TO_V3:
                 await tx.execute(statement)
