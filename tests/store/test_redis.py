@@ -18,6 +18,7 @@ from hybrid_router.errors import (
     StoreFenced,
     StoreUnavailable,
 )
+from hybrid_router.store import redis as redis_store
 from hybrid_router.store import store_from_url
 from hybrid_router.store.redis import LAYOUT_VERSION, RedisStore
 
@@ -258,6 +259,24 @@ async def test_purge_with_a_later_now_deletes_finished_jobs_at_once(make: RedisF
     assert [j.id for j, _ in await store.list_jobs()] == ["waiting"]
     assert not [k async for k in store.client.scan_iter(match=f"{store.prefix}:exec:done:*")]
     assert await store.purge_expired(redis_now + 3601) == 0
+
+
+# Reading the whole queue
+
+
+@pytest.mark.parametrize("page", [1, 3, 4, 100])
+async def test_queued_and_running_read_page_after_page_in_seq_order(
+    make: RedisFactory, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    monkeypatch.setattr(redis_store, "_PAGE", page)
+    store = await opened(make)
+    assert await store.queued() == []
+    one = await submit(store, make_job("j1", models=("m",), questions=("a", "b", "c", "d")))
+    two = await submit(store, make_job("j2", models=("m",), questions=("e", "f", "g", "h")))
+    running = [await admitted(store, e, f"c{i}") for i, e in enumerate((one[1], two[0]))]
+
+    assert await store.queued() == [one[0], *one[2:], *two[1:]]
+    assert await store.running() == running
 
 
 # Exactness and refusals

@@ -733,6 +733,8 @@ class RedisStore:
 
         Each page is a snapshot of its own. Pages follow seq rather than rank, so an execution
         that leaves the index meanwhile moves none of the others past the next page's start.
+        One that comes back meanwhile behind the pages read (a retry keeps its early seq) is
+        missed: only the leader writes those, and it reads the queue before it writes.
         """
         result: list[Execution] = []
         after = "0"
