@@ -76,10 +76,16 @@ async def fill(store: RedisStore, n: int) -> list[Execution]:
 
 async def start_some(store: RedisStore, sample: list[Execution]) -> list[Execution]:
     """Admit a few executions, so the status picture has its usual content; the rest."""
-    for i, e in enumerate(sample[:RUNNING]):
-        running = replace(e, state=ExecutionState.RUNNING, attempts=1, container_id=f"c{i}")
-        container = Container(f"c{i}", "modal", e.model, e.region, 1, (e.id,))
-        assert await store.admit(running, container)
+    chosen = sample[:RUNNING]
+    running = [
+        replace(e, state=ExecutionState.RUNNING, attempts=1, container_id=f"c{i}")
+        for i, e in enumerate(chosen)
+    ]
+    containers = [
+        Container(f"c{i}", "modal", e.model, e.region, 1, (e.id,)) for i, e in enumerate(chosen)
+    ]
+    recorded = await store.admit(running, containers)
+    assert recorded.executions == {e.id for e in chosen}
     return sample[RUNNING:]
 
 
@@ -133,7 +139,7 @@ def position_in(store: RedisStore, queued: list[Execution], rng: random.Random) 
     """One random queued execution's position in its region's queue."""
 
     async def position() -> None:
-        assert await store.position(rng.choice(queued)) is not None
+        assert await store.positions([rng.choice(queued)])
 
     return position
 

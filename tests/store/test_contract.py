@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import MISSING, fields, replace
 
 from hybrid_router.core.model import (
     Container,
@@ -14,7 +16,7 @@ from hybrid_router.core.model import (
     Job,
     RegionMode,
 )
-from hybrid_router.store.base import Store
+from hybrid_router.store.base import Recorded, Store
 
 from .conftest import StoreFactory
 
@@ -44,6 +46,7 @@ def make_job(
         max_tokens=128,
         max_attempts=4,
         created_at=created_at,
+        deadline_s=3600.25,
     )
 
 
@@ -85,8 +88,36 @@ def started(execution: Execution, cid: str = "c1", at: float = 110.0) -> Executi
 
 async def admitted(store: Store, execution: Execution, cid: str = "c1") -> Execution:
     running = started(execution, cid)
-    assert await store.admit(running, container_for(execution, cid))
+    recorded = await store.admit([running], [container_for(execution, cid)])
+    assert recorded == Recorded(frozenset({running.id}))
     return running
+
+
+def every_field(execution: Execution) -> Execution:
+    """`execution` with every field away from its default, so a store that drops one fails."""
+    return replace(
+        execution,
+        attempts=2,
+        not_before=111.125,
+        deadline_at=3700.5,
+        waits=3,
+        started_at=108.25,
+        finished_at=109.75,
+        provider="modal-eu",
+        container_id="c-old",
+        response="an earlier answer",
+        inference_time=12.5,
+        error=Failure("PROVIDER_BUSY", "429 from provider", FailureKind.CAPACITY),
+    )
+
+
+def away_from_defaults(value: object) -> list[str]:
+    """The dataclass fields of `value` still at their default."""
+    return [
+        f.name
+        for f in fields(value)  # type: ignore[arg-type]
+        if f.default is not MISSING and getattr(value, f.name) == f.default
+    ]
 
 
 def zeros(**counts: int) -> dict[ExecutionState, int]:
@@ -115,6 +146,24 @@ async def test_submit_then_read_back_in_submission_order(store: Store) -> None:
     assert await store.executions_of("nope") == []
 
 
+async def test_every_field_of_jobs_and_executions_round_trips(store: Store) -> None:
+    job = make_job()
+    assert away_from_defaults(job) == []
+    given = [every_field(e) for e in job.expand()]
+    assert away_from_defaults(replace(given[0], seq=1)) == ["state"]
+
+    assert await store.submit_job(job, given) == (job, True)
+
+    assert await store.get_job(job.id) == job
+    stored = await store.executions_of(job.id)
+    assert [replace(e, seq=0) for e in stored] == given
+    running = started(stored[0], "c1")
+    await store.admit([running], [container_for(running, "c1")])
+    done = replace(running, state=ExecutionState.FAILED, response=None)
+    assert (await store.finish([(done, "c1")], [])).executions == {done.id}
+    assert (await store.executions_of(job.id))[0] == done
+
+
 async def test_seq_keeps_increasing_across_jobs_and_reopen(make_store: StoreFactory) -> None:
     first = make_store()
     await first.open()
@@ -141,6 +190,8 @@ async def test_submit_with_an_existing_id_returns_the_stored_job_and_writes_noth
     stored, created = await store.submit_job(other, other.expand())
 
     assert (stored, created) == (job, False)
+    # The same job again (a client retrying its POST) gets the stored one back, equal to it.
+    assert await store.submit_job(job, job.expand()) == (job, False)
     assert await store.executions_of(job.id) == executions
     assert await store.queued() == executions
     assert [j for j, _ in await store.list_jobs()] == [job]
@@ -154,33 +205,63 @@ async def test_admit_records_the_running_execution_and_its_container(store: Stor
     running = started(first)
     container = container_for(first)
 
-    assert await store.admit(running, container)
+    assert await store.admit([running], [container]) == Recorded(frozenset({first.id}))
 
     assert await store.running() == [running]
     assert await store.queued() == rest
     assert await store.containers() == [container]
 
 
+async def test_admit_writes_a_whole_round_and_keeps_refused_calls_out_of_the_ledger(
+    store: Store,
+) -> None:
+    a, b, c, d = await submit(store, make_job("j1"))
+    (other,) = await submit(store, make_job("j2", questions=("q",), models=("m",)))
+    earlier = await admitted(store, d, "c2")
+    await store.cancel_queued("j2", now=105.0)  # a cancellation races the round
+    # c1 takes two calls, one of which lost its race; c2 was already busy with `earlier`.
+    shared = Container("c1", "modal-us", "m", "US", 1, (a.id, other.id), 1712345678.123456)
+    busy = Container("c2", "modal-us", "m", "US", 1, (earlier.id, b.id), 0.1 + 0.2)
+    fresh = Container("c3", "modal-us", "m", "US", 2, (c.id,), 1e12 + 0.125, orphan=True)
+    round_ = [started(a, "c1"), started(other, "c1"), started(b, "c2"), started(c, "c3")]
+
+    recorded = await store.admit(round_, [shared, busy, fresh])
+
+    assert recorded == Recorded(frozenset({a.id, b.id, c.id}))
+    assert sorted(await store.containers(), key=lambda k: k.id) == [
+        replace(shared, in_flight=(a.id,)),
+        busy,
+        fresh,
+    ]
+    assert {e.id for e in await store.running()} == {a.id, b.id, c.id, earlier.id}
+    assert (await store.executions_of("j2"))[0].state is CANCELLED
+    assert await store.admit([], []) == Recorded()
+
+
 async def test_a_cancelled_execution_cannot_be_admitted(store: Store) -> None:
     first, *_ = await submit(store, make_job())
     await store.cancel_queued("j1", now=105.0)
 
-    assert not await store.admit(started(first), container_for(first))
+    container = container_for(first)
+    assert await store.admit([started(first)], [container]) == Recorded()
 
     assert await store.running() == []
-    assert await store.containers() == []
+    # The leader's container row is kept, without the call no one will make.
+    assert await store.containers() == [replace(container, in_flight=())]
     assert (await store.executions_of("j1"))[0].state is CANCELLED
 
 
 async def test_only_one_of_concurrent_admissions_of_one_execution_wins(store: Store) -> None:
     first, *_ = await submit(store, make_job())
     results = await asyncio.gather(
-        *(store.admit(started(first, f"c{i}"), container_for(first, f"c{i}")) for i in range(5))
+        *(store.admit([started(first, f"c{i}")], [container_for(first, f"c{i}")]) for i in range(5))
     )
 
-    assert sorted(results) == [False] * 4 + [True]
-    winner = f"c{results.index(True)}"
-    assert [c.id for c in await store.containers()] == [winner]
+    wins = [i for i, r in enumerate(results) if r.executions == {first.id}]
+    assert len(wins) == 1 and all(r == Recorded() for i, r in enumerate(results) if i != wins[0])
+    winner = f"c{wins[0]}"
+    busy = [c.id for c in await store.containers() if c.in_flight]
+    assert busy == [winner]
     assert [e.container_id for e in await store.running()] == [winner]
 
 
@@ -193,32 +274,61 @@ async def test_finish_records_the_outcome_and_the_warm_container(store: Store) -
     done = replace(
         running, state=SUCCEEDED, finished_at=150.5, response="Yes.", inference_time=40.25
     )
-    warm = container_for(first, in_flight=(), warm_until=270.5)
+    warm = container_for(first, in_flight=(), warm_until=1712345678.123456)
 
-    assert await store.finish(done, warm, "c1")
+    assert await store.finish([(done, "c1")], [warm]) == Recorded(frozenset({first.id}))
 
     assert (await store.executions_of("j1"))[0] == done
     assert await store.running() == []
     assert await store.containers() == [warm]
 
 
-async def test_finish_with_no_container_deletes_the_ledger_row(store: Store) -> None:
-    first, *_ = await submit(store, make_job())
-    running = await admitted(store, first)
+async def test_finish_can_delete_or_replace_the_ledger_row(store: Store) -> None:
+    first, second, *_ = await submit(store, make_job())
+    one = await admitted(store, first, "c1")
+    two = await admitted(store, second, "c2")
+    replacement = container_for(first, "c3", in_flight=(), warm_until=200.0)
 
-    assert await store.finish(replace(running, state=SUCCEEDED, finished_at=150.0), None, "c1")
+    recorded = await store.finish(
+        [(replace(one, state=SUCCEEDED), "c1"), (replace(two, state=SUCCEEDED), "c2")],
+        [replacement],
+        removed=["c1", "c2"],
+    )
 
-    assert await store.containers() == []
-
-
-async def test_finish_can_move_the_execution_to_another_container_row(store: Store) -> None:
-    first, *_ = await submit(store, make_job())
-    running = await admitted(store, first)
-    replacement = container_for(first, "c2", in_flight=(), warm_until=200.0)
-
-    assert await store.finish(replace(running, state=SUCCEEDED), replacement, "c1")
-
+    assert recorded.executions == {first.id, second.id}
     assert await store.containers() == [replacement]
+
+
+async def test_finish_group_commits_outcomes_and_names_the_jobs_it_finished(
+    store: Store,
+) -> None:
+    (solo,) = await submit(store, make_job("solo", models=("m",), questions=("q",)))
+    pair = await submit(store, make_job("pair", models=("m",), questions=("a", "b")))
+    (tail,) = await submit(store, make_job("tail", models=("m",), questions=("q",)))
+    running = [await admitted(store, e, f"c{i}") for i, e in enumerate([solo, *pair, tail])]
+    failure = Failure("PROVIDER_ERROR", "502 from provider", FailureKind.TRANSIENT)
+    retry = replace(running[3], state=QUEUED, container_id=None, started_at=None, error=failure)
+
+    recorded = await store.finish(
+        [
+            (replace(running[0], state=SUCCEEDED, response="yes"), "c0"),
+            (replace(running[1], state=SUCCEEDED), "c1"),
+            (replace(running[2], state=ExecutionState.FAILED, error=failure), "c2"),
+            (retry, "c3"),  # queued again: its job is not finished
+        ],
+        [],
+        removed=["c0", "c1", "c2", "c3"],
+    )
+
+    assert recorded == Recorded(
+        frozenset(e.id for e in running), finished_jobs=frozenset({"solo", "pair"})
+    )
+    assert await store.job_with_counts("pair") == (
+        make_job("pair", models=("m",), questions=("a", "b")),
+        zeros(succeeded=1, failed=1),
+    )
+    assert await store.queued() == [retry]
+    assert await store.containers() == []
 
 
 async def test_a_retry_goes_back_to_its_place_at_the_front(store: Store) -> None:
@@ -232,8 +342,9 @@ async def test_a_retry_goes_back_to_its_place_at_the_front(store: Store) -> None
         container_id=None,
         error=Failure("PROVIDER_ERROR", "502 from provider", FailureKind.TRANSIENT),
     )
+    warm = container_for(first, in_flight=(), warm_until=250.0)
 
-    assert await store.finish(retry, container_for(first, in_flight=(), warm_until=250.0), "c1")
+    assert (await store.finish([(retry, "c1")], [warm])).executions == {first.id}
 
     queued = await store.queued()
     assert queued == [retry, *rest]
@@ -244,24 +355,36 @@ async def test_a_retry_goes_back_to_its_place_at_the_front(store: Store) -> None
 async def test_finish_of_an_execution_that_is_not_running_changes_nothing(store: Store) -> None:
     first, second, *_ = await submit(store, make_job())
     running = await admitted(store, first)
-    ledger = await store.containers()
 
     # Never admitted.
-    assert not await store.finish(replace(second, state=SUCCEEDED), None, "c1")
+    assert await store.finish([(replace(second, state=SUCCEEDED), "c1")], []) == Recorded()
     # Running, but on another container than the caller thinks (a stale outcome).
-    assert not await store.finish(replace(running, state=SUCCEEDED), None, "c9")
-    assert await store.containers() == ledger
+    assert await store.finish([(replace(running, state=SUCCEEDED), "c9")], []) == Recorded()
     assert await store.running() == [running]
     # Already finished: a second outcome for the same run is refused.
     done = replace(running, state=SUCCEEDED, response="ok")
-    assert await store.finish(done, container_for(first, in_flight=(), warm_until=300.0), "c1")
-    ledger = await store.containers()
-    assert not await store.finish(replace(running, state=ExecutionState.FAILED), None, "c1")
+    assert (await store.finish([(done, "c1")], [])).executions == {first.id}
+    again = replace(running, state=ExecutionState.FAILED)
+    assert await store.finish([(again, "c1")], []) == Recorded()
 
-    assert await store.containers() == ledger
     stored = await store.executions_of("j1")
     assert stored[0] == done
     assert stored[1] == second
+    assert (await store.job_with_counts("j1")) == (make_job(), zeros(queued=3, succeeded=1))
+
+
+async def test_finish_writes_the_ledger_whatever_the_compare_and_sets_found(
+    store: Store,
+) -> None:
+    first, *_ = await submit(store, make_job())
+    await admitted(store, first, "c1")
+    await store.cancel_queued("j1", now=120.0)
+    warm = container_for(first, "c2", in_flight=(), warm_until=300.5)
+
+    stale = replace(first, state=SUCCEEDED)  # never running on c7
+    assert await store.finish([(stale, "c7")], [warm], removed=["c1"]) == Recorded()
+
+    assert await store.containers() == [warm]
 
 
 # Cancellation
@@ -309,7 +432,7 @@ async def test_requeue_puts_running_executions_back_as_given(store: Store) -> No
     one = await admitted(store, first, "c1")
     two = await admitted(store, second, "c2")
     done = replace(two, state=SUCCEEDED)
-    assert await store.finish(done, None, "c2")
+    assert (await store.finish([(done, "c2")], [], removed=["c2"])).executions == {two.id}
 
     back = replace(one, state=QUEUED, started_at=None, container_id=None, not_before=0.0)
     # The finished one is not running any more, so requeue must leave it alone.
@@ -367,6 +490,41 @@ async def test_a_job_without_executions_is_listed_with_zero_counts(store: Store)
     job = make_job(questions=())
     assert await store.submit_job(job, []) == (job, True)
     assert await store.list_jobs() == [(job, zeros())]
+    assert await store.job_with_counts(job.id) == (job, zeros())
+
+
+async def test_job_with_counts_follows_every_kind_of_write(store: Store) -> None:
+    assert await store.job_with_counts("nope") is None
+    job = make_job(models=("m",), questions=("a", "b", "c", "d", "e"))
+    a, b, c, d, e = await submit(store, job)
+    assert await store.job_with_counts("j1") == (job, zeros(queued=5))
+
+    ra, rb = await admitted(store, a, "c1"), await admitted(store, b, "c2")
+    await store.finish([(replace(ra, state=SUCCEEDED), "c1")], [])
+    await store.expire([replace(c, state=ExecutionState.EXPIRED)])
+    await store.requeue([replace(rb, state=QUEUED, container_id=None)])
+    assert await store.job_with_counts("j1") == (job, zeros(queued=3, succeeded=1, expired=1))
+
+    await store.cancel_queued("j1", now=130.0)
+    assert await store.job_with_counts("j1") == (
+        job,
+        zeros(succeeded=1, expired=1, cancelled=3),
+    )
+    listed = await store.list_jobs()
+    assert listed == [(job, zeros(succeeded=1, expired=1, cancelled=3))]
+
+
+async def test_executions_of_a_job_a_page_at_a_time(store: Store) -> None:
+    job = make_job(models=("m",), questions=tuple(f"q{i}" for i in range(7)))
+    everything = await submit(store, job)
+
+    assert len(everything) == 7
+    assert await store.executions_of("j1", limit=3) == everything[:3]
+    assert await store.executions_of("j1", offset=3, limit=3) == everything[3:6]
+    assert await store.executions_of("j1", offset=6, limit=3) == everything[6:]
+    assert await store.executions_of("j1", offset=5) == everything[5:]
+    assert await store.executions_of("j1", offset=7) == []
+    assert await store.executions_of("j1", limit=0) == []
 
 
 # Queue sizes and positions
@@ -383,7 +541,8 @@ async def test_queue_sizes_count_queued_executions_per_region(store: Store) -> N
     assert await store.queue_sizes() == {"US": 2, "EU": 3}
     await store.cancel_queued("j1", now=101.0)
     assert await store.queue_sizes() == {}
-    assert await store.finish(replace(running, state=QUEUED, container_id=None), None, "c1")
+    retry = replace(running, state=QUEUED, container_id=None)
+    assert (await store.finish([(retry, "c1")], [], removed=["c1"])).executions == {retry.id}
     assert await store.queue_sizes() == {"US": 1}
 
 
@@ -399,7 +558,10 @@ async def test_position_is_priority_then_queue_order_within_the_region(store: St
     (high_us,) = await submit(store, high)
 
     async def places() -> list[int | None]:
-        return [await store.position(e) for e in (high_us, low_us_a, low_us_b, low_eu_a, low_eu_b)]
+        order = (high_us, low_us_a, low_us_b, low_eu_a, low_eu_b)
+        found = await store.positions(order)
+        assert set(found) <= {e.id for e in order}
+        return [found.get(e.id) for e in order]
 
     assert await places() == [1, 2, 3, 1, 2]
 
@@ -407,13 +569,14 @@ async def test_position_is_priority_then_queue_order_within_the_region(store: St
     running = await admitted(store, low_us_a)
     assert await places() == [1, None, 2, 1, 2]
     retry = replace(running, state=QUEUED, container_id=None, not_before=500.0)
-    assert await store.finish(retry, None, "c1")
+    assert (await store.finish([(retry, "c1")], [])).executions == {retry.id}
     assert await places() == [1, 2, 3, 1, 2]
 
     await store.cancel_queued("high", now=102.0)
     assert await places() == [None, 1, 2, 1, 2]
     unknown = replace(low_us_a, id="nope")
-    assert await store.position(unknown) is None
+    assert await store.positions([unknown]) == {}
+    assert await store.positions([]) == {}
 
 
 # Durability
@@ -430,7 +593,8 @@ async def test_everything_survives_close_and_reopen(make_store: StoreFactory) ->
         finished_at=160.0,
         error=Failure("BAD_PROMPT", "prompt too long", FailureKind.PERMANENT),
     )
-    assert await first.finish(done, container_for(two, "c2", in_flight=(), warm_until=280.0), "c2")
+    warm = container_for(two, "c2", in_flight=(), warm_until=280.0)
+    assert (await first.finish([(done, "c2")], [warm])).executions == {two.id}
     orphan = Container("c9", "modal-eu", "m", "EU", 1, ("lost",), 900.0, orphan=True)
     await first.save_containers([orphan])
     before = (
@@ -438,6 +602,8 @@ async def test_everything_survives_close_and_reopen(make_store: StoreFactory) ->
         await first.executions_of("j1"),
         await first.containers(),
         await first.region_counts(),
+        await first.job_with_counts("j1"),
+        await first.queue_sizes(),
     )
     await first.close()
 
@@ -448,6 +614,8 @@ async def test_everything_survives_close_and_reopen(make_store: StoreFactory) ->
         await again.executions_of("j1"),
         await again.containers(),
         await again.region_counts(),
+        await again.job_with_counts("j1"),
+        await again.queue_sizes(),
     )
     assert after == before
     assert await again.running() == [running]
@@ -476,15 +644,31 @@ async def test_only_one_store_holds_the_scheduler_lock_until_it_closes(
 
 async def test_expire_ends_only_executions_still_queued(store: Store) -> None:
     first, second, *_ = await submit(store, make_job())
-    assert await store.admit(started(second), container_for(second))
+    await admitted(store, second)
     late = [replace(e, state=ExecutionState.EXPIRED, finished_at=500.0) for e in (first, second)]
-    written = await store.expire(late)
-    assert [e.id for e in written] == [first.id]  # the running one is not touched
+    # The running one is not touched, so the job is not finished.
+    assert await store.expire(late) == Recorded(frozenset({first.id}))
     stored = {e.id: e for e in await store.executions_of("j1")}
     assert stored[first.id].state is ExecutionState.EXPIRED
     assert stored[first.id].finished_at == 500.0
     assert stored[second.id].state is RUNNING
     assert first.id not in {e.id for e in await store.queued()}
+
+
+async def test_expire_names_the_jobs_it_finished(store: Store) -> None:
+    one = await submit(store, make_job("one", models=("m",), questions=("a", "b")))
+    two = await submit(store, make_job("two", models=("m",), questions=("a", "b")))
+    await admitted(store, two[0])
+    late = [replace(e, state=ExecutionState.EXPIRED, finished_at=500.0) for e in one + two]
+
+    recorded = await store.expire(late)
+
+    assert recorded == Recorded(frozenset({one[0].id, one[1].id, two[1].id}), frozenset({"one"}))
+    assert (await store.job_with_counts("one")) == (
+        make_job("one", models=("m",), questions=("a", "b")),
+        zeros(expired=2),
+    )
+    assert await store.expire(late) == Recorded()
 
 
 async def test_region_modes_are_shared_and_survive_reopen(make_store: StoreFactory) -> None:
@@ -498,3 +682,76 @@ async def test_region_modes_are_shared_and_survive_reopen(make_store: StoreFacto
     second = make_store()
     await second.open()
     assert await second.region_modes() == {"US": RegionMode.PAUSED, "EU": RegionMode.OPEN}
+
+
+# Writes cancelled mid-flight (a client gone, a wait_for timing out)
+
+
+async def cancelled_after(write: Awaitable[object], iterations: int) -> None:
+    """Start `write`, let the event loop turn `iterations` times, then cancel it."""
+    task = asyncio.ensure_future(write)
+    for _ in range(iterations):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store) -> None:
+    job = make_job(models=("m",), questions=tuple(f"q{i}" for i in range(30)))
+    executions = await submit(store, job)
+    for i, e in enumerate(executions):
+        write = store.admit([started(e, f"c{i}")], [container_for(e, f"c{i}")])
+        if i % 3 == 2:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(write, timeout=0.0001 * i)
+        else:
+            await cancelled_after(write, i // 3)
+    for i, e in enumerate(await store.running()):
+        done = replace(e, state=SUCCEEDED, response=f"answer {i}")
+        warm = container_for(e, e.container_id or "", in_flight=(), warm_until=500.0 + i)
+        await cancelled_after(store.finish([(done, e.container_id)], [warm]), i % 6)
+    submitted = [make_job(f"late{i}", models=("m",), created_at=200.0 + i) for i in range(12)]
+    for i, late in enumerate(submitted):
+        await cancelled_after(store.submit_job(late, late.expand()), i)
+
+    # The store takes writes again; this one also comes after any cancelled write that its
+    # store went on with.
+    again = make_job("again", models=("m",), created_at=300.0)
+    assert await store.submit_job(again, again.expand()) == (again, True)
+
+    # Each write happened whole or not at all, and the counters agree with the rows.
+    ledger = {c.id: c for c in await store.containers()}
+    for i, e in enumerate(await store.executions_of("j1")):
+        container = ledger.get(f"c{i}")
+        if e.state is QUEUED:
+            assert container is None
+        elif e.state is RUNNING:
+            assert container is not None and container.in_flight == (e.id,)
+        else:
+            assert e.state is SUCCEEDED and e.response is not None
+            assert container is not None and container.in_flight == ()
+    for late in submitted:
+        if (stored := await store.job_with_counts(late.id)) is not None:
+            assert stored == (late, zeros(queued=2))
+            assert len(await store.executions_of(late.id)) == 2
+        else:
+            assert await store.executions_of(late.id) == []
+    tally = zeros()
+    for e in await store.executions_of("j1"):
+        tally[e.state] += 1
+    assert await store.job_with_counts("j1") == (job, tally)
+    assert (await store.queue_sizes()).get("US", 0) == len(await store.queued())
+
+    # And the rest of the work can be recorded.
+    queued = [e for e in await store.queued() if e.job_id == "j1"]
+    recorded = await store.admit(
+        [started(e, f"c{i + 100}") for i, e in enumerate(queued)],
+        [container_for(e, f"c{i + 100}") for i, e in enumerate(queued)],
+    )
+    assert recorded.executions == {e.id for e in queued}
+    running = await store.running()
+    done = [(replace(e, state=SUCCEEDED), e.container_id) for e in running]
+    recorded = await store.finish(done, [])
+    assert recorded.executions == {e.id for e in running}
+    assert "j1" in recorded.finished_jobs

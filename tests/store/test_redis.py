@@ -18,6 +18,7 @@ from hybrid_router.errors import (
     StoreFenced,
     StoreUnavailable,
 )
+from hybrid_router.store import redis as redis_store
 from hybrid_router.store import store_from_url
 from hybrid_router.store.redis import LAYOUT_VERSION, RedisStore
 
@@ -107,10 +108,13 @@ async def test_a_leader_whose_lease_was_taken_over_can_write_nothing(make: Redis
     before = await snapshot(new)
 
     with pytest.raises(StoreFenced) as raised:
-        await old.admit(started(second, "c2"), container_for(second, "c2"))
+        await old.admit([started(second, "c2")], [container_for(second, "c2")])
     assert (raised.value.status_code, raised.value.code) == (503, "NOT_LEADER")
+    done = replace(running, state=ExecutionState.SUCCEEDED)
     with pytest.raises(StoreFenced):
-        await old.finish(replace(running, state=ExecutionState.SUCCEEDED), None, "c1")
+        await old.finish([(done, "c1")], [], removed=["c1"])
+    with pytest.raises(StoreFenced):
+        await old.expire([replace(second, state=ExecutionState.EXPIRED)])
     with pytest.raises(StoreFenced):
         await old.requeue([replace(running, state=ExecutionState.QUEUED, container_id=None)])
     with pytest.raises(StoreFenced):
@@ -119,7 +123,7 @@ async def test_a_leader_whose_lease_was_taken_over_can_write_nothing(make: Redis
 
     assert await snapshot(new) == before
     # The new leader writes; any replica still takes submissions and cancellations.
-    assert await new.finish(replace(running, state=ExecutionState.SUCCEEDED), None, "c1")
+    assert (await new.finish([(done, "c1")], [], removed=["c1"])).executions == {running.id}
     await submit(old, make_job("j2", created_at=101.0))
     assert len(await old.cancel_queued("j2", now=102.0)) == 4
 
@@ -131,7 +135,8 @@ async def test_a_store_without_a_token_is_not_fenced(make: RedisFactory) -> None
     assert other.fencing_token is None
     first, *_ = await submit(other, make_job())
 
-    assert await other.admit(started(first), container_for(first))
+    recorded = await other.admit([started(first)], [container_for(first)])
+    assert recorded.executions == {first.id}
 
 
 async def test_the_lease_lapses_unless_renewed(make: RedisFactory) -> None:
@@ -206,13 +211,14 @@ async def test_finished_jobs_expire_and_queued_ones_never(make: RedisFactory) ->
     await submit(store, make_job("queued", models=("m",), created_at=101.0))
     await submit(store, make_job("cancelled", models=("m",), created_at=102.0))
     running = await admitted(store, first)
-    assert await store.finish(replace(running, state=ExecutionState.SUCCEEDED), None, "c1")
+    await store.finish([(replace(running, state=ExecutionState.SUCCEEDED), "c1")], [])
 
     # One execution still queued: the job is not finished.
     assert set(await ttls(store, "j1")) == {-1}
     running = await admitted(store, second, "c2")
     assert set(await ttls(store, "j1")) == {-1}
-    assert await store.finish(replace(running, state=ExecutionState.FAILED), None, "c2")
+    recorded = await store.finish([(replace(running, state=ExecutionState.FAILED), "c2")], [])
+    assert recorded.finished_jobs == {"j1"}
     await store.cancel_queued("cancelled", now=103.0)
 
     for job_id in ("j1", "cancelled"):
@@ -253,6 +259,24 @@ async def test_purge_with_a_later_now_deletes_finished_jobs_at_once(make: RedisF
     assert [j.id for j, _ in await store.list_jobs()] == ["waiting"]
     assert not [k async for k in store.client.scan_iter(match=f"{store.prefix}:exec:done:*")]
     assert await store.purge_expired(redis_now + 3601) == 0
+
+
+# Reading the whole queue
+
+
+@pytest.mark.parametrize("page", [1, 3, 4, 100])
+async def test_queued_and_running_read_page_after_page_in_seq_order(
+    make: RedisFactory, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    monkeypatch.setattr(redis_store, "_PAGE", page)
+    store = await opened(make)
+    assert await store.queued() == []
+    one = await submit(store, make_job("j1", models=("m",), questions=("a", "b", "c", "d")))
+    two = await submit(store, make_job("j2", models=("m",), questions=("e", "f", "g", "h")))
+    running = [await admitted(store, e, f"c{i}") for i, e in enumerate((one[1], two[0]))]
+
+    assert await store.queued() == [one[0], *one[2:], *two[1:]]
+    assert await store.running() == running
 
 
 # Exactness and refusals

@@ -6,14 +6,17 @@ import asyncio
 import signal
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from hybrid_router.core.model import Job
+from hybrid_router.core.model import ExecutionState, Job
 from hybrid_router.errors import ConfigError
 from hybrid_router.store import store_from_url
-from hybrid_router.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from hybrid_router.store.sqlite import _POSITIONS, SCHEMA_VERSION, SQLiteStore
+
+from .test_contract import make_job, submit, zeros
 
 # A router process: it accepts a job, becomes the scheduler, then hangs until killed.
 CHILD = """
@@ -89,6 +92,152 @@ async def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     with pytest.raises(ConfigError, match="newer"):
         await store.open()
+
+
+async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    path = tmp_path / "router.db"
+    store = SQLiteStore(path)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        job = make_job()
+        await submit(store, job)
+        # Another process holds SQLite's write lock, so this store's next write waits for it.
+        other.execute("BEGIN IMMEDIATE")
+        late = make_job("late", created_at=101.0)
+        writing = asyncio.create_task(store.submit_job(late, late.expand()))
+        await asyncio.sleep(0.05)
+        assert not writing.done()
+
+        reads = asyncio.gather(
+            store.job_with_counts("j1"),
+            store.queue_sizes(),
+            store.positions(await store.executions_of("j1", limit=1)),
+            store.list_jobs(),
+        )
+        counts, sizes, places, listed = await asyncio.wait_for(reads, timeout=1.0)
+        assert counts == (job, zeros(queued=4))
+        assert (sizes, places, [j.id for j, _ in listed]) == (
+            {"US": 4},
+            {job.id + ":0:llama3.2-1b:US": 1},
+            ["j1"],
+        )
+
+        other.execute("COMMIT")
+        assert await writing == (late, True)
+        # Committed writes are visible to the very next read.
+        assert await store.get_job("late") == late
+    finally:
+        other.close()
+        await store.close()
+
+
+# The version 2 layout, as files written by the previous release hold it.
+V2_SCHEMA = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, priority INTEGER NOT NULL,
+    models TEXT NOT NULL, regions TEXT NOT NULL, questions TEXT NOT NULL,
+    temperature REAL NOT NULL, max_tokens INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL, deadline_s REAL
+);
+CREATE INDEX jobs_by_age ON jobs (created_at);
+CREATE TABLE executions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, job_id TEXT NOT NULL,
+    region TEXT NOT NULL, model TEXT NOT NULL, question_index INTEGER NOT NULL,
+    prompt TEXT NOT NULL, priority INTEGER NOT NULL, temperature REAL NOT NULL,
+    max_tokens INTEGER NOT NULL, max_attempts INTEGER NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL, not_before REAL NOT NULL, waits INTEGER NOT NULL,
+    queued_at REAL NOT NULL, started_at REAL, finished_at REAL, provider TEXT,
+    container_id TEXT, response TEXT, inference_time REAL, error_code TEXT,
+    error_message TEXT, error_kind TEXT, deadline_at REAL
+);
+CREATE INDEX executions_by_state ON executions (state, seq);
+CREATE INDEX executions_by_job ON executions (job_id);
+CREATE INDEX executions_by_region ON executions (region, state);
+CREATE TABLE region_modes (region TEXT PRIMARY KEY, mode TEXT NOT NULL);
+CREATE TABLE containers (
+    id TEXT PRIMARY KEY, provider TEXT NOT NULL, model TEXT NOT NULL, region TEXT NOT NULL,
+    gpus INTEGER NOT NULL, in_flight TEXT NOT NULL, warm_until REAL NOT NULL,
+    orphan INTEGER NOT NULL
+);
+PRAGMA user_version = 2;
+"""
+
+
+async def test_a_version_2_file_is_upgraded_with_its_counts(tmp_path: Path) -> None:
+    path = tmp_path / "router.db"
+    db = sqlite3.connect(path)
+    db.executescript(V2_SCHEMA)
+    rows = [
+        # job, region, state, priority
+        ("old", "US", "succeeded", 0),
+        ("old", "EU", "failed", 0),
+        ("busy", "US", "running", 0),
+        ("busy", "US", "queued", 0),
+        ("busy", "EU", "queued", 0),
+        ("busy", "US", "queued", 3),
+    ]
+    for job_id in ("old", "busy"):
+        db.execute(
+            "INSERT INTO jobs VALUES (?, 'alice', 0, '[\"m\"]', '[\"US\", \"EU\"]',"
+            " '[\"q\"]', 0.7, 256, 3, 1.0, NULL)",
+            (job_id,),
+        )
+    for i, (job_id, region, state, priority) in enumerate(rows):
+        db.execute(
+            "INSERT INTO executions (id, job_id, region, model, question_index, prompt,"
+            " priority, temperature, max_tokens, max_attempts, state, attempts, not_before,"
+            " waits, queued_at) VALUES (?, ?, ?, 'm', ?, 'q', ?, 0.7, 256, 3, ?, 0, 0, 0, 1.0)",
+            (f"{job_id}:{i}", job_id, region, i, priority, state),
+        )
+    db.commit()
+    db.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        old = await store.job_with_counts("old")
+        assert old is not None and old[1] == zeros(succeeded=1, failed=1)
+        busy = await store.job_with_counts("busy")
+        assert busy is not None and busy[1] == zeros(running=1, queued=3)
+        assert await store.region_counts() == {
+            "US": zeros(succeeded=1, running=1, queued=2),
+            "EU": zeros(failed=1, queued=1),
+        }
+        assert await store.queue_sizes() == {"US": 2, "EU": 1}
+        queued = await store.queued()
+        assert await store.positions(queued) == {"busy:3": 2, "busy:4": 1, "busy:5": 1}
+        # The counters go on from there.
+        (running,) = await store.running()
+        recorded = await store.finish(
+            [(replace(running, state=ExecutionState.SUCCEEDED), None)], []
+        )
+        assert recorded.executions == {running.id}
+        assert await store.queue_sizes() == {"US": 2, "EU": 1}
+        busy = await store.job_with_counts("busy")
+        assert busy is not None and busy[1] == zeros(succeeded=1, queued=3)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
+
+
+async def test_positions_count_over_the_queue_index(tmp_path: Path) -> None:
+    path = tmp_path / "router.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {_POSITIONS}", {"ids": "[]"})]
+    db.close()
+
+    # Each target found by its id; what is ahead of it, counted on the covering index.
+    assert plan[0].startswith("SEARCH executions USING INDEX sqlite_autoindex_executions_1")
+    ahead = [step for step in plan if step.startswith("SEARCH ahead")]
+    assert len(ahead) == 2
+    assert all("COVERING INDEX executions_in_place" in step for step in ahead)
+    assert not [step for step in plan if step.startswith("SCAN") and "json_each" not in step]
 
 
 async def test_a_submission_that_fails_part_way_writes_nothing(tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ LAYOUT_VERSION = 1
 PRIORITY_LIMIT = 2**12
 # Reads of many executions go out as MGETs of this many keys, pipelined.
 _READ_CHUNK = 1000
+# queued() and running() read this many executions per script: a few ms of Redis's time.
+_PAGE = 1000
 # Expired jobs are purged this many per script, so one purge never blocks Redis for long.
 _PURGE_CHUNK = 500
 _FENCED = -1
@@ -322,6 +324,22 @@ for _, ref in ipairs(refs) do
 end
 return #refs
 """,
+    # ARGV: an index (queued, running), the seq to read after, at most how many. Returns how
+    # many it read, the last one's seq, their seqs joined by commas and their JSONs joined by
+    # commas: two texts to parse rather than three replies per execution. A queued or running
+    # execution's key never expires, so each one is there.
+    "page": """
+local entries = redis.call('ZRANGEBYSCORE', P .. ':' .. ARGV[4], '(' .. ARGV[5], '+inf',
+  'WITHSCORES', 'LIMIT', 0, ARGV[6])
+if #entries == 0 then return {0, '', '', ''} end
+local keys, seqs = {}, {}
+for i = 1, #entries, 2 do
+  keys[#keys + 1] = P .. ':exec:' .. entries[i]
+  seqs[#seqs + 1] = entries[i + 1]
+end
+local raws = redis.call('MGET', unpack(keys))
+return {#keys, entries[#entries], table.concat(seqs, ','), table.concat(raws, ',')}
+""",
     # ARGV: node id, lease TTL in ms. Returns the fencing token, 0 if another node holds it.
     # Asking again while holding it renews the lease and keeps the token.
     "acquire": """
@@ -535,14 +553,12 @@ class RedisStore:
     @_unavailable_on_connection_error
     async def queued(self) -> list[Execution]:
         """Every queued execution, in `seq` order."""
-        ids = await self._scored(self._key("queued"))
-        return await self._executions(ids, ExecutionState.QUEUED)
+        return await self._in_index("queued")
 
     @_unavailable_on_connection_error
     async def running(self) -> list[Execution]:
         """Every running execution, in `seq` order."""
-        ids = await self._scored(self._key("running"))
-        return await self._executions(ids, ExecutionState.RUNNING)
+        return await self._in_index("running")
 
     @_unavailable_on_connection_error
     async def containers(self) -> list[Container]:
@@ -712,27 +728,38 @@ class RedisStore:
             )
         return result
 
-    async def _executions(
-        self, ids: Sequence[tuple[str, float]], state: ExecutionState | None = None
-    ) -> list[Execution]:
-        """The executions of (id, seq) pairs that still exist (and are in `state`), in order.
+    async def _in_index(self, index: str) -> list[Execution]:
+        """The executions in the `index` sorted set, in `seq` order, a page per script.
 
-        The ids and the executions are read one after the other, so one may have moved on in
-        between: filtering on `state` keeps the answer true to what it claims.
+        Each page is a snapshot of its own. Pages follow seq rather than rank, so an execution
+        that leaves the index meanwhile moves none of the others past the next page's start.
+        One that comes back meanwhile behind the pages read (a retry keeps its early seq) is
+        missed: only the leader writes those, and it reads the queue before it writes.
         """
+        result: list[Execution] = []
+        after = "0"
+        while True:
+            n, last, seqs, raws = await self._run("page", index, after, _PAGE)
+            if n:
+                records = json.loads(f"[{raws}]")
+                result += map(execution_from_record, records, map(int, seqs.split(",")))
+            if n < _PAGE:
+                return result
+            after = last
+
+    async def _executions(self, ids: Sequence[tuple[str, float]]) -> list[Execution]:
+        """The executions of (id, seq) pairs that still exist, in order."""
         async with self.client.pipeline(transaction=False) as pipe:
             for i in range(0, len(ids), _READ_CHUNK):
                 pipe.mget([self._key("exec", eid) for eid, _ in ids[i : i + _READ_CHUNK]])
             chunks: list[list[str | None]] = await pipe.execute()
         raws = [raw for chunk in chunks for raw in chunk]
-        result = []
-        for (_, seq), raw in zip(ids, raws, strict=True):
-            if raw is None:
-                continue  # its job's retention passed in between
-            execution = execution_from_record(json.loads(raw), int(seq))
-            if state is None or execution.state is state:
-                result.append(execution)
-        return result
+        # None: its job's retention passed in between.
+        return [
+            execution_from_record(json.loads(raw), int(seq))
+            for (_, seq), raw in zip(ids, raws, strict=True)
+            if raw is not None
+        ]
 
 
 def _zero_counts() -> dict[ExecutionState, int]:

@@ -188,6 +188,8 @@ _INSERT_EXECUTION = (
 _INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_FIELDS)}) VALUES ({', '.join(':' + c for c in JOB_FIELDS)})"
 )
+# What reads of executions select, in this order (see _execution).
+_EXECUTION_COLUMNS = ", ".join(("seq", *EXECUTION_FIELDS))
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
     f"{c} = :{c}" for c in EXECUTION_FIELDS if c != "id"
 )
@@ -205,8 +207,9 @@ _UPSERT_CONTAINER = """
 # same priority and earlier seq. Each count is a range of executions_in_place.
 _POSITIONS = """
     WITH target AS (
+        -- `+state`: found by id, one lookup each, not by a pass over every queued one.
         SELECT id, region, priority, seq FROM executions
-        WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = 'queued'
     )
     SELECT id, 1 + (
         SELECT COUNT(*) FROM executions AS ahead
@@ -284,12 +287,12 @@ class SQLiteStore:
                 f"SQLite store {self.path} has schema version {version}, newer than "
                 f"this hybrid-router's {SCHEMA_VERSION}: upgrade, or use another file"
             )
-        if version > 0:  # 0: the file is new, and _SCHEMA makes it current
+        for statement in _SCHEMA:
+            await tx.execute(statement)
+        if version > 0:  # 0: the file was new, and _SCHEMA made it current
             for added in range(version + 1, SCHEMA_VERSION + 1):
                 for table, column in _ADDED_COLUMNS.get(added, ()):
                     await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        for statement in _SCHEMA:
-            await tx.execute(statement)
         if 0 < version < 3:
             for statement in _TO_V3:
                 await tx.execute(statement)
@@ -384,7 +387,8 @@ class SQLiteStore:
     ) -> list[Execution]:
         """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
         rows = await self._fetch(
-            "SELECT * FROM executions WHERE job_id = ? ORDER BY seq LIMIT ? OFFSET ?",
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE job_id = ?"
+            " ORDER BY seq LIMIT ? OFFSET ?",
             (job_id, -1 if limit is None else limit, offset),
         )
         return [_execution(row) for row in rows]
@@ -455,7 +459,8 @@ class SQLiteStore:
         async def cancel(tx: aiosqlite.Connection) -> list[Execution]:
             # Read and update under the same write lock: nothing can be admitted in between.
             rows = await tx.execute_fetchall(
-                "SELECT * FROM executions WHERE job_id = ? AND state = 'queued' ORDER BY seq",
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions"
+                " WHERE job_id = ? AND state = 'queued' ORDER BY seq",
                 (job_id,),
             )
             await tx.execute(
@@ -543,7 +548,8 @@ class SQLiteStore:
 
     async def _in_state(self, state: ExecutionState) -> list[Execution]:
         rows = await self._fetch(
-            "SELECT * FROM executions WHERE state = ? ORDER BY seq", (state.value,)
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE state = ? ORDER BY seq",
+            (state.value,),
         )
         return [_execution(row) for row in rows]
 
@@ -696,7 +702,9 @@ def _execution_params(e: Execution) -> dict[str, Any]:
 
 
 def _execution(row: sqlite3.Row) -> Execution:
-    return execution_from_record(_from_row(row), row["seq"])
+    """The execution a row of _EXECUTION_COLUMNS holds (no tuple fields: nothing to decode)."""
+    seq, *values = row
+    return execution_from_record(dict(zip(EXECUTION_FIELDS, values, strict=True)), seq)
 
 
 def _container_params(c: Container) -> dict[str, Any]:
