@@ -157,6 +157,9 @@ class Settings(BaseModel):
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # Status reads served at once; more wait their turn. Many readers at once would otherwise
+    # stand between the scheduler and the event loop at every step of every call.
+    max_concurrent_reads: int = Field(default=4, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)

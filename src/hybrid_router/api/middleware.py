@@ -1,6 +1,8 @@
-"""Pure ASGI middleware: the request body size limit."""
+"""Pure ASGI middleware: the request body size limit, and how many reads run at once."""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,3 +72,31 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None  # malformed: fall back to counting what arrives
     return None
+
+
+class ReadConcurrencyLimit:
+    """Serves at most `max_concurrent` reads (GET, HEAD) at once; the others wait their turn.
+
+    The scheduler shares the event loop with the API. Every step of a call (sending it,
+    recording its result) waits behind whatever is ready to run, so fifty readers in flight
+    make each call take longer and GPUs idle between calls. Readers waiting here cost
+    nothing. Event streams (long-lived by design) and health probes are not counted.
+    """
+
+    def __init__(self, app: ASGIApp, max_concurrent: int) -> None:
+        self.app = app
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _counted_read(scope):
+            await self.app(scope, receive, send)
+            return
+        async with self._slots:
+            await self.app(scope, receive, send)
+
+
+def _counted_read(scope: Scope) -> bool:
+    if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        return False
+    path: str = scope["path"]
+    return not (path.endswith("/events") or path in ("/health", "/ready"))
