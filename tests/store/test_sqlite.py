@@ -109,19 +109,36 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         await asyncio.sleep(0.05)
         assert not writing.done()
 
+        first = (await store.executions_of("j1", limit=1))[0]
         reads = asyncio.gather(
+            store.get_job("j1"),
             store.job_with_counts("j1"),
-            store.queue_sizes(),
-            store.positions(await store.executions_of("j1", limit=1)),
             store.list_jobs(),
+            store.executions_of("j1"),
+            store.queued(),
+            store.running(),
+            store.containers(),
+            store.region_modes(),
+            store.region_counts(),
+            store.queue_sizes(),
+            store.positions([first]),
         )
-        counts, sizes, places, listed = await asyncio.wait_for(reads, timeout=1.0)
-        assert counts == (job, zeros(queued=4))
-        assert (sizes, places, [j.id for j, _ in listed]) == (
+        got = await asyncio.wait_for(reads, timeout=1.0)
+        executions = got[3]
+        assert got == [
+            job,
+            (job, zeros(queued=4)),
+            [(job, zeros(queued=4))],
+            executions,
+            executions,
+            [],
+            [],
+            {},
+            {"US": zeros(queued=4)},
             {"US": 4},
-            {job.id + ":0:llama3.2-1b:US": 1},
-            ["j1"],
-        )
+            {first.id: 1},
+        ]
+        assert not writing.done()
 
         other.execute("COMMIT")
         assert await writing == (late, True)
