@@ -262,9 +262,8 @@ class SQLiteStore:
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._write(self._migrate)
             for _ in range(_READERS):
-                reader = await self._connect()
+                reader = await self._connect("PRAGMA query_only = ON")
                 self._readers.append(reader)
-                await reader.execute("PRAGMA query_only = ON")
                 self._idle.put_nowait(reader)
         except BaseException as e:
             await self.close()
@@ -272,11 +271,17 @@ class SQLiteStore:
                 raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
             raise
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, *pragmas: str) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            # Before anything else: switching to WAL needs the write lock another process
+            # may hold.
+            for pragma in ("PRAGMA busy_timeout = 5000", *pragmas):
+                await db.execute(pragma)
+        except BaseException:
+            await db.close()
+            raise
         db.row_factory = sqlite3.Row
-        # Before anything else: switching to WAL needs the write lock another process may hold.
-        await db.execute("PRAGMA busy_timeout = 5000")
         return db
 
     async def _migrate(self, tx: aiosqlite.Connection) -> None:
