@@ -111,11 +111,11 @@ def every_field(execution: Execution) -> Execution:
     )
 
 
-def away_from_defaults(value: object) -> list[str]:
-    """The dataclass fields of `value` still at their default."""
+def away_from_defaults(value: Job | Execution) -> list[str]:
+    """The fields of `value` still at their default."""
     return [
         f.name
-        for f in fields(value)  # type: ignore[arg-type]
+        for f in fields(value)
         if f.default is not MISSING and getattr(value, f.name) == f.default
     ]
 
@@ -155,8 +155,11 @@ async def test_every_field_of_jobs_and_executions_round_trips(store: Store) -> N
     assert await store.submit_job(job, given) == (job, True)
 
     assert await store.get_job(job.id) == job
+    assert await store.job_with_counts(job.id) == (job, zeros(queued=4))
+    assert await store.list_jobs() == [(job, zeros(queued=4))]
     stored = await store.executions_of(job.id)
     assert [replace(e, seq=0) for e in stored] == given
+    assert await store.queued() == stored
     running = started(stored[0], "c1")
     await store.admit([running], [container_for(running, "c1")])
     done = replace(running, state=ExecutionState.FAILED, response=None)
