@@ -582,6 +582,25 @@ async def test_position_is_priority_then_queue_order_within_the_region(store: St
     assert await store.positions([]) == {}
 
 
+async def test_positions_of_any_subset_agree_with_the_queue_order(store: Store) -> None:
+    for n, priority in enumerate((0, 5, 2, 5, 0)):
+        job = make_job(f"p{n}", models=("a", "b"), regions=("US", "EU"), questions=("x", "y", "z"))
+        await submit(store, replace(job, priority=priority))
+    for i, e in enumerate((await store.queued())[::7]):
+        await admitted(store, e, f"c{i}")
+    await store.cancel_queued("p3", now=200.0)
+    queued = await store.queued()
+    expected = {}
+    for region in ("US", "EU"):
+        order = sorted(
+            (e for e in queued if e.region == region), key=lambda e: (-e.priority, e.seq)
+        )
+        expected.update({e.id: place for place, e in enumerate(order, start=1)})
+
+    for subset in (queued, queued[::3], queued[1::4], queued[-1:], queued[::-1]):
+        assert await store.positions(subset) == {e.id: expected[e.id] for e in subset}
+
+
 # Durability
 
 

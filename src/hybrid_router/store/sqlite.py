@@ -203,24 +203,49 @@ _UPSERT_CONTAINER = """
 """
 
 
-# 1 + the queued executions ahead of each target in its region: higher priority, or the
-# same priority and earlier seq. Each count is a range of executions_in_place.
+# Each target's place in its region: the targets in queue order (priority, then seq), and
+# for each the queued executions between it and the target before it (`gap`), counted as
+# ranges of executions_in_place; a place is then the running sum of gaps plus the target's
+# rank among the targets. So a job's executions, close together in the queue, cost about
+# one count of what is ahead of them rather than one such count each.
 _POSITIONS = """
     WITH target AS (
         -- `+state`: found by id, one lookup each, not by a pass over every queued one.
         SELECT id, region, priority, seq FROM executions
         WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = 'queued'
+    ),
+    ordered AS (
+        SELECT id, region, priority AS p, seq AS s, ROW_NUMBER() OVER w AS k,
+            -- The first target's predecessor: above every priority.
+            COALESCE(LAG(priority) OVER w, 9223372036854775807) AS pp,
+            COALESCE(LAG(seq) OVER w, 0) AS ps
+        FROM target
+        WINDOW w AS (PARTITION BY region ORDER BY priority DESC, seq)
+    ),
+    gaps AS (
+        SELECT id, region, p, s, k, (
+            -- After the previous target, at its priority (and before this one if the same).
+            SELECT COUNT(*) FROM executions AS e
+            WHERE e.state = 'queued' AND e.region = ordered.region AND e.priority = pp
+              AND e.seq > ps AND e.seq < (CASE WHEN pp = p THEN s ELSE 9223372036854775807 END)
+        ) + (
+            -- Between the two priorities.
+            SELECT COUNT(*) FROM executions AS e
+            WHERE e.state = 'queued' AND e.region = ordered.region
+              AND e.priority > p AND e.priority < pp
+        ) + (
+            -- Before this target, at its priority, when the previous one had another. Every
+            -- bound is one of the index's, so a count that does not apply scans nothing.
+            SELECT COUNT(*) FROM executions AS e
+            WHERE e.state = 'queued' AND e.region = ordered.region
+              AND e.priority = p AND e.seq < (CASE WHEN pp > p THEN s ELSE 0 END)
+        ) AS gap
+        FROM ordered
     )
-    SELECT id, 1 + (
-        SELECT COUNT(*) FROM executions AS ahead
-        WHERE ahead.state = 'queued' AND ahead.region = target.region
-          AND ahead.priority > target.priority
-    ) + (
-        SELECT COUNT(*) FROM executions AS ahead
-        WHERE ahead.state = 'queued' AND ahead.region = target.region
-          AND ahead.priority = target.priority AND ahead.seq < target.seq
+    SELECT id, k + SUM(gap) OVER (
+        PARTITION BY region ORDER BY p DESC, s ROWS UNBOUNDED PRECEDING
     ) AS position
-    FROM target
+    FROM gaps
 """
 # Of the given jobs, those with no execution queued or running.
 _FINISHED_JOBS = """
