@@ -442,7 +442,7 @@ class SQLiteStore:
         """Record one round's admissions where still queued, and the ledger without the others."""
 
         async def admit(tx: aiosqlite.Connection) -> Recorded:
-            written = await _compare_and_set(tx, "state = 'queued'", executions)
+            written = await _write_where_queued(tx, executions)
             refused = {e.id for e in executions} - written
             await tx.executemany(
                 _UPSERT_CONTAINER,
@@ -519,7 +519,7 @@ class SQLiteStore:
         """Record these executions (now `expired`) where still queued, in one write."""
 
         async def expire(tx: aiosqlite.Connection) -> Recorded:
-            written = await _compare_and_set(tx, "state = 'queued'", executions)
+            written = await _write_where_queued(tx, executions)
             jobs = {e.job_id for e in executions if e.id in written}
             return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
 
@@ -558,9 +558,8 @@ class SQLiteStore:
         rows = await self._fetch("SELECT region, state, n FROM region_counts")
         counts: dict[str, dict[ExecutionState, int]] = {}
         for row in rows:
-            counts.setdefault(row["region"], _zero_counts())[ExecutionState(row["state"])] = row[
-                "n"
-            ]
+            region = counts.setdefault(row["region"], _zero_counts())
+            region[ExecutionState(row["state"])] = row["n"]
         return counts
 
     async def queue_sizes(self) -> dict[str, int]:
@@ -624,6 +623,8 @@ class SQLiteStore:
 
     async def _transact(self, db: aiosqlite.Connection, body: Transaction[_T]) -> _T:
         try:
+            if db.in_transaction:  # a ROLLBACK that failed (I/O error) left one open
+                await db.execute("ROLLBACK")
             await db.execute("BEGIN IMMEDIATE")
             try:
                 result = await body(db)
@@ -642,14 +643,14 @@ class SQLiteStore:
             self._mutex.release()
 
 
-async def _compare_and_set(
-    tx: aiosqlite.Connection, condition: str, executions: Sequence[Execution]
+async def _write_where_queued(
+    tx: aiosqlite.Connection, executions: Sequence[Execution]
 ) -> set[str]:
-    """Write each execution where its stored row meets `condition`; the ids written."""
+    """Write each execution whose stored one is still queued; the ids written."""
     written = set()
     for e in executions:
         cursor = await tx.execute(
-            f"{_UPDATE_EXECUTION} WHERE id = :id AND {condition}", _execution_params(e)
+            f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'queued'", _execution_params(e)
         )
         if cursor.rowcount:
             written.add(e.id)
