@@ -111,11 +111,11 @@ def every_field(execution: Execution) -> Execution:
     )
 
 
-def away_from_defaults(value: object) -> list[str]:
-    """The dataclass fields of `value` still at their default."""
+def away_from_defaults(value: Job | Execution) -> list[str]:
+    """The fields of `value` still at their default."""
     return [
         f.name
-        for f in fields(value)  # type: ignore[arg-type]
+        for f in fields(value)
         if f.default is not MISSING and getattr(value, f.name) == f.default
     ]
 
@@ -155,8 +155,11 @@ async def test_every_field_of_jobs_and_executions_round_trips(store: Store) -> N
     assert await store.submit_job(job, given) == (job, True)
 
     assert await store.get_job(job.id) == job
+    assert await store.job_with_counts(job.id) == (job, zeros(queued=4))
+    assert await store.list_jobs() == [(job, zeros(queued=4))]
     stored = await store.executions_of(job.id)
     assert [replace(e, seq=0) for e in stored] == given
+    assert await store.queued() == stored
     running = started(stored[0], "c1")
     await store.admit([running], [container_for(running, "c1")])
     done = replace(running, state=ExecutionState.FAILED, response=None)
@@ -577,6 +580,25 @@ async def test_position_is_priority_then_queue_order_within_the_region(store: St
     unknown = replace(low_us_a, id="nope")
     assert await store.positions([unknown]) == {}
     assert await store.positions([]) == {}
+
+
+async def test_positions_of_any_subset_agree_with_the_queue_order(store: Store) -> None:
+    for n, priority in enumerate((0, 5, 2, 5, 0)):
+        job = make_job(f"p{n}", models=("a", "b"), regions=("US", "EU"), questions=("x", "y", "z"))
+        await submit(store, replace(job, priority=priority))
+    for i, e in enumerate((await store.queued())[::7]):
+        await admitted(store, e, f"c{i}")
+    await store.cancel_queued("p3", now=200.0)
+    queued = await store.queued()
+    expected = {}
+    for region in ("US", "EU"):
+        order = sorted(
+            (e for e in queued if e.region == region), key=lambda e: (-e.priority, e.seq)
+        )
+        expected.update({e.id: place for place, e in enumerate(order, start=1)})
+
+    for subset in (queued, queued[::3], queued[1::4], queued[-1:], queued[::-1]):
+        assert await store.positions(subset) == {e.id: expected[e.id] for e in subset}
 
 
 # Durability

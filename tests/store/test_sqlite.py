@@ -109,19 +109,36 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         await asyncio.sleep(0.05)
         assert not writing.done()
 
+        first = (await store.executions_of("j1", limit=1))[0]
         reads = asyncio.gather(
+            store.get_job("j1"),
             store.job_with_counts("j1"),
-            store.queue_sizes(),
-            store.positions(await store.executions_of("j1", limit=1)),
             store.list_jobs(),
+            store.executions_of("j1"),
+            store.queued(),
+            store.running(),
+            store.containers(),
+            store.region_modes(),
+            store.region_counts(),
+            store.queue_sizes(),
+            store.positions([first]),
         )
-        counts, sizes, places, listed = await asyncio.wait_for(reads, timeout=1.0)
-        assert counts == (job, zeros(queued=4))
-        assert (sizes, places, [j.id for j, _ in listed]) == (
+        got = await asyncio.wait_for(reads, timeout=1.0)
+        executions = got[3]
+        assert got == [
+            job,
+            (job, zeros(queued=4)),
+            [(job, zeros(queued=4))],
+            executions,
+            executions,
+            [],
+            [],
+            {},
+            {"US": zeros(queued=4)},
             {"US": 4},
-            {job.id + ":0:llama3.2-1b:US": 1},
-            ["j1"],
-        )
+            {first.id: 1},
+        ]
+        assert not writing.done()
 
         other.execute("COMMIT")
         assert await writing == (late, True)
@@ -232,12 +249,21 @@ async def test_positions_count_over_the_queue_index(tmp_path: Path) -> None:
         plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {_POSITIONS}", {"ids": "[]"})]
     db.close()
 
-    # Each target found by its id; what is ahead of it, counted on the covering index.
-    assert plan[0].startswith("SEARCH executions USING INDEX sqlite_autoindex_executions_1")
-    ahead = [step for step in plan if step.startswith("SEARCH ahead")]
-    assert len(ahead) == 2
-    assert all("COVERING INDEX executions_in_place" in step for step in ahead)
-    assert not [step for step in plan if step.startswith("SCAN") and "json_each" not in step]
+    # Each target found by its id; what is ahead of it counted on the covering index, in
+    # ranges bounded at both ends (one open end would run to the back of the queue).
+    searches = [step for step in plan if step.startswith("SEARCH")]
+    assert searches == [
+        "SEARCH executions USING INDEX sqlite_autoindex_executions_1 (id=?)",
+        *(
+            f"SEARCH e USING COVERING INDEX executions_in_place ({bounds})"
+            for bounds in (
+                "state=? AND region=? AND priority=? AND seq>? AND seq<?",
+                "state=? AND region=? AND priority>? AND priority<?",
+                "state=? AND region=? AND priority=? AND seq<?",
+            )
+        ),
+    ]
+    assert not [step for step in plan if step.startswith("SCAN executions")]
 
 
 async def test_a_submission_that_fails_part_way_writes_nothing(tmp_path: Path) -> None:

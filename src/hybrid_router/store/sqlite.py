@@ -203,24 +203,49 @@ _UPSERT_CONTAINER = """
 """
 
 
-# 1 + the queued executions ahead of each target in its region: higher priority, or the
-# same priority and earlier seq. Each count is a range of executions_in_place.
+# Each target's place in its region: the targets in queue order (priority, then seq), and
+# for each the queued executions between it and the target before it (`gap`), counted as
+# ranges of executions_in_place; a place is then the running sum of gaps plus the target's
+# rank among the targets. So a job's executions, close together in the queue, cost about
+# one count of what is ahead of them rather than one such count each.
 _POSITIONS = """
     WITH target AS (
         -- `+state`: found by id, one lookup each, not by a pass over every queued one.
         SELECT id, region, priority, seq FROM executions
         WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = 'queued'
+    ),
+    ordered AS (
+        SELECT id, region, priority AS p, seq AS s, ROW_NUMBER() OVER w AS k,
+            -- The first target's predecessor: above every priority.
+            COALESCE(LAG(priority) OVER w, 9223372036854775807) AS pp,
+            COALESCE(LAG(seq) OVER w, 0) AS ps
+        FROM target
+        WINDOW w AS (PARTITION BY region ORDER BY priority DESC, seq)
+    ),
+    gaps AS (
+        SELECT id, region, p, s, k, (
+            -- After the previous target, at its priority (and before this one if the same).
+            SELECT COUNT(*) FROM executions AS e
+            WHERE e.state = 'queued' AND e.region = ordered.region AND e.priority = pp
+              AND e.seq > ps AND e.seq < (CASE WHEN pp = p THEN s ELSE 9223372036854775807 END)
+        ) + (
+            -- Between the two priorities.
+            SELECT COUNT(*) FROM executions AS e
+            WHERE e.state = 'queued' AND e.region = ordered.region
+              AND e.priority > p AND e.priority < pp
+        ) + (
+            -- Before this target, at its priority, when the previous one had another. Every
+            -- bound is one of the index's, so a count that does not apply scans nothing.
+            SELECT COUNT(*) FROM executions AS e
+            WHERE e.state = 'queued' AND e.region = ordered.region
+              AND e.priority = p AND e.seq < (CASE WHEN pp > p THEN s ELSE 0 END)
+        ) AS gap
+        FROM ordered
     )
-    SELECT id, 1 + (
-        SELECT COUNT(*) FROM executions AS ahead
-        WHERE ahead.state = 'queued' AND ahead.region = target.region
-          AND ahead.priority > target.priority
-    ) + (
-        SELECT COUNT(*) FROM executions AS ahead
-        WHERE ahead.state = 'queued' AND ahead.region = target.region
-          AND ahead.priority = target.priority AND ahead.seq < target.seq
+    SELECT id, k + SUM(gap) OVER (
+        PARTITION BY region ORDER BY p DESC, s ROWS UNBOUNDED PRECEDING
     ) AS position
-    FROM target
+    FROM gaps
 """
 # Of the given jobs, those with no execution queued or running.
 _FINISHED_JOBS = """
@@ -262,9 +287,8 @@ class SQLiteStore:
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._write(self._migrate)
             for _ in range(_READERS):
-                reader = await self._connect()
+                reader = await self._connect("PRAGMA query_only = ON")
                 self._readers.append(reader)
-                await reader.execute("PRAGMA query_only = ON")
                 self._idle.put_nowait(reader)
         except BaseException as e:
             await self.close()
@@ -272,11 +296,17 @@ class SQLiteStore:
                 raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
             raise
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, *pragmas: str) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            # Before anything else: switching to WAL needs the write lock another process
+            # may hold.
+            for pragma in ("PRAGMA busy_timeout = 5000", *pragmas):
+                await db.execute(pragma)
+        except BaseException:
+            await db.close()
+            raise
         db.row_factory = sqlite3.Row
-        # Before anything else: switching to WAL needs the write lock another process may hold.
-        await db.execute("PRAGMA busy_timeout = 5000")
         return db
 
     async def _migrate(self, tx: aiosqlite.Connection) -> None:
@@ -412,7 +442,7 @@ class SQLiteStore:
         """Record one round's admissions where still queued, and the ledger without the others."""
 
         async def admit(tx: aiosqlite.Connection) -> Recorded:
-            written = await _compare_and_set(tx, "state = 'queued'", executions)
+            written = await _write_where_queued(tx, executions)
             refused = {e.id for e in executions} - written
             await tx.executemany(
                 _UPSERT_CONTAINER,
@@ -489,7 +519,7 @@ class SQLiteStore:
         """Record these executions (now `expired`) where still queued, in one write."""
 
         async def expire(tx: aiosqlite.Connection) -> Recorded:
-            written = await _compare_and_set(tx, "state = 'queued'", executions)
+            written = await _write_where_queued(tx, executions)
             jobs = {e.job_id for e in executions if e.id in written}
             return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
 
@@ -528,9 +558,8 @@ class SQLiteStore:
         rows = await self._fetch("SELECT region, state, n FROM region_counts")
         counts: dict[str, dict[ExecutionState, int]] = {}
         for row in rows:
-            counts.setdefault(row["region"], _zero_counts())[ExecutionState(row["state"])] = row[
-                "n"
-            ]
+            region = counts.setdefault(row["region"], _zero_counts())
+            region[ExecutionState(row["state"])] = row["n"]
         return counts
 
     async def queue_sizes(self) -> dict[str, int]:
@@ -594,6 +623,8 @@ class SQLiteStore:
 
     async def _transact(self, db: aiosqlite.Connection, body: Transaction[_T]) -> _T:
         try:
+            if db.in_transaction:  # a ROLLBACK that failed (I/O error) left one open
+                await db.execute("ROLLBACK")
             await db.execute("BEGIN IMMEDIATE")
             try:
                 result = await body(db)
@@ -612,14 +643,14 @@ class SQLiteStore:
             self._mutex.release()
 
 
-async def _compare_and_set(
-    tx: aiosqlite.Connection, condition: str, executions: Sequence[Execution]
+async def _write_where_queued(
+    tx: aiosqlite.Connection, executions: Sequence[Execution]
 ) -> set[str]:
-    """Write each execution where its stored row meets `condition`; the ids written."""
+    """Write each execution whose stored one is still queued; the ids written."""
     written = set()
     for e in executions:
         cursor = await tx.execute(
-            f"{_UPDATE_EXECUTION} WHERE id = :id AND {condition}", _execution_params(e)
+            f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'queued'", _execution_params(e)
         )
         if cursor.rowcount:
             written.add(e.id)
