@@ -45,7 +45,7 @@ async def replica(tmp_path: Path) -> AsyncIterator[Callable[[str], RouterService
                 for name, spec in settings.provider_specs().items()
             }
             store = RedisStore(REDIS_URL, prefix=prefix, lease_ttl_s=LEASE_S, node_id=node)
-            bus = RedisBus(REDIS_URL, f"{prefix}:events")
+            bus = RedisBus(REDIS_URL, f"{prefix}:events", store.node_id)
             service = RouterService(settings, store, providers, bus=bus)
             service.cloud = cloud  # type: ignore[attr-defined]
             made.append(service)

@@ -19,6 +19,7 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from hybrid_router.core import ledger
 from hybrid_router.core.model import (
@@ -46,9 +47,18 @@ class Topology:
 
     def providers_for(self, region: str, model: str) -> list[ProviderSpec]:
         """Providers serving `model` in `region`, in config order."""
-        return [p for p in self.providers.values() if p.region == region and model in p.models]
+        return self._serving.get((region, model), [])
 
-    @property
+    @cached_property
+    def _serving(self) -> dict[tuple[str, str], list[ProviderSpec]]:
+        """Providers by (region, model): asked for every execution a round considers."""
+        serving: dict[tuple[str, str], list[ProviderSpec]] = {}
+        for p in self.providers.values():
+            for model in p.models:
+                serving.setdefault((p.region, model), []).append(p)
+        return serving
+
+    @cached_property
     def shared(self) -> frozenset[str]:
         """Providers whose containers take several inputs each (see ledger.held)."""
         return frozenset(p.name for p in self.providers.values() if p.max_inputs > 1)

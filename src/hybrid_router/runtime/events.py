@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -51,13 +51,18 @@ class Event:
     origin: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, ())})
+        # Not dataclasses.asdict: it deep-copies every value, for two events per execution.
+        values = ((name, getattr(self, name)) for name in _EVENT_FIELDS)
+        return json.dumps({k: v for k, v in values if v is not None and v != ()})
 
     @classmethod
     def from_json(cls, text: str) -> Event:
         data: dict[str, Any] = json.loads(text)
         data["execution_ids"] = tuple(data.get("execution_ids", ()))
         return cls(**data)
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 def execution_event(
@@ -147,14 +152,19 @@ class LocalBus:
 
 
 class RedisBus:
-    """Redis pub/sub between replicas, fanned out locally by one listener per process."""
+    """Redis pub/sub between replicas, fanned out locally by one listener per process.
 
-    def __init__(self, url: str, channel: str) -> None:
+    A replica's own events go to its subscribers at once, and its listener skips them when
+    they come back from Redis: each message names the node that sent it.
+    """
+
+    def __init__(self, url: str, channel: str, node_id: str) -> None:
         # Its own connections, with short timeouts: a publish must never hang a request.
         self._client = aioredis.from_url(
             url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=None
         )
         self._channel = channel
+        self._node_id = node_id
         self._local = LocalBus()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -166,13 +176,16 @@ class RedisBus:
             await asyncio.wait_for(self._listening.wait(), 5.0)
 
     async def publish(self, *events: Event) -> None:
-        """Publish to every replica, in one round trip; if Redis is down they are lost (logged)."""
+        """Deliver here, and publish to the other replicas in one round trip; if Redis is
+        down they miss them (logged)."""
         if not events:
             return
+        for event in events:
+            self._local.deliver(event)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for event in events:
-                    pipe.publish(self._channel, event.to_json())
+                    pipe.publish(self._channel, f"{self._node_id}|{event.to_json()}")
                 await pipe.execute()
         except RedisError as exc:
             log.warning(
@@ -201,8 +214,11 @@ class RedisBus:
                     self._listening.set()
                     delay = 0.1
                     async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._local.deliver(Event.from_json(message["data"]))
+                        if message.get("type") != "message":
+                            continue
+                        sender, _, text = message["data"].partition("|")
+                        if sender != self._node_id:
+                            self._local.deliver(Event.from_json(text))
             except (RedisError, OSError) as exc:
                 # Redis went away: keep trying; waiters fall back on their own timeouts.
                 log.warning("event bus lost Redis (%s); reconnecting", exc)

@@ -509,7 +509,7 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
     )
     bus: EventBus = LocalBus()
     if isinstance(store, RedisStore):
-        bus = RedisBus(store.url, f"{store.prefix}:events")
+        bus = RedisBus(store.url, f"{store.prefix}:events", store.node_id)
     return RouterService(settings, store, providers, bus=bus)
 
 
