@@ -19,6 +19,11 @@ from hybrid_router.providers.base import InferenceRequest, ProviderFailure
 # request up to 150 s before its 303), and the whole call is bounded by `deadline` anyway.
 CONNECT_TIMEOUT_S = 10.0
 _TIMEOUTS = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
+# Requests in flight to one provider at once when its spec does not bound them
+# (max_containers x max_inputs); the others wait on a semaphore. httpcore's pool looks at
+# every waiting request and every connection on each change, so thousands queued in it cost
+# quadratic time; kept-alive connections avoid a TCP handshake per call.
+DEFAULT_MAX_CONNECTIONS = 64
 _EXCERPT_CHARS = 300
 _APP_STOPPED = "app for invoked web endpoint is stopped"
 
@@ -127,7 +132,14 @@ class HttpProvider:
         self.spec = spec
         self._token = token
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=_TIMEOUTS)
+        connections = DEFAULT_MAX_CONNECTIONS
+        if spec.max_containers is not None:
+            connections = spec.max_containers * spec.max_inputs
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._client = (
+            client if client is not None else httpx.AsyncClient(timeout=_TIMEOUTS, limits=limits)
+        )
+        self._slots = asyncio.Semaphore(connections)
 
     async def aclose(self) -> None:
         """Close the client if this provider created it."""
@@ -153,14 +165,17 @@ class HttpProvider:
         try:
             # A stream read inside `async with` is closed however this ends, cancellation
             # included, which drops the connection instead of leaking it.
-            async with self._client.stream(
-                method,
-                url,
-                headers=headers,
-                json=payload,
-                timeout=_TIMEOUTS,
-                follow_redirects=False,
-            ) as response:
+            async with (
+                self._slots,
+                self._client.stream(
+                    method,
+                    url,
+                    headers=headers,
+                    json=payload,
+                    timeout=_TIMEOUTS,
+                    follow_redirects=False,
+                ) as response,
+            ):
                 body = await response.aread()
         except (httpx.RequestError, httpx.InvalidURL) as exc:
             raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc

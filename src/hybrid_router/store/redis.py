@@ -80,6 +80,8 @@ from hybrid_router.store._codec import (
 from hybrid_router.store.base import Recorded
 
 LAYOUT_VERSION = 1
+# Connections to Redis one process keeps at most.
+MAX_CONNECTIONS = 64
 # The region score -priority * 2**40 + seq stays an exact double (< 2**53) below this.
 PRIORITY_LIMIT = 2**12
 # Reads of many executions go out as MGETs of this many keys, pipelined.
@@ -430,13 +432,18 @@ class RedisStore:
             # a script that timed out may have run, and run again its compare-and-set would
             # find its own write and answer False. The client is kept when Redis does not
             # answer, so calls work again once it is back.
-            self._client = aioredis.from_url(
+            # A blocking pool: under a burst, a call waits for a free connection (within the
+            # same timeout) instead of failing with "Too many connections" and a 503.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=2.0,
                 decode_responses=True,
                 socket_connect_timeout=2.0,
                 socket_timeout=2.0,
                 retry=Retry(NoBackoff(), 0),
             )
+            self._client = aioredis.Redis.from_pool(pool)
             self._scripts = {
                 name: self._client.register_script(_PREAMBLE + body)
                 for name, body in _SCRIPTS.items()
