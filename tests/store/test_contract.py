@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable
 from dataclasses import MISSING, fields, replace
 
@@ -16,6 +17,7 @@ from hybrid_router.core.model import (
     Job,
     RegionMode,
 )
+from hybrid_router.errors import Conflict
 from hybrid_router.store.base import Recorded, Store
 
 from .conftest import StoreFactory
@@ -599,6 +601,103 @@ async def test_positions_of_any_subset_agree_with_the_queue_order(store: Store) 
 
     for subset in (queued, queued[::3], queued[1::4], queued[-1:], queued[::-1]):
         assert await store.positions(subset) == {e.id: expected[e.id] for e in subset}
+
+
+# Concurrent submissions (the SQLite store commits them in batches)
+
+
+def small_job(job_id: str, i: int = 0) -> Job:
+    return make_job(job_id, models=("m",), questions=("a", "b"), created_at=200.0 + i)
+
+
+async def test_concurrent_submissions_are_all_stored_and_survive_reopen(
+    make_store: StoreFactory,
+) -> None:
+    first = make_store()
+    await first.open()
+    # 80: the Redis store's client pool refuses a call beyond its 100 connections.
+    jobs = [small_job(f"many{i}", i) for i in range(80)]
+
+    outcomes = await asyncio.gather(*(first.submit_job(j, j.expand()) for j in jobs))
+
+    assert outcomes == [(j, True) for j in jobs]
+    stored = {j.id: await first.executions_of(j.id) for j in jobs}
+    for job in jobs:
+        assert [e.id for e in stored[job.id]] == [e.id for e in job.expand()]
+        assert stored[job.id][0].seq < stored[job.id][1].seq
+    seqs = [e.seq for executions in stored.values() for e in executions]
+    assert len(set(seqs)) == len(seqs) == 160
+    assert await first.queue_sizes() == {"US": 160}
+    await first.close()
+
+    again = make_store()
+    await again.open()
+    assert {j.id: await again.executions_of(j.id) for j in jobs} == stored
+    assert {j for j, _ in await again.list_jobs(limit=-1)} == set(jobs)
+
+
+async def test_concurrent_submissions_of_one_job_create_it_once(store: Store) -> None:
+    job = small_job("same")
+    others = [small_job(f"other{i}", i) for i in range(10)]
+    # A client retrying its POST while the first is still being written, among other jobs.
+    calls = [store.submit_job(job, job.expand()) for _ in range(10)]
+    calls += [store.submit_job(j, j.expand()) for j in others]
+
+    outcomes = await asyncio.gather(*calls)
+
+    assert sorted(created for _, created in outcomes[:10]) == [False] * 9 + [True]
+    assert all(stored == job for stored, _ in outcomes[:10])
+    assert outcomes[10:] == [(j, True) for j in others]
+    assert await store.job_with_counts(job.id) == (job, zeros(queued=2))
+    assert [e.id for e in await store.executions_of(job.id)] == [e.id for e in job.expand()]
+
+
+async def test_a_refused_submission_leaves_the_others_written(store: Store) -> None:
+    await submit(store, small_job("first"))
+    clash = small_job("clash")
+    # Its second execution reuses an id already stored: SQLite's UNIQUE refuses it, and
+    # the Redis store checks for it.
+    executions = [clash.expand()[0], small_job("first").expand()[0]]
+    good = [small_job(f"good{i}", i) for i in range(6)]
+    calls = [store.submit_job(j, j.expand()) for j in good[:3]]
+    calls.append(store.submit_job(clash, executions))
+    calls += [store.submit_job(j, j.expand()) for j in good[3:]]
+
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(outcomes[3], sqlite3.IntegrityError | Conflict)
+    assert outcomes[:3] + outcomes[4:] == [(j, True) for j in good]
+    assert await store.get_job(clash.id) is None
+    assert await store.executions_of(clash.id) == []
+    for job in good:
+        assert await store.job_with_counts(job.id) == (job, zeros(queued=2))
+    assert await store.queue_sizes() == {"US": 2 + 2 * len(good)}
+
+
+async def test_a_submission_cancelled_while_waiting_leaves_the_others_whole(
+    store: Store,
+) -> None:
+    for iterations in range(6):
+        jobs = [small_job(f"c{iterations}-{i}", i) for i in range(8)]
+        tasks = [asyncio.ensure_future(store.submit_job(j, j.expand())) for j in jobs]
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        tasks[3].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+        assert outcomes[:3] + outcomes[4:] == [(j, True) for j in jobs[:3] + jobs[4:]]
+        assert isinstance(outcomes[3], asyncio.CancelledError) or outcomes[3] == (jobs[3], True)
+        # The cancelled one was written whole or not at all.
+        if (stored := await store.job_with_counts(jobs[3].id)) is not None:
+            assert stored == (jobs[3], zeros(queued=2))
+            assert len(await store.executions_of(jobs[3].id)) == 2
+        else:
+            assert await store.executions_of(jobs[3].id) == []
+
+    # The store takes every kind of write again.
+    executions = await submit(store, small_job("after"))
+    await admitted(store, executions[0])
+    assert len(await store.queued()) == sum(n for n in (await store.queue_sizes()).values())
 
 
 # Durability

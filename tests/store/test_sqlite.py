@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hybrid_router.core.model import ExecutionState, Job
-from hybrid_router.errors import ConfigError
+from hybrid_router.errors import ConfigError, StoreUnavailable
 from hybrid_router.store import store_from_url
 from hybrid_router.store.sqlite import _POSITIONS, SCHEMA_VERSION, SQLiteStore
 
@@ -281,6 +281,51 @@ async def test_a_submission_that_fails_part_way_writes_nothing(tmp_path: Path) -
         assert await store.get_job("second") is None
         assert [e.id for e in await store.queued()] == [e.id for e in first.expand()]
     finally:
+        await store.close()
+
+
+async def test_concurrent_submissions_share_their_commits(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "router.db")
+    await store.open()
+    try:
+        statements: list[str] = []
+        await store._connection().set_trace_callback(statements.append)
+        jobs = [
+            Job(id=f"j{i}", models=("m",), regions=("US",), questions=("q",)) for i in range(200)
+        ]
+
+        outcomes = await asyncio.gather(*(store.submit_job(j, j.expand()) for j in jobs))
+
+        assert outcomes == [(j, True) for j in jobs]
+        # One at a time would be 200 commits, and 200 fsyncs.
+        assert 1 <= statements.count("COMMIT") <= 2
+    finally:
+        await store.close()
+
+
+async def test_a_batch_the_store_cannot_write_fails_every_submission_in_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "router.db"
+    store = SQLiteStore(path)
+    await store.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store._connection().execute("PRAGMA busy_timeout = 50")
+        # Another process holding the write lock past busy_timeout.
+        blocker.execute("BEGIN IMMEDIATE")
+        jobs = [Job(id=f"j{i}", models=("m",), regions=("US",), questions=("q",)) for i in range(5)]
+
+        outcomes = await asyncio.gather(
+            *(store.submit_job(j, j.expand()) for j in jobs), return_exceptions=True
+        )
+
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+        blocker.execute("ROLLBACK")
+        assert [j for j, _ in await store.list_jobs()] == []
+        assert await store.submit_job(jobs[0], jobs[0].expand()) == (jobs[0], True)
+    finally:
+        blocker.close()
         await store.close()
 
 
