@@ -35,8 +35,33 @@ class QueueIndex:
         # Per region and priority, the seqs queued: what the regions' interleave needs.
         self._seqs: dict[str, dict[int, SortedList[int]]] = {}
         self._deadlines: SortedList[tuple[float, str]] = SortedList()
+        self._build(executions)
+
+    def _build(self, executions: Iterable[Execution]) -> None:
+        """Index many executions at once: each sorted list is sorted once, not grown one
+        insertion at a time (a leader starting on a long queue waits for this)."""
         for e in executions:
-            self.add(e)
+            if e.state is not ExecutionState.QUEUED:
+                raise ValueError(f"{e.id} is {e.state}, not queued")
+            self._by_id[e.id] = e
+        regions: dict[str, list[_Key]] = {}
+        lanes: dict[tuple[str, str], list[_Key]] = {}
+        seqs: dict[str, dict[int, list[int]]] = {}
+        deadlines = []
+        for e in self._by_id.values():
+            key = _key(e)
+            regions.setdefault(e.region, []).append(key)
+            lanes.setdefault((e.region, e.model), []).append(key)
+            seqs.setdefault(e.region, {}).setdefault(e.priority, []).append(e.seq)
+            if e.deadline_at is not None:
+                deadlines.append((e.deadline_at, e.id))
+        self._regions = {region: SortedList(keys) for region, keys in regions.items()}
+        self._lanes = {lane: SortedList(keys) for lane, keys in lanes.items()}
+        self._seqs = {
+            region: {priority: SortedList(s) for priority, s in by_priority.items()}
+            for region, by_priority in seqs.items()
+        }
+        self._deadlines = SortedList(deadlines)
 
     def __len__(self) -> int:
         return len(self._by_id)
