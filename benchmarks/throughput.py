@@ -16,6 +16,8 @@ once 95% are done: each poll decodes every running execution, so polling often w
 the drain it measures).
 
 - router rate: N / (first submit -> first poll that sees all N succeeded);
+- late: calls the router would not send because they went out too long after their
+  admission (LAUNCH_LATE in its log), the most of any run;
 - accepted: jobs answered 202 per second while submitting (with 16 clients, and the
   scheduler draining meanwhile);
 - the anchor, in the same run: SAQ (a worker subprocess with a no-op async function, on the
@@ -57,6 +59,9 @@ class Run:
     seconds: float | None
     done: int
     accepted_per_s: float | None = None
+    # Calls the router refused to send because they went out too long after admission
+    # (LAUNCH_LATE, from its log): under load they were once most calls.
+    late: int = 0
 
     def rate(self, n: int) -> float | None:
         """Items per second, or None when it did not finish."""
@@ -145,8 +150,8 @@ async def drain_router(url: str, n: int, shape: str, timeout_s: float) -> Run:
             if now >= next_progress:
                 log(f"    {done}/{n} done after {now - start:.0f} s")
                 next_progress += PROGRESS_S
-            # A status read decodes every running execution, so polling often while many run
-            # would slow what it measures; near the end few run and the poll is cheap.
+            # Polling often would take the router's time from what it measures; near the end
+            # the last executions finish and a quick poll marks the end precisely.
             near_end = submitting.done() and done >= 0.95 * n
             await asyncio.sleep(POLL_END_S if near_end else POLL_S)
 
@@ -172,7 +177,9 @@ async def router_case(
                 spy = h.Profile(router.pid, out)
                 spy.start()
                 await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
-            return await drain_router(router.url, n, shape, timeout_s)
+            run = await drain_router(router.url, n, shape, timeout_s)
+            run.late = router.log.read_text(errors="replace").count("LAUNCH_LATE")
+            return run
         finally:
             if spy is not None:
                 spy.stop()
@@ -256,7 +263,7 @@ async def main(args: argparse.Namespace) -> None:
     rows: list[str] = []
     header = (
         f"{'store':7} {'provider':10} {'shape':7} {'N':>7} {'router exec/s':>14} "
-        f"{'SAQ jobs/s':>11} {'router/SAQ':>11} {'accepted jobs/s':>16}"
+        f"{'SAQ jobs/s':>11} {'router/SAQ':>11} {'accepted jobs/s':>16} {'late':>5}"
     )
     for n in args.n:
         saq_runs = []
@@ -286,7 +293,8 @@ async def main(args: argparse.Namespace) -> None:
                     saq = f"{saq_rate:11.0f}" if saq_rate else f"{'timeout':>11}"
                     ratio = f"{rate / saq_rate:11.3f}" if saq_rate else f"{'-':>11}"
                     accept = f"{accepted:16.1f}" if accepted else f"{'-':>16}"
-                    rows.append(f"{label} {rate:14.1f} {saq} {ratio} {accept}")
+                    late = max(r.late for r in runs)
+                    rows.append(f"{label} {rate:14.1f} {saq} {ratio} {accept} {late:5d}")
                     log(rows[-1])
     print(
         f"throughput, median of {args.repeat}; {CLIENTS} clients; SAQ concurrency "
