@@ -256,3 +256,28 @@ async def test_a_cancel_lost_during_a_store_outage_still_closes_the_call(
     service.leadership.wake()
     status = await service.wait("x", 10)
     assert status.counts["cancelled"] == 3, status.counts
+
+
+async def test_a_job_stored_without_an_announcement_still_runs(
+    tmp_path: Path, make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Events between replicas are best effort: a job whose "queued" event was lost (here: one
+    # written to the store by another process, which announces nothing) must not wait for a
+    # restart. The leader checks its index against the store's counters now and then.
+    from hybrid_router.core.model import Job
+    from hybrid_router.runtime import manager
+    from hybrid_router.store.sqlite import SQLiteStore
+
+    monkeypatch.setattr(manager, "RECONCILE_S", 0.1)
+    settings = settings_for(tmp_path)
+    service = make_service(settings, new_cloud())
+    await service.start()
+    other = SQLiteStore(tmp_path / "router.db")
+    await other.open()
+    try:
+        job = Job("silent", ("llama3.2-1b",), ("EU",), ("q",), created_at=service.clock())
+        await other.submit_job(job, job.expand())
+    finally:
+        await other.close()
+    status = await service.wait("silent", 10)
+    assert status.state is JobState.SUCCEEDED

@@ -282,22 +282,26 @@ class RouterService:
         forward. Past that, each position is one look-up in the queue's index (the leader's
         in memory, else the store's), and starts are not estimated.
         """
+        places: dict[str, int] = {}
+        starts: dict[str, float] = {}
         estimate_ = await self._shared_estimate()
         if estimate_ is not None:
             made_ago = self.clock() - estimate_.made_at
-            return (
-                {e.id: estimate_.places[e.id] for e in waiting if e.id in estimate_.places},
-                {
-                    e.id: max(0.0, estimate_.starts[e.id] - made_ago)
-                    for e in waiting
-                    if e.id in estimate_.starts
-                },
-            )
+            for e in waiting:
+                if e.id in estimate_.places:
+                    places[e.id] = estimate_.places[e.id]
+                if e.id in estimate_.starts:
+                    starts[e.id] = max(0.0, estimate_.starts[e.id] - made_ago)
+        # Queued since the estimate was made (or too many to estimate): from the index.
+        missing = [e for e in waiting if e.id not in places]
         manager = self.leadership.manager
-        if manager is not None:
-            found = ((e.id, manager.index.position(e.id)) for e in waiting)
-            return {i: place for i, place in found if place is not None}, {}
-        return await self.store.positions(waiting), {}
+        if missing and manager is not None:
+            for e in missing:
+                if (place := manager.index.position(e.id)) is not None:
+                    places[e.id] = place
+        elif missing:
+            places.update(await self.store.positions(missing))
+        return places, starts
 
     async def _shared_estimate(self) -> _Estimate | None:
         """The estimate readers share, made again once it is older than a round and than
@@ -322,13 +326,15 @@ class RouterService:
             now = self.clock()
             if manager is not None:
                 queued: list[Execution] = list(manager.index)
+                running: list[Execution] = list(manager.running.values())
                 containers = list(manager.ledger.values())
             else:
                 queued = await self.store.queued()
+                running = await self.store.running()
                 containers = await self.store.containers()
             places = policy.positions(queued, now, self.topology.priority_aging_s)
             starts = estimate.estimate_starts(
-                queued, await self.store.running(), containers, self.topology, now, self.durations
+                queued, running, containers, self.topology, now, self.durations
             )
             self._estimate = _Estimate(places, starts, now, current)
             return self._estimate
