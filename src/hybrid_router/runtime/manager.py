@@ -48,6 +48,9 @@ RETRY_ROUND_S = 1.0
 # How often the index is checked against the store's queue counters. Events between
 # replicas are best effort; a lost submission would otherwise wait until the next restart.
 RECONCILE_S = 10.0
+# The index is rebuilt only after disagreeing this many checks running: a submission on
+# another replica is briefly stored and not yet announced.
+RECONCILE_CHECKS = 3
 # At most this many results go into one group commit.
 MAX_RESULTS_PER_WRITE = 2_000
 
@@ -105,6 +108,8 @@ class RegionQueueManager:
         self._announced: set[str] = set()
         # Counts admission rounds, so readers can cache what they derive from one.
         self.rounds = 0
+        # Executions this process has stored and is about to hand over with `enqueue`.
+        self.handing_over = 0
         # How late after its admission a call may still be sent. A successor that recovers
         # a running execution counts its GPU as held until admission + this + timeout +
         # scaledown. With a file lock there is no successor while this process lives.
@@ -146,10 +151,15 @@ class RegionQueueManager:
         self._wakeup.set()
 
     def enqueue(self, executions: Iterable[Execution]) -> None:
-        """Index executions this process just stored (a submission), and decide again."""
+        """Index executions this process just stored (a submission), and decide again.
+
+        One already indexed or running was read from the store meanwhile (an announcement,
+        a rebuild): that copy is newer than this one.
+        """
         for e in executions:
-            if e.state is ExecutionState.QUEUED:
-                self.index.add(e)
+            if e.state is ExecutionState.QUEUED and e.id not in self.index:
+                if e.id not in self.running:
+                    self.index.add(e)
         self.wake()
 
     def announce(self, job_id: str) -> None:
@@ -225,7 +235,7 @@ class RegionQueueManager:
 
     async def _loop(self) -> None:
         store_failed = False
-        mismatched = False
+        mismatched = 0
         reconcile_at = self.clock() + RECONCILE_S
         while self._admitting:
             self._wakeup.clear()
@@ -259,19 +269,22 @@ class RegionQueueManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    async def _reconcile(self, mismatched_before: bool) -> bool:
-        """Rebuild the index when it disagrees with the store's counters twice running (an
-        event between replicas was lost); True if it disagrees now."""
-        sizes = {r: n for r, n in (await self.store.queue_sizes()).items() if n}
-        if sizes == self.index.sizes():
-            return False
-        if not mismatched_before:
-            return True  # may be an event still on its way
+    async def _reconcile(self, mismatched_before: int) -> int:
+        """Rebuild the index when it has disagreed with the store's counters for
+        RECONCILE_CHECKS checks running (an event between replicas was lost); returns how many
+        checks running it has disagreed. Submissions this process is handing over are allowed
+        for: stored, not yet indexed."""
+        sizes = await self.store.queue_sizes()
+        behind = sum(sizes.values()) - len(self.index)
+        if 0 <= behind <= self.handing_over:
+            return 0
+        if mismatched_before + 1 < RECONCILE_CHECKS:
+            return mismatched_before + 1  # may be an event still on its way
         log.warning("queue index out of step with the store (lost events?): rebuilding it")
         async with self.lock:
             self._announced.clear()
             self.index = QueueIndex(await self.store.queued())
-        return False
+        return 0
 
     async def _admit_round(self) -> float | None:
         async with self.lock:

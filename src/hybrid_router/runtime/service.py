@@ -234,17 +234,25 @@ class RouterService:
         executions = job.expand()
         if gate is not None and (request.job_id is None or not await self.store.get_job(job.id)):
             await gate(job, len(executions))
-        stored, created = await self.store.submit_job(job, executions)
+        # The leader indexes what this process stores itself; until then it is told to expect it.
+        manager = self.leadership.manager
+        stored_executions: list[Execution] = []
+        if manager is not None:
+            manager.handing_over += len(executions)
+        try:
+            stored, created = await self.store.submit_job(job, executions)
+            if created:
+                stored_executions = await self.store.executions_of(stored.id)
+        finally:
+            if manager is not None:
+                manager.handing_over -= len(executions)
+                manager.enqueue(stored_executions)
         if not created:
             if replace(stored, created_at=0.0) != replace(job, created_at=0.0):
                 raise errors.Conflict(
                     f"job {job.id!r} already exists with a different body", code="JOB_CONFLICT"
                 )
             return await self.job(stored.id, positions=False), False
-        stored_executions = await self.store.executions_of(stored.id)
-        manager = self.leadership.manager
-        if manager is not None:
-            manager.enqueue(stored_executions)
         await self.bus.publish(Event("queued", job.id, job.created_at, origin=self.store.node_id))
         # Without positions: `job()` gives them.
         plain = tuple(ExecutionStatus(e) for e in stored_executions)
@@ -333,8 +341,11 @@ class RouterService:
                 running = await self.store.running()
                 containers = await self.store.containers()
             places = policy.positions(queued, now, self.topology.priority_aging_s)
-            starts = estimate.estimate_starts(
-                queued, running, containers, self.topology, now, self.durations
+            # On a snapshot, in a thread: tens of milliseconds of policy rounds would
+            # otherwise hold up every request and the scheduler's next step.
+            durations = replace(self.durations, observed=dict(self.durations.observed))
+            starts = await asyncio.to_thread(
+                estimate.estimate_starts, queued, running, containers, self.topology, now, durations
             )
             self._estimate = _Estimate(places, starts, now, current)
             return self._estimate
