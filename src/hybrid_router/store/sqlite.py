@@ -535,17 +535,14 @@ class SQLiteStore:
         """Record calls' outcomes where still running on their container; then the ledger."""
 
         async def finish(tx: aiosqlite.Connection) -> Recorded:
-            written = set()
-            for execution, container_id in results:
-                # Fenced on the container the run was admitted to rather than on `attempts`,
-                # which the caller may lower again for a capacity wait that spends no attempt.
-                cursor = await tx.execute(
-                    f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'running'"
-                    " AND container_id IS :admitted_to",
-                    {**_execution_params(execution), "admitted_to": container_id},
-                )
-                if cursor.rowcount:
-                    written.add(execution.id)
+            # Fenced on the container the run was admitted to rather than on `attempts`,
+            # which the caller may lower again for a capacity wait that spends no attempt.
+            running = await _stored_in_state(tx, [e.id for e, _ in results], "running")
+            matching = [
+                e for e, admitted_to in results if e.id in running and running[e.id] == admitted_to
+            ]
+            await _write_all(tx, matching)
+            written = {e.id for e in matching}
             await _save_containers(tx, containers, removed)
             jobs = {e.job_id for e, _ in results if e.id in written}
             return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
@@ -751,14 +748,36 @@ async def _write_where_queued(
     tx: aiosqlite.Connection, executions: Sequence[Execution]
 ) -> set[str]:
     """Write each execution whose stored one is still queued; the ids written."""
-    written = set()
-    for e in executions:
-        cursor = await tx.execute(
-            f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'queued'", _execution_params(e)
-        )
-        if cursor.rowcount:
-            written.add(e.id)
-    return written
+    queued = await _stored_in_state(tx, [e.id for e in executions], "queued")
+    matching = [e for e in executions if e.id in queued]
+    await _write_all(tx, matching)
+    return {e.id for e in matching}
+
+
+async def _stored_in_state(
+    tx: aiosqlite.Connection, ids: Sequence[str], state: str
+) -> dict[str, str | None]:
+    """Of these executions, those stored in `state`, with the container each is on.
+
+    One statement for a whole batch, inside its write transaction: nothing can change
+    between this read and the writes it decides (a statement per execution would cost a
+    round trip to SQLite's thread each).
+    """
+    if not ids:
+        return {}
+    rows = await tx.execute_fetchall(
+        "SELECT id, container_id FROM executions"
+        " WHERE state = :state AND id IN (SELECT value FROM json_each(:ids))",
+        {"state": state, "ids": json.dumps(list(ids))},
+    )
+    return {row["id"]: row["container_id"] for row in rows}
+
+
+async def _write_all(tx: aiosqlite.Connection, executions: Sequence[Execution]) -> None:
+    """Write these executions as given (the caller checked their stored state)."""
+    await tx.executemany(
+        f"{_UPDATE_EXECUTION} WHERE id = :id", [_execution_params(e) for e in executions]
+    )
 
 
 async def _save_containers(
