@@ -765,9 +765,10 @@ async def _stored_in_state(
     """
     if not ids:
         return {}
+    # `+state`: look the ids up by their unique index, never walk every execution in `state`.
     rows = await tx.execute_fetchall(
         "SELECT id, container_id FROM executions"
-        " WHERE state = :state AND id IN (SELECT value FROM json_each(:ids))",
+        " WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = :state",
         {"state": state, "ids": json.dumps(list(ids))},
     )
     return {row["id"]: row["container_id"] for row in rows}
