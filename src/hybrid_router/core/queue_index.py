@@ -82,9 +82,9 @@ class QueueIndex:
         self.discard(e.id)
         self._by_id[e.id] = e
         key = _key(e)
-        self._regions.setdefault(e.region, SortedList()).add(key)
-        self._lanes.setdefault((e.region, e.model), SortedList()).add(key)
-        self._seqs.setdefault(e.region, {}).setdefault(e.priority, SortedList()).add(e.seq)
+        _insert(self._regions, e.region, key)
+        _insert(self._lanes, (e.region, e.model), key)
+        _insert(self._seqs.setdefault(e.region, {}), e.priority, e.seq)
         if e.deadline_at is not None:
             self._deadlines.add((e.deadline_at, e.id))
 
@@ -150,6 +150,14 @@ class QueueIndex:
         """Queued executions whose deadline has passed by `now`."""
         i = self._deadlines.bisect_right((now, "\U0010ffff"))
         return [self._by_id[execution_id] for _, execution_id in self._deadlines[:i]]
+
+
+def _insert(table: dict[_K, SortedList[Any]], key: _K, value: Any) -> None:
+    # Not setdefault(key, SortedList()): that would build a list on every insertion.
+    values = table.get(key)
+    if values is None:
+        table[key] = values = SortedList()
+    values.add(value)
 
 
 def _remove(table: dict[_K, SortedList[Any]], key: _K, value: Any) -> None:
