@@ -12,8 +12,7 @@ that never bind (100,000 GPUs, 10,000 inputs per container), whose provider is e
 concurrent clients (httpx.AsyncClient) submit N no-op executions, as jobs of 100 (`jobs`:
 100 questions x 1 model x 1 region) or as single-execution jobs (`single`); the script polls
 `GET /queue/status/US` until `completed` reaches N (twice a second, then 20 times a second
-once 95% are done: each poll decodes every running execution, so polling often would slow
-the drain it measures).
+once 95% are done, so the poll takes little from the drain it measures yet marks its end).
 
 - router rate: N / (first submit -> first poll that sees all N succeeded);
 - late: calls the router would not send because they went out too long after their

@@ -545,7 +545,7 @@ def _job_status(
     job: Job, counts: Mapping[ExecutionState, int], statuses: tuple[ExecutionStatus, ...] = ()
 ) -> JobStatus:
     """A job's status from its per-state counts (and the executions asked for)."""
-    states = [state for state, n in counts.items() for _ in range(min(n, 1))]
+    states = [state for state, n in counts.items() if n]
     return JobStatus(
         job, job_state(states), {s.value: counts.get(s, 0) for s in ExecutionState}, statuses
     )
