@@ -154,9 +154,31 @@ def emulate_modal(
             "result URL (default: Modal's 150 s times --time-scale)."
         ),
     ] = None,
+    proxy_token_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODAL_PROXY_TOKEN_ID",
+            show_envvar=True,
+            help="Require Modal proxy auth: this Modal-Key (with --proxy-token-secret).",
+        ),
+    ] = None,
+    proxy_token_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODAL_PROXY_TOKEN_SECRET",
+            show_envvar=True,
+            # A command line is visible to every user of the machine; the variable is not.
+            help="Require Modal proxy auth: this Modal-Secret (prefer the environment variable).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve a simulated provider in Modal's web-endpoint shape (token: MODAL_API_TOKEN)."""
+    """Serve a simulated provider in Modal's web-endpoint shape.
+
+    Calls need `Authorization: Bearer $MODAL_API_TOKEN` when that variable is set, and
+    Modal's proxy-auth headers when a proxy token id and secret are given.
+    """
     from hybrid_router.providers.emulator import serve_emulator
+    from hybrid_router.providers.modal import ProxyAuth
 
     if not time_scale > 0:
         _fail("--time-scale must be greater than 0", code=2)
@@ -164,7 +186,16 @@ def emulate_modal(
         _fail("--poll-after-s must be greater than 0", code=2)
     # An empty variable means no token, as if unset: the emulator then accepts any caller.
     token = os.environ.get("MODAL_API_TOKEN") or None
-    serve_emulator(host, port, gpu_limit, time_scale, seed, token, poll_after_s)
+    proxy_auth = None
+    if proxy_token_id and proxy_token_secret:
+        proxy_auth = ProxyAuth(proxy_token_id, proxy_token_secret)
+    elif proxy_token_id or proxy_token_secret:
+        _fail(
+            "Modal proxy auth needs both --proxy-token-id (MODAL_PROXY_TOKEN_ID) and "
+            "--proxy-token-secret (MODAL_PROXY_TOKEN_SECRET)",
+            code=2,
+        )
+    serve_emulator(host, port, gpu_limit, time_scale, seed, token, poll_after_s, proxy_auth)
 
 
 # ---------------------------------------------------------------------------- client side

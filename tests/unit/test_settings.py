@@ -172,6 +172,67 @@ def test_missing_token_env_variable_is_named_never_valued(
     assert "s3cret-value" not in repr(settings)
 
 
+PROXY_AUTH = (
+    'token_id_env = "HR_TEST_PROXY_ID"\ntoken_secret_env = "HR_TEST_PROXY_SECRET"\ntimeout_s = 600'
+)
+
+
+def test_proxy_auth_variables_reach_the_provider_spec_never_their_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY_ID", "wk-id-value")
+    monkeypatch.setenv("HR_TEST_PROXY_SECRET", "ws-secret-value")
+
+    settings = load_settings(write(tmp_path, BASE.replace("timeout_s = 600", PROXY_AUTH)))
+
+    spec = settings.provider_specs()["modal-us"]
+    assert spec.token_id_env == "HR_TEST_PROXY_ID"
+    assert spec.token_secret_env == "HR_TEST_PROXY_SECRET"
+    assert "wk-id-value" not in repr(settings) + repr(spec)
+    assert "ws-secret-value" not in repr(settings) + repr(spec)
+
+
+def test_unset_proxy_auth_variable_is_named_never_valued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY_ID", "wk-id-value")
+    monkeypatch.delenv("HR_TEST_PROXY_SECRET", raising=False)
+
+    message = config_error(tmp_path, BASE.replace("timeout_s = 600", PROXY_AUTH))
+
+    assert (
+        "providers.modal-us.token_secret_env: environment variable HR_TEST_PROXY_SECRET is not set"
+        in message
+    )
+    assert "token_id_env" not in message
+    assert "wk-id-value" not in message
+
+
+@pytest.mark.parametrize("given", ["token_id_env", "token_secret_env"])
+def test_proxy_auth_needs_both_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY", "value")
+    text = BASE.replace("timeout_s = 600", f'{given} = "HR_TEST_PROXY"\ntimeout_s = 600')
+
+    message = config_error(tmp_path, text)
+
+    assert "providers.modal-us: give both token_id_env and token_secret_env, or neither" in message
+
+
+def test_proxy_auth_is_for_modal_providers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY_ID", "wk-id-value")
+    monkeypatch.setenv("HR_TEST_PROXY_SECRET", "ws-secret-value")
+    text = BASE.replace("timeout_s = 600", PROXY_AUTH).replace('kind = "modal"', 'kind = "openai"')
+
+    message = config_error(tmp_path, text)
+
+    assert "providers.modal-us.token_id_env: only for kind 'modal'" in message
+    assert "providers.modal-us.token_secret_env: only for kind 'modal'" in message
+
+
 @pytest.mark.parametrize(
     ("old", "new", "key"),
     [

@@ -40,6 +40,9 @@ class ProviderSpec:
     models: tuple[str, ...]
     url: str = ""
     token_env: str | None = None
+    # Modal proxy auth: the variables holding the token id and secret (never the values).
+    token_id_env: str | None = None
+    token_secret_env: str | None = None
     timeout_s: float = 600.0
     scaledown_window_s: float = 120.0
     max_inputs: int = 1
