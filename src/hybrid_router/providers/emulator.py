@@ -36,6 +36,7 @@ from hybrid_router.providers.simulated import SimulatedCloud
 MODAL_POLL_AFTER_S = 150.0  # Modal's web endpoint request limit, in production seconds
 _CALL_ID_PARAM = "__modal_function_call_id"
 _APP_STOPPED = "modal-http: app for invoked web endpoint is stopped"
+# The first is Modal's documented 401 body; Modal documents none for wrong credentials.
 _PROXY_AUTH_MISSING = "modal-http: missing credentials for proxy authorization"
 _PROXY_AUTH_INVALID = "modal-http: invalid credentials for proxy authorization"
 _UNAUTHORIZED = {"success": False, "error": "missing or invalid bearer token"}
@@ -126,6 +127,7 @@ class _Emulator:
             secret = request.headers.get("modal-secret")
             if not key or not secret:
                 return PlainTextResponse(_PROXY_AUTH_MISSING, status_code=401)
+            # `&`, not `and`: both are compared, so the timing does not say which was wrong.
             if not (
                 _same(key, self.proxy_auth.token_id) & _same(secret, self.proxy_auth.token_secret)
             ):
