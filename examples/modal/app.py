@@ -101,6 +101,7 @@ def generate(prompt: str, temperature: float, max_tokens: int) -> dict[str, obje
             repo, torch_dtype=torch.float16, device_map="cuda"
         )
         _loaded[repo] = (tokenizer, model)
+        weights.commit()  # a first download is kept for the next cold start (Modal's docs)
     tokenizer, model = _loaded[repo]
     started = time.monotonic()
     inputs = tokenizer.apply_chat_template(
