@@ -7,7 +7,7 @@ of pydantic. Timestamps go out as ISO-8601 UTC strings ending in "Z".
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -19,7 +19,10 @@ from hybrid_router.core.model import (
     JobStatus,
     RegionStatus,
 )
-from hybrid_router.runtime.service import JobRequest
+
+if TYPE_CHECKING:
+    # Only for the server's conversions: the client imports these models without the server.
+    from hybrid_router.runtime.service import JobRequest
 
 # Job ids end up in URLs and log lines: no slashes, no leading dot, so `../x` cannot pass.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -103,6 +106,8 @@ class JobCreate(BaseModel):
 
     def to_request(self, *, owner: str) -> JobRequest:
         """The service's request; region and model names are canonicalised by the service."""
+        from hybrid_router.runtime.service import JobRequest
+
         questions = self.questions if self.questions is not None else [self.prompt or ""]
         return JobRequest(
             models=tuple(self.models),
@@ -289,6 +294,8 @@ class InferenceCreate(BaseModel):
 
     def to_request(self, default_region: str, *, owner: str) -> JobRequest:
         """A one-execution job; `default_region` when the client named none."""
+        from hybrid_router.runtime.service import JobRequest
+
         region = self.region or self.region_preference or default_region
         return JobRequest(
             models=(self.model,),
@@ -445,19 +452,54 @@ class RegionQueue(BaseModel):
         )
 
 
+class AccountGpus(BaseModel):
+    """The account-wide GPU picture: every region's GPUs against the account's limit."""
+
+    gpus_in_use: int
+    gpus_warm: int
+    gpu_limit: int
+
+
 class QueueStatus(BaseModel):
-    """GET /queue/status: every region by canonical name."""
+    """GET /queue/status: every region by canonical name, and the account they share."""
 
     queues: dict[str, RegionQueue]
+    account: AccountGpus
     timestamp: str
 
     @classmethod
-    def from_statuses(cls, statuses: dict[str, RegionStatus]) -> QueueStatus:
-        """From the service's region statuses."""
+    def from_statuses(cls, statuses: dict[str, RegionStatus], gpu_limit: int) -> QueueStatus:
+        """From the service's region statuses and the account-wide `gpu_limit`."""
         return cls(
             queues={name: RegionQueue.from_status(s) for name, s in statuses.items()},
+            account=AccountGpus(
+                gpus_in_use=sum(s.gpus_in_use for s in statuses.values()),
+                gpus_warm=sum(s.gpus_warm for s in statuses.values()),
+                gpu_limit=gpu_limit,
+            ),
             timestamp=now_iso(),
         )
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class EventOut(BaseModel):
+    """The data of one server-sent event (GET /jobs/{job_id}/events, GET /events); the
+    event's name is `kind`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str = Field(description="queued, started, retrying, succeeded, ..., job_finished")
+    job_id: str
+    at: float = Field(description="When it happened, epoch seconds")
+    execution_id: str | None = None
+    region: str | None = None
+    model: str | None = None
+    attempts: int | None = None
+    state: str | None = None
+    error_code: str | None = None
+    message: str | None = None
 
 
 # ---------------------------------------------------------------------------- health

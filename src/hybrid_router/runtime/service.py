@@ -59,6 +59,8 @@ ESTIMATE_MAX_QUEUED = 3_000
 RUNNING_SHOWN = 100
 # Readers share one estimate, made again at most this often (and only after a round).
 ESTIMATE_MAX_AGE_S = 1.0
+# Jobs read from the store at a time when listing those in one state.
+JOBS_PAGE = 200
 
 
 @dataclass(frozen=True)
@@ -351,11 +353,30 @@ class RouterService:
             return self._estimate
 
     async def jobs(
-        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        state: JobState | None = None,
     ) -> list[JobStatus]:
-        """Jobs newest first (only `owner`'s when given), with counts but no executions."""
-        rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
-        return [_job_status(job, counts) for job, counts in rows]
+        """Jobs newest first (only `owner`'s when given, only those in `state` when given),
+        with counts but no executions."""
+        if state is None:
+            rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
+            return [_job_status(job, counts) for job, counts in rows]
+        # A job's state follows from its counts, which the store does not index: read the
+        # list page by page and keep the jobs in `state`.
+        matching: list[JobStatus] = []
+        read = 0
+        while len(matching) < offset + limit:
+            rows = await self.store.list_jobs(owner=owner, limit=JOBS_PAGE, offset=read)
+            statuses = (_job_status(job, counts) for job, counts in rows)
+            matching += (s for s in statuses if s.state is state)
+            read += len(rows)
+            if len(rows) < JOBS_PAGE:
+                break
+        return matching[offset : offset + limit]
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """Cancel queued and running executions; finished ones keep their results."""
