@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,21 @@ from tests.api.conftest import default_config
 
 
 @contextmanager
-def serve_router(tmp_path: Path, **overrides: Any) -> Iterator[str]:
-    """The built-in config (sped up, `overrides` applied) served over HTTP; its base URL."""
+def serve_router(
+    tmp_path: Path, *, wrap: Callable[[Any], Any] | None = None, **overrides: Any
+) -> Iterator[str]:
+    """The built-in config (sped up, `overrides` applied) served over HTTP; its base URL.
+    `wrap` puts an ASGI app in front of the router's (a proxy)."""
     config = default_config(tmp_path, shutdown_grace_s=1.0, **overrides)
     app = create_app(settings_from_mapping(config))
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+            app if wrap is None else wrap(app),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+            lifespan="on",
         )
     )
     thread = threading.Thread(target=server.run, name="router", daemon=True)
