@@ -542,7 +542,7 @@ _region_command("resume", "Admit again, from the front of the queue it kept.")
 
 def _follow(handle: JobHandle, *, show: bool) -> JobOut:
     """Wait for the job, with a progress bar (on stderr when stdout is not a terminal):
-    counts, time elapsed and the router's estimate of when the last execution starts."""
+    counts, time elapsed and the router's estimate of when the job finishes."""
     if not show:
         return handle.wait()
     console = out if out.is_terminal else err
@@ -573,13 +573,11 @@ def _follow(handle: JobHandle, *, show: bool) -> JobOut:
 
 
 def _estimated_finish(job: JobOut) -> str | None:
-    """When the router expects the job's last queued execution to start, if it knows."""
-    starts = [e.estimated_start_s for e in job.executions if e.estimated_start_s is not None]
-    if not starts:
+    """When the router expects the job to finish, if it knows."""
+    if job.estimated_finish_s is None:
         return None
-    last = max(starts)
-    at = datetime.now().astimezone().timestamp() + last
-    return f"last start in ~{last:.0f}s ({datetime.fromtimestamp(at):%H:%M:%S})"
+    at = datetime.fromtimestamp(time.time() + job.estimated_finish_s)
+    return f"ETA ~{job.estimated_finish_s:.0f}s ({at:%H:%M:%S})"
 
 
 # More executions than this and `job` sums them per region and model (unless -o wide).
@@ -592,6 +590,7 @@ def _print_job(job: JobOut, output: Output) -> None:
         f"job [bold]{escape(job.job_id)}[/bold]: {_state(job.status)}  "
         f"({p.succeeded}/{p.total} succeeded, {p.failed + p.expired} failed, "
         f"{p.cancelled} cancelled, {p.queued} queued, {p.running} running)"
+        + (f"  [cyan]{eta}[/cyan]" if (eta := _estimated_finish(job)) else "")
     )
     if len(job.executions) > SUMMARY_OVER and output is not Output.wide:
         out.print(_summary_table(job))

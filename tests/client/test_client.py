@@ -52,6 +52,23 @@ async def test_the_async_client_submits_waits_and_follows_events(router_url: str
         assert listed.jobs[0].job_id == handle.job_id and listed.jobs[0].priority == 2
 
 
+def test_a_running_job_says_when_it_should_finish(router_url: str) -> None:
+    with Client(router_url) as router:
+        # 12 calls of a 7B model on 3 GPUs: several rounds, so it is still running below.
+        handle = router.submit(["mistral-7b"], ["EU"], [f"question {n}" for n in range(12)])
+        job = handle.get()
+        assert job.progress.succeeded < 12, job.progress
+        assert job.estimated_finish_s is not None and job.estimated_finish_s > 0
+        for e in job.executions:
+            if e.status in ("queued", "running"):
+                assert e.estimated_finish_s is not None, e
+                assert e.estimated_start_s is None or e.estimated_finish_s > e.estimated_start_s
+        assert job.estimated_finish_s == max(e.estimated_finish_s or 0 for e in job.executions)
+        finished = handle.wait(timeout_s=30)
+        assert finished.estimated_finish_s is None
+        assert all(e.estimated_finish_s is None for e in finished.executions)
+
+
 def test_wait_gives_up_after_its_timeout_and_cancel_stops_the_job(router_url: str) -> None:
     with Client(router_url) as router:
         router.set_region("US", "pause")

@@ -186,6 +186,9 @@ class ExecutionOut(BaseModel):
     attempts: int
     position: int | None = Field(description="Place in its region's queue, 1 = next; queued only.")
     estimated_start_s: float | None = Field(description="Seconds from now; queued only.")
+    estimated_finish_s: float | None = Field(
+        default=None, description="Seconds from now; queued and running only."
+    )
     queued_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -208,6 +211,7 @@ class ExecutionOut(BaseModel):
             attempts=e.attempts,
             position=status.position if queued else None,
             estimated_start_s=status.estimated_start_s if queued else None,
+            estimated_finish_s=None if e.state.terminal else status.estimated_end_s,
             queued_at=iso(e.queued_at),
             started_at=iso(e.started_at),
             finished_at=iso(e.finished_at),
@@ -251,16 +255,24 @@ class JobSummary(BaseModel):
 class JobOut(JobSummary):
     """A job with every execution (GET and DELETE /jobs/{job_id})."""
 
+    estimated_finish_s: float | None = Field(
+        default=None,
+        description="Seconds from now until its last execution is expected to finish; known "
+        "while it runs, when its executions are all listed and each has an estimate.",
+    )
     executions: list[ExecutionOut]
 
     @classmethod
     def from_status(cls, status: JobStatus) -> JobOut:
         """From the service's job status."""
         summary = JobSummary.from_status(status)
-        return cls(
-            **summary.model_dump(),
-            executions=[ExecutionOut.from_status(s) for s in status.executions],
-        )
+        executions = [ExecutionOut.from_status(s) for s in status.executions]
+        unfinished = [e for e in executions if not e.status.terminal]
+        finish = None
+        whole = len(executions) == summary.progress.total
+        if whole and unfinished and all(e.estimated_finish_s is not None for e in unfinished):
+            finish = max(e.estimated_finish_s or 0.0 for e in unfinished)
+        return cls(**summary.model_dump(), estimated_finish_s=finish, executions=executions)
 
 
 class JobList(BaseModel):

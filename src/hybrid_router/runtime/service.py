@@ -65,11 +65,13 @@ JOBS_PAGE = 200
 
 @dataclass(frozen=True)
 class _Estimate:
-    """Positions (aging included) and estimated starts of every queued execution, as of one
-    scheduling round; `made_at` is when, `round` which (None: read from the store)."""
+    """Positions (aging included) and estimated starts of every queued execution, and
+    estimated ends of every queued or running one, as of one scheduling round; `made_at` is
+    when, `round` which (None: read from the store)."""
 
     places: dict[str, int]
     starts: dict[str, float]
+    ends: dict[str, float]
     made_at: float
     round: tuple[int, int] | None
 
@@ -270,30 +272,40 @@ class RouterService:
         positions: bool = True,
     ) -> JobStatus:
         """A job with its progress counts and its executions (`limit` of them from `offset`;
-        None: all), with queue positions and estimated starts while queued.
+        None: all), with queue positions and estimated starts while queued, estimated ends
+        while queued or running.
 
         With `owner`, another owner's job is JOB_NOT_FOUND (None: any owner, for admins).
         """
         job, counts = await self._get(job_id, owner)
         executions = await self.store.executions_of(job_id, offset=offset, limit=limit)
-        waiting = [e for e in executions if e.state is ExecutionState.QUEUED]
+        unfinished = [e for e in executions if not e.state.terminal]
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
-        if waiting and positions:
-            places, starts = await self._places(waiting)
-        statuses = tuple(ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions)
+        ends: dict[str, float] = {}
+        if unfinished and positions:
+            places, starts, ends = await self._places(unfinished)
+        statuses = tuple(
+            ExecutionStatus(e, places.get(e.id), starts.get(e.id), ends.get(e.id))
+            for e in executions
+        )
         return _job_status(job, counts, statuses)
 
-    async def _places(self, waiting: list[Execution]) -> tuple[dict[str, int], dict[str, float]]:
-        """Queue positions and estimated starts (seconds from now) of these queued executions.
+    async def _places(
+        self, unfinished: list[Execution]
+    ) -> tuple[dict[str, int], dict[str, float], dict[str, float]]:
+        """Queue positions and estimated starts (seconds from now) of the queued executions
+        among these, and estimated ends of all of them.
 
         While the queue is small enough, both come from the shared estimate: positions
         follow the policy exactly (aging included) and starts are estimated by running it
         forward. Past that, each position is one look-up in the queue's index (the leader's
-        in memory, else the store's), and starts are not estimated.
+        in memory, else the store's), and neither starts nor ends are estimated.
         """
+        waiting = [e for e in unfinished if e.state is ExecutionState.QUEUED]
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
+        ends: dict[str, float] = {}
         estimate_ = await self._shared_estimate()
         if estimate_ is not None:
             made_ago = self.clock() - estimate_.made_at
@@ -302,6 +314,9 @@ class RouterService:
                     places[e.id] = estimate_.places[e.id]
                 if e.id in estimate_.starts:
                     starts[e.id] = max(0.0, estimate_.starts[e.id] - made_ago)
+            for e in unfinished:
+                if e.id in estimate_.ends:
+                    ends[e.id] = max(0.0, estimate_.ends[e.id] - made_ago)
         # Queued since the estimate was made (or too many to estimate): from the index.
         missing = [e for e in waiting if e.id not in places]
         manager = self.leadership.manager
@@ -311,7 +326,7 @@ class RouterService:
                     places[e.id] = place
         elif missing:
             places.update(await self.store.positions(missing))
-        return places, starts
+        return places, starts, ends
 
     async def _shared_estimate(self) -> _Estimate | None:
         """The estimate readers share, made again once it is older than a round and than
@@ -346,10 +361,10 @@ class RouterService:
             # On a snapshot, in a thread: tens of milliseconds of policy rounds would
             # otherwise hold up every request and the scheduler's next step.
             durations = replace(self.durations, observed=dict(self.durations.observed))
-            starts = await asyncio.to_thread(
-                estimate.estimate_starts, queued, running, containers, self.topology, now, durations
+            expected = await asyncio.to_thread(
+                estimate.forecast, queued, running, containers, self.topology, now, durations
             )
-            self._estimate = _Estimate(places, starts, now, current)
+            self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
             return self._estimate
 
     async def jobs(
