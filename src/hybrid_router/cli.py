@@ -543,9 +543,9 @@ _region_command("resume", "Admit again, from the front of the queue it kept.")
 def _follow(handle: JobHandle, *, show: bool) -> JobOut:
     """Wait for the job, with a progress bar (on stderr when stdout is not a terminal):
     counts, time elapsed and the router's estimate of when the job finishes."""
-    if not show:
-        return handle.wait()
     console = out if out.is_terminal else err
+    if not show or not console.is_terminal:
+        return handle.wait()
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
