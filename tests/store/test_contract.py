@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import MISSING, fields, replace
 
 from hybrid_router.core.model import (
@@ -18,7 +18,7 @@ from hybrid_router.core.model import (
     RegionMode,
 )
 from hybrid_router.errors import Conflict
-from hybrid_router.store.base import Recorded, Store
+from hybrid_router.store.base import Recorded, Store, Submitted
 
 from .conftest import StoreFactory
 
@@ -53,9 +53,17 @@ def make_job(
 
 
 async def submit(store: Store, job: Job) -> list[Execution]:
-    stored, created = await store.submit_job(job, job.expand())
-    assert (stored, created) == (job, True)
-    return await store.executions_of(job.id)
+    submitted = await store.submit_job(job, job.expand())
+    assert (submitted.job, submitted.created) == (job, True)
+    stored = await store.executions_of(job.id)
+    # What it returns is what it stored, seqs included.
+    assert list(submitted.executions) == stored
+    return stored
+
+
+def pairs(outcomes: Sequence[Submitted | BaseException]) -> list[object]:
+    """Each submission's (job, created), or the exception it raised."""
+    return [(o.job, o.created) if isinstance(o, Submitted) else o for o in outcomes]
 
 
 def container_for(
@@ -154,7 +162,7 @@ async def test_every_field_of_jobs_and_executions_round_trips(store: Store) -> N
     given = [every_field(e) for e in job.expand()]
     assert away_from_defaults(replace(given[0], seq=1)) == ["state"]
 
-    assert await store.submit_job(job, given) == (job, True)
+    assert (await store.submit_job(job, given))[:2] == (job, True)
 
     assert await store.get_job(job.id) == job
     assert await store.job_with_counts(job.id) == (job, zeros(queued=4))
@@ -192,11 +200,11 @@ async def test_submit_with_an_existing_id_returns_the_stored_job_and_writes_noth
     executions = await submit(store, job)
 
     other = make_job(questions=("something else",), created_at=999.0)
-    stored, created = await store.submit_job(other, other.expand())
+    submitted = await store.submit_job(other, other.expand())
 
-    assert (stored, created) == (job, False)
+    assert submitted == (job, False, ())
     # The same job again (a client retrying its POST) gets the stored one back, equal to it.
-    assert await store.submit_job(job, job.expand()) == (job, False)
+    assert (await store.submit_job(job, job.expand()))[:2] == (job, False)
     assert await store.executions_of(job.id) == executions
     assert await store.queued() == executions
     assert [j for j, _ in await store.list_jobs()] == [job]
@@ -493,7 +501,7 @@ async def test_list_jobs_newest_first_with_counts_owner_filter_and_pages(store: 
 
 async def test_a_job_without_executions_is_listed_with_zero_counts(store: Store) -> None:
     job = make_job(questions=())
-    assert await store.submit_job(job, []) == (job, True)
+    assert (await store.submit_job(job, []))[:2] == (job, True)
     assert await store.list_jobs() == [(job, zeros())]
     assert await store.job_with_counts(job.id) == (job, zeros())
 
@@ -620,7 +628,7 @@ async def test_concurrent_submissions_are_all_stored_and_survive_reopen(
 
     outcomes = await asyncio.gather(*(first.submit_job(j, j.expand()) for j in jobs))
 
-    assert outcomes == [(j, True) for j in jobs]
+    assert pairs(outcomes) == [(j, True) for j in jobs]
     stored = {j.id: await first.executions_of(j.id) for j in jobs}
     for job in jobs:
         assert [e.id for e in stored[job.id]] == [e.id for e in job.expand()]
@@ -636,6 +644,21 @@ async def test_concurrent_submissions_are_all_stored_and_survive_reopen(
     assert {j for j, _ in await again.list_jobs(limit=-1)} == set(jobs)
 
 
+async def test_concurrent_submissions_return_in_seq_order(store: Store) -> None:
+    # The leader indexes submissions as they return: one returning before an earlier seq
+    # would let a later execution start first in its lane.
+    returned: list[int] = []
+
+    async def submit_and_note(job: Job) -> None:
+        submitted = await store.submit_job(job, job.expand())
+        returned.extend(e.seq for e in submitted.executions)
+
+    await asyncio.gather(*(submit_and_note(small_job(f"o{i}", i)) for i in range(60)))
+
+    assert len(returned) == 120
+    assert returned == sorted(returned)
+
+
 async def test_concurrent_submissions_of_one_job_create_it_once(store: Store) -> None:
     job = small_job("same")
     others = [small_job(f"other{i}", i) for i in range(10)]
@@ -645,9 +668,9 @@ async def test_concurrent_submissions_of_one_job_create_it_once(store: Store) ->
 
     outcomes = await asyncio.gather(*calls)
 
-    assert sorted(created for _, created in outcomes[:10]) == [False] * 9 + [True]
-    assert all(stored == job for stored, _ in outcomes[:10])
-    assert outcomes[10:] == [(j, True) for j in others]
+    assert sorted(o.created for o in outcomes[:10]) == [False] * 9 + [True]
+    assert all(o.job == job for o in outcomes[:10])
+    assert pairs(outcomes[10:]) == [(j, True) for j in others]
     assert await store.job_with_counts(job.id) == (job, zeros(queued=2))
     assert [e.id for e in await store.executions_of(job.id)] == [e.id for e in job.expand()]
 
@@ -666,7 +689,7 @@ async def test_a_refused_submission_leaves_the_others_written(store: Store) -> N
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
 
     assert isinstance(outcomes[3], sqlite3.IntegrityError | Conflict)
-    assert outcomes[:3] + outcomes[4:] == [(j, True) for j in good]
+    assert pairs(outcomes[:3] + outcomes[4:]) == [(j, True) for j in good]
     assert await store.get_job(clash.id) is None
     assert await store.executions_of(clash.id) == []
     for job in good:
@@ -685,8 +708,10 @@ async def test_a_submission_cancelled_while_waiting_leaves_the_others_whole(
         tasks[3].cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
-        assert outcomes[:3] + outcomes[4:] == [(j, True) for j in jobs[:3] + jobs[4:]]
-        assert isinstance(outcomes[3], asyncio.CancelledError) or outcomes[3] == (jobs[3], True)
+        assert pairs(outcomes[:3] + outcomes[4:]) == [(j, True) for j in jobs[:3] + jobs[4:]]
+        assert isinstance(outcomes[3], asyncio.CancelledError) or pairs(outcomes[3:4]) == [
+            (jobs[3], True)
+        ]
         # The cancelled one was written whole or not at all.
         if (stored := await store.job_with_counts(jobs[3].id)) is not None:
             assert stored == (jobs[3], zeros(queued=2))
@@ -839,7 +864,7 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
     # The store takes writes again; this one also comes after any cancelled write that its
     # store went on with.
     again = make_job("again", models=("m",), created_at=300.0)
-    assert await store.submit_job(again, again.expand()) == (again, True)
+    assert (await store.submit_job(again, again.expand()))[:2] == (again, True)
 
     # Each write happened whole or not at all, and the counters agree with the rows.
     ledger = {c.id: c for c in await store.containers()}

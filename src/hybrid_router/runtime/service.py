@@ -46,7 +46,7 @@ from hybrid_router.runtime.leadership import Leadership
 from hybrid_router.runtime.manager import RegionQueueManager
 from hybrid_router.settings import Settings
 from hybrid_router.store import RedisStore, store_from_url
-from hybrid_router.store.base import Store
+from hybrid_router.store.base import Store, Submitted
 
 # How often a waiter looks at its job even without an event (events can be lost).
 WAIT_RECHECK_S = 5.0
@@ -239,18 +239,19 @@ class RouterService:
         if gate is not None and (request.job_id is None or not await self.store.get_job(job.id)):
             await gate(job, len(executions))
         # The leader indexes what this process stores itself; until then it is told to expect it.
+        # Handed over as the store returns, with no await in between: the store returns
+        # submissions in seq order, so the index never holds a later one without an earlier.
         manager = self.leadership.manager
-        stored_executions: list[Execution] = []
         if manager is not None:
             manager.handing_over += len(executions)
+        submitted = Submitted(job, False)
         try:
-            stored, created = await self.store.submit_job(job, executions)
-            if created:
-                stored_executions = await self.store.executions_of(stored.id)
+            submitted = await self.store.submit_job(job, executions)
         finally:
             if manager is not None:
                 manager.handing_over -= len(executions)
-                manager.enqueue(stored_executions)
+                manager.enqueue(submitted.executions)
+        stored, created, stored_executions = submitted
         if not created:
             if replace(stored, created_at=0.0) != replace(job, created_at=0.0):
                 raise errors.Conflict(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
 
@@ -21,6 +21,17 @@ class Recorded:
     executions: frozenset[str] = frozenset()
     # The jobs this write left with no execution queued or running: they are finished.
     finished_jobs: frozenset[str] = frozenset()
+
+
+class Submitted(NamedTuple):
+    """What submit_job did."""
+
+    # The stored job: the one given, or the existing one of that id (then nothing was written).
+    job: Job
+    created: bool
+    # As stored, each with its `seq`; empty when nothing was written. Handing these to the
+    # scheduler right away (no read in between) keeps its index in `seq` order.
+    executions: tuple[Execution, ...] = ()
 
 
 class Store(Protocol):
@@ -49,10 +60,11 @@ class Store(Protocol):
     async def release_scheduler_lock(self) -> None:
         """Give the lock up (a no-op if not held)."""
 
-    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
+    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> Submitted:
         """Store a job and its executions atomically, giving each execution the next `seq`.
 
         If a job with this id exists, nothing is written and (existing job, False) is returned.
+        Submissions that return in one event-loop step return in `seq` order.
         """
 
     async def get_job(self, job_id: str) -> Job | None:

@@ -50,6 +50,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -77,7 +78,8 @@ from hybrid_router.store._codec import (
     job_from_record,
     job_record,
 )
-from hybrid_router.store.base import Recorded
+from hybrid_router.store._group_commit import GroupCommit, Submission
+from hybrid_router.store.base import Recorded, Submitted
 
 LAYOUT_VERSION = 1
 # Connections to Redis one process keeps at most.
@@ -176,7 +178,8 @@ end
 
 _SCRIPTS = {
     # ARGV: job id, job JSON, owner, created_at, then (execution id, execution JSON) pairs.
-    # Returns the stored job's JSON if the id exists (writing nothing), else nil.
+    # Returns the stored job's JSON if the id exists (writing nothing), else the seq before
+    # the first execution's (theirs follow it one by one).
     "submit": """
 local job_id, job_raw, owner, created_at = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local job = P .. ':job:' .. job_id
@@ -189,7 +192,8 @@ for i = 8, #ARGV, 2 do
   end
   seen[ARGV[i]] = true
 end
-local member = string.format('%015d|%s', redis.call('INCR', P .. ':seq'), job_id)
+local before = redis.call('INCR', P .. ':seq')
+local member = string.format('%015d|%s', before, job_id)
 redis.call('HSET', job, 'job', job_raw, 'ref', cjson.encode({job_id, member, owner}))
 redis.call('ZADD', P .. ':jobs', created_at, member)
 redis.call('ZADD', P .. ':jobs:owner:' .. owner, created_at, member)
@@ -201,7 +205,7 @@ for i = 8, #ARGV, 2 do
   enter(e, ARGV[i], seq, e.state)
 end
 retire(job_id)
-return false
+return before
 """,
     # ARGV: the number of executions, then (execution id, JSON, state) triples, then per
     # container: its id, its JSON up to the in_flight array (which comes last, so the script
@@ -407,6 +411,7 @@ class RedisStore:
         self._token: int | None = None
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        self._submissions = GroupCommit(self._write_submissions)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -494,8 +499,12 @@ class RedisStore:
         await self._run("release", self.node_id)
 
     @_unavailable_on_connection_error
-    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
-        """Store a job and its executions atomically; (existing job, False) if the id exists."""
+    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> Submitted:
+        """Store a job and its executions atomically; (existing job, False) if the id exists.
+
+        Group-committed: submissions that arrive while a pipeline of them is in flight go
+        together in the next one (see store._group_commit).
+        """
         for e in executions:
             if abs(e.priority) >= PRIORITY_LIMIT:
                 raise InvalidRequest(
@@ -503,18 +512,22 @@ class RedisStore:
                     f"by priorities between {1 - PRIORITY_LIMIT} and {PRIORITY_LIMIT - 1}",
                     code="INVALID_PRIORITY",
                 )
-        args: list[str] = [job.id, _dumps(job_record(job)), job.owner, _dumps(job.created_at)]
-        for e in executions:
-            args += [e.id, _encode_execution(e)]
-        try:
-            existing = await self._run("submit", *args)
-        except ResponseError as e:
-            if "execution id already stored" in str(e):
-                raise Conflict(str(e), code="EXECUTION_CONFLICT") from e
-            raise
-        if existing is not None:
-            return job_from_record(json.loads(existing)), False
-        return job, True
+        self._script("submit")  # not open: fail now rather than in the batch
+        return await self._submissions.submit(job, executions)
+
+    async def _write_submissions(self, batch: Sequence[Submission]) -> list[Submitted | Exception]:
+        """One pipeline of submit scripts: one round trip, replies in order."""
+        script = self._script("submit")
+        async with self.client.pipeline(transaction=False) as pipe:
+            for s in batch:
+                args: list[str | int] = [self.prefix, self._retention_ms, ""]
+                args += [s.job.id, _dumps(job_record(s.job)), s.job.owner]
+                args.append(_dumps(s.job.created_at))
+                for e in s.executions:
+                    args += [e.id, _encode_execution(e)]
+                await script(args=args, client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        return [_submitted(s, reply) for s, reply in zip(batch, replies, strict=True)]
 
     @_unavailable_on_connection_error
     async def get_job(self, job_id: str) -> Job | None:
@@ -718,12 +731,15 @@ class RedisStore:
         members = await self.client.zrange(key, start, end, withscores=True)
         return cast(list[tuple[str, float]], members)
 
-    async def _run(self, name: str, *args: str | int, token: int | None = None) -> Any:
+    def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
         if script is None:
             raise RuntimeError(f"Redis store {self.prefix!r} is not open")
+        return script
+
+    async def _run(self, name: str, *args: str | int, token: int | None = None) -> Any:
         fence: str | int = "" if token is None else token
-        return await script(args=[self.prefix, self._retention_ms, fence, *args])
+        return await self._script(name)(args=[self.prefix, self._retention_ms, fence, *args])
 
     async def _fenced(self, name: str, *args: str | int) -> Any:
         """Run a leader's write; StoreFenced if a newer lease's token has replaced ours."""
@@ -787,6 +803,23 @@ def _recorded(reply: list[list[str]]) -> Recorded:
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
+    """What the submit script's reply says it did."""
+    if isinstance(reply, ResponseError):
+        if "execution id already stored" in str(reply):
+            return Conflict(str(reply), code="EXECUTION_CONFLICT")
+        return reply
+    if isinstance(reply, Exception):
+        return reply
+    if isinstance(reply, str):
+        return Submitted(job_from_record(json.loads(reply)), False)
+    first = int(cast(int, reply)) + 1
+    executions = submission.executions
+    return Submitted(
+        submission.job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions))
+    )
 
 
 def _optional(value: str | None) -> str:

@@ -23,7 +23,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +42,8 @@ from hybrid_router.store._codec import (
     job_from_record,
     job_record,
 )
-from hybrid_router.store.base import Recorded
+from hybrid_router.store._group_commit import GroupCommit, Submission
+from hybrid_router.store.base import Recorded, Submitted
 
 SCHEMA_VERSION = 3
 # Columns added since version 1, by the version that added them: a file written by an older
@@ -53,10 +54,6 @@ _ADDED_COLUMNS = {
 # Read connections: the API's reads run side by side on them, and a long one (the leader
 # reading the whole queue) leaves the others free.
 _READERS = 3
-# A group commit's limits: a bigger batch would hold the write lock, and every reply in it,
-# for longer, and gain little once the fsync is shared by hundreds.
-_BATCH_SUBMISSIONS = 500
-_BATCH_EXECUTIONS = 20_000
 
 _COUNT_NEW = """
     INSERT INTO job_counts (job_id, state, n) VALUES (NEW.job_id, NEW.state, 1)
@@ -264,16 +261,6 @@ _T = TypeVar("_T")
 Transaction = Callable[[aiosqlite.Connection], Awaitable[_T]]
 
 
-# eq=False: found in the pending list by identity, not by comparing every execution.
-@dataclass(eq=False)
-class _Submission:
-    """A submit_job call waiting for its group commit."""
-
-    job: Job
-    executions: Sequence[Execution]
-    outcome: asyncio.Future[tuple[Job, bool]]
-
-
 class SQLiteStore:
     """The Store protocol on one SQLite file (see store.base for each method's contract)."""
 
@@ -285,9 +272,7 @@ class SQLiteStore:
         self._readers: list[aiosqlite.Connection] = []
         self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._lock_fd: int | None = None
-        # Submissions not yet taken into a batch, and the one task that writes them.
-        self._submissions: list[_Submission] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._submissions = GroupCommit(self._write_submissions)
         self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
     async def open(self) -> None:
@@ -383,68 +368,17 @@ class SQLiteStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> tuple[Job, bool]:
+    async def submit_job(self, job: Job, executions: Sequence[Execution]) -> Submitted:
         """Store a job and its executions atomically; (existing job, False) if the id exists.
 
         Returns once the transaction holding it is committed, which it may share with other
-        submissions (see _commit_submissions).
+        submissions (a group commit: see store._group_commit).
         """
         self._connection()
-        submission = _Submission(job, executions, asyncio.get_running_loop().create_future())
-        submission.outcome.add_done_callback(_retrieve)
-        self._submissions.append(submission)
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_submissions())
-        try:
-            # Shielded: a caller that leaves must not cancel a future the committer settles.
-            return await asyncio.shield(submission.outcome)
-        except asyncio.CancelledError:
-            # Not taken into a batch yet, it writes nothing, as a write cancelled before it
-            # begins; once taken, it is written or not with its batch.
-            with contextlib.suppress(ValueError):
-                self._submissions.remove(submission)
-            raise
+        return await self._submissions.submit(job, executions)
 
-    async def _commit_submissions(self) -> None:
-        """Write the pending submissions, a batch per transaction, until none is left.
-
-        Those that arrive while a batch is written wait for the next one, so under load each
-        transaction (and its fsync) carries all that came in during the one before.
-        """
-        batch: list[_Submission] = []
-        try:
-            while self._submissions:
-                batch = self._next_batch()
-                try:
-                    outcomes = await self._write(functools.partial(_submit_each, batch=batch))
-                except Exception as e:
-                    for s in batch:
-                        s.outcome.set_exception(e)
-                    continue
-                for s, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, Exception):
-                        s.outcome.set_exception(outcome)
-                    else:
-                        s.outcome.set_result(outcome)
-        except BaseException:
-            # Cancelled (the event loop closing down): no task is left to write the others.
-            for s in (*batch, *self._submissions):
-                s.outcome.cancel()
-            self._submissions.clear()
-            raise
-        finally:
-            self._committer = None
-
-    def _next_batch(self) -> list[_Submission]:
-        """The oldest pending submissions, up to a batch's limits (at least one)."""
-        taken, executions = 0, 0
-        for s in self._submissions:
-            executions += len(s.executions)
-            if taken and (taken == _BATCH_SUBMISSIONS or executions > _BATCH_EXECUTIONS):
-                break
-            taken += 1
-        batch, self._submissions = self._submissions[:taken], self._submissions[taken:]
-        return batch
+    async def _write_submissions(self, batch: Sequence[Submission]) -> list[Submitted | Exception]:
+        return await self._write(functools.partial(_submit_each, batch=batch))
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job, or None."""
@@ -710,10 +644,10 @@ class SQLiteStore:
 
 
 async def _submit_each(
-    tx: aiosqlite.Connection, batch: Sequence[_Submission]
-) -> list[tuple[Job, bool] | Exception]:
-    """Each submission in a savepoint of its own: its (job, created), or why it failed."""
-    outcomes: list[tuple[Job, bool] | Exception] = []
+    tx: aiosqlite.Connection, batch: Sequence[Submission]
+) -> list[Submitted | Exception]:
+    """Each submission in a savepoint of its own: what it did, or why it failed."""
+    outcomes: list[Submitted | Exception] = []
     for s in batch:
         await tx.execute("SAVEPOINT submission")
         try:
@@ -731,17 +665,21 @@ async def _submit_each(
     return outcomes
 
 
-async def _submit(
-    tx: aiosqlite.Connection, job: Job, executions: Sequence[Execution]
-) -> tuple[Job, bool]:
+async def _submit(tx: aiosqlite.Connection, job: Job, executions: Sequence[Execution]) -> Submitted:
     # Also finds a job submitted earlier in the same batch: one transaction sees its writes.
     rows = await tx.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job.id,))
     for row in rows:
-        return _job(row), False
+        return Submitted(_job(row), False)
     await tx.execute(_INSERT_JOB, _job_params(job))
-    # executemany inserts in list order, so seq follows the order given.
+    # executemany inserts in list order, and the one writer's AUTOINCREMENT hands out
+    # consecutive values: the executions' seqs are the last len(executions) of them.
     await tx.executemany(_INSERT_EXECUTION, [_execution_params(e) for e in executions])
-    return job, True
+    last = 0
+    if executions:
+        rows = await tx.execute_fetchall("SELECT last_insert_rowid()")
+        last = int(next(iter(rows))[0])
+    first = last - len(executions) + 1
+    return Submitted(job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions)))
 
 
 async def _write_where_queued(
