@@ -225,18 +225,23 @@ def _sqlite_file(store_url: str) -> Path | None:
 
 @app.command("emulate-modal")
 def emulate_modal(
-    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Listen port.")] = 8001,
-    gpu_limit: Annotated[int, typer.Option(min=1, help="GPUs the emulated account has.")] = 10,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Listen port.")] = 8001,
+    gpu_limit: Annotated[
+        int, typer.Option(min=1, metavar="N", help="GPUs the emulated account has.")
+    ] = 10,
     time_scale: Annotated[
-        float, typer.Option(help="1.0 = production timings; 0.02 = 50x faster.")
+        float, typer.Option(metavar="FACTOR", help="1.0 = production timings; 0.02 = 50x faster.")
     ] = 1.0,
-    seed: Annotated[int, typer.Option(help="Same seed, same cold starts and run times.")] = 0,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Same seed, same cold starts and run times.")
+    ] = 0,
     poll_after_s: Annotated[
         float | None,
         typer.Option(
+            metavar="SECONDS",
             help="Answer a call still running after this many seconds with a 303 to its "
-            "result URL (default: Modal's 150 s times --time-scale)."
+            "result URL (default: Modal's 150 s times --time-scale).",
         ),
     ] = None,
 ) -> None:
@@ -263,7 +268,9 @@ class Output(enum.StrEnum):
 
 OutputOption = Annotated[
     Output,
-    typer.Option("--output", "-o", help="table, wide (every execution, every column) or json."),
+    typer.Option(
+        "--output", "-o", help="wide: more columns, every execution; json: the API's JSON."
+    ),
 ]
 
 
