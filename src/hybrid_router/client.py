@@ -278,10 +278,12 @@ def _waiting(
     on_progress: ProgressCallback | None,
     poll_s: float,
 ) -> Generator[_Step, Any, JobOut]:
-    """Wait for the job to finish: look at it again on each of its events, at least every
-    REFRESH_S, and every `poll_s` once the stream has ended without it finishing (a
-    router or proxy without event streams). Raises TimeoutError after `timeout_s`."""
+    """Wait for the job to finish: look at it again after each of its events (at most
+    every `poll_s`: a big job's events come by the thousand), at least every REFRESH_S, and
+    every `poll_s` once the stream has ended without it finishing (a router or proxy
+    without event streams). Raises TimeoutError after `timeout_s`."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    looked_at = time.monotonic()
     job: JobOut = yield _Fetch(api.get(job_id))
     listening = not finished(job)
     if listening:
@@ -298,8 +300,11 @@ def _waiting(
             pause = REFRESH_S if remaining is None else min(REFRESH_S, remaining)
             if (yield _NextEvent(pause)) is None:
                 listening = False
+            elif (early := looked_at + poll_s - time.monotonic()) > 0:
+                yield _Sleep(early)
         else:
             yield _Sleep(poll_s if remaining is None else min(poll_s, remaining))
+        looked_at = time.monotonic()
         job = yield _Fetch(api.get(job_id))
 
 
