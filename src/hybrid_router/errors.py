@@ -10,7 +10,8 @@ RouterError
 ├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
 ├── StoreUnavailable (503)        code: STORE_UNAVAILABLE, NOT_READY
 ├── StoreFenced (503)             code: NOT_LEADER (a stale leader's write was refused)
-└── ConfigError                   a bad config file, reported at start
+├── ConfigError                   a bad config file, reported at start
+└── Unreachable                   the Python client could not reach the router
 """
 
 from __future__ import annotations
@@ -86,3 +87,10 @@ class RateLimited(RouterError):
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+
+
+class Unreachable(RouterError):
+    """The client got no answer from the router: connection refused, timed out or broken."""
+
+    status_code = 503
+    code = "UNREACHABLE"

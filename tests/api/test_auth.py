@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -450,9 +451,14 @@ def write_config(tmp_path: Path, with_users: bool) -> Path:
 
 @pytest.fixture
 def uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Where `serve` would have bound, instead of serving."""
+    """Where `serve` bound its socket, instead of serving on it."""
     runs: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        runs.append({"host": server.config.host, "bound": sockets[0].getsockname()[0]})
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     for name in ("HYBRID_ROUTER_HOST", "HYBRID_ROUTER_PORT", "HYBRID_ROUTER_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     return runs
@@ -479,13 +485,17 @@ def test_serve_binds_loopback_or_with_insecure_or_with_users(
         ["--host", "::1"],
         ["--host", "0.0.0.0", "--insecure"],
     ):
-        result = CliRunner().invoke(cli.app, ["serve", "--config", open_config, *args])
+        serve = ["serve", "--config", open_config, "--port", "0", *args]
+        result = CliRunner().invoke(cli.app, serve)
         assert result.exit_code == 0, result.output
     keyed = str(write_config(tmp_path, with_users=True))
-    result = CliRunner().invoke(cli.app, ["serve", "--config", keyed, "--host", "0.0.0.0"])
+    serve = ["serve", "--config", keyed, "--port", "0", "--host", "0.0.0.0"]
+    result = CliRunner().invoke(cli.app, serve)
     assert result.exit_code == 0, result.output
     hosts = [run["host"] for run in uvicorn_runs]
     assert hosts == ["127.0.0.1", "localhost", "::1", "0.0.0.0", "0.0.0.0"]
+    bound = [run["bound"] for run in uvicorn_runs]
+    assert bound == ["127.0.0.1", "127.0.0.1", "::1", "0.0.0.0", "0.0.0.0"]
 
 
 @contextmanager

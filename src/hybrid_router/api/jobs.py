@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from hybrid_router.api.auth import UserDep
 from hybrid_router.api.deps import QuotasDep, ServiceDep
 from hybrid_router.api.schemas import JobAccepted, JobCreate, JobList, JobOut, JobSummary
+from hybrid_router.core.model import JobState
 
 router = APIRouter(tags=["jobs"])
 
@@ -38,9 +39,12 @@ async def list_jobs(
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    state: Annotated[
+        JobState | None, Query(alias="status", description="Only jobs in this state.")
+    ] = None,
 ) -> JobList:
     """Jobs newest first, without their executions."""
-    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset)
+    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset, state=state)
     return JobList(jobs=[JobSummary.from_status(s) for s in statuses], limit=limit, offset=offset)
 
 

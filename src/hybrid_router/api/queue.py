@@ -13,8 +13,8 @@ router = APIRouter(tags=["queues"])
 
 @router.get("/queue/status")
 async def queue_status(service: ServiceDep) -> QueueStatus:
-    """Every region by canonical name."""
-    return QueueStatus.from_statuses(await service.queue_status())
+    """Every region by canonical name, and the account-wide GPUs."""
+    return QueueStatus.from_statuses(await service.queue_status(), service.topology.gpu_limit)
 
 
 @router.get("/queue/status/{region}")

@@ -234,11 +234,13 @@ def job_state(states: list[ExecutionState]) -> JobState:
 
 @dataclass(frozen=True)
 class ExecutionStatus:
-    """An execution as a client sees it: with its place in its region's queue while queued."""
+    """An execution as a client sees it: with its place in its region's queue while queued,
+    and when it is expected to finish while queued or running."""
 
     execution: Execution
     position: int | None = None  # 1 = next to start in its region
     estimated_start_s: float | None = None  # seconds from now
+    estimated_end_s: float | None = None  # seconds from now
 
 
 @dataclass(frozen=True)

@@ -59,15 +59,19 @@ ESTIMATE_MAX_QUEUED = 3_000
 RUNNING_SHOWN = 100
 # Readers share one estimate, made again at most this often (and only after a round).
 ESTIMATE_MAX_AGE_S = 1.0
+# Jobs read from the store at a time when listing those in one state.
+JOBS_PAGE = 200
 
 
 @dataclass(frozen=True)
 class _Estimate:
-    """Positions (aging included) and estimated starts of every queued execution, as of one
-    scheduling round; `made_at` is when, `round` which (None: read from the store)."""
+    """Positions (aging included) and estimated starts of every queued execution, and
+    estimated ends of every queued or running one, as of one scheduling round; `made_at` is
+    when, `round` which (None: read from the store)."""
 
     places: dict[str, int]
     starts: dict[str, float]
+    ends: dict[str, float]
     made_at: float
     round: tuple[int, int] | None
 
@@ -269,30 +273,40 @@ class RouterService:
         positions: bool = True,
     ) -> JobStatus:
         """A job with its progress counts and its executions (`limit` of them from `offset`;
-        None: all), with queue positions and estimated starts while queued.
+        None: all), with queue positions and estimated starts while queued, estimated ends
+        while queued or running.
 
         With `owner`, another owner's job is JOB_NOT_FOUND (None: any owner, for admins).
         """
         job, counts = await self._get(job_id, owner)
         executions = await self.store.executions_of(job_id, offset=offset, limit=limit)
-        waiting = [e for e in executions if e.state is ExecutionState.QUEUED]
+        unfinished = [e for e in executions if not e.state.terminal]
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
-        if waiting and positions:
-            places, starts = await self._places(waiting)
-        statuses = tuple(ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions)
+        ends: dict[str, float] = {}
+        if unfinished and positions:
+            places, starts, ends = await self._places(unfinished)
+        statuses = tuple(
+            ExecutionStatus(e, places.get(e.id), starts.get(e.id), ends.get(e.id))
+            for e in executions
+        )
         return _job_status(job, counts, statuses)
 
-    async def _places(self, waiting: list[Execution]) -> tuple[dict[str, int], dict[str, float]]:
-        """Queue positions and estimated starts (seconds from now) of these queued executions.
+    async def _places(
+        self, unfinished: list[Execution]
+    ) -> tuple[dict[str, int], dict[str, float], dict[str, float]]:
+        """Queue positions and estimated starts (seconds from now) of the queued executions
+        among these, and estimated ends of all of them.
 
         While the queue is small enough, both come from the shared estimate: positions
         follow the policy exactly (aging included) and starts are estimated by running it
         forward. Past that, each position is one look-up in the queue's index (the leader's
-        in memory, else the store's), and starts are not estimated.
+        in memory, else the store's), and neither starts nor ends are estimated.
         """
+        waiting = [e for e in unfinished if e.state is ExecutionState.QUEUED]
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
+        ends: dict[str, float] = {}
         estimate_ = await self._shared_estimate()
         if estimate_ is not None:
             made_ago = self.clock() - estimate_.made_at
@@ -301,6 +315,9 @@ class RouterService:
                     places[e.id] = estimate_.places[e.id]
                 if e.id in estimate_.starts:
                     starts[e.id] = max(0.0, estimate_.starts[e.id] - made_ago)
+            for e in unfinished:
+                if e.id in estimate_.ends:
+                    ends[e.id] = max(0.0, estimate_.ends[e.id] - made_ago)
         # Queued since the estimate was made (or too many to estimate): from the index.
         missing = [e for e in waiting if e.id not in places]
         manager = self.leadership.manager
@@ -310,7 +327,7 @@ class RouterService:
                     places[e.id] = place
         elif missing:
             places.update(await self.store.positions(missing))
-        return places, starts
+        return places, starts, ends
 
     async def _shared_estimate(self) -> _Estimate | None:
         """The estimate readers share, made again once it is older than a round and than
@@ -345,18 +362,37 @@ class RouterService:
             # On a snapshot, in a thread: tens of milliseconds of policy rounds would
             # otherwise hold up every request and the scheduler's next step.
             durations = replace(self.durations, observed=dict(self.durations.observed))
-            starts = await asyncio.to_thread(
-                estimate.estimate_starts, queued, running, containers, self.topology, now, durations
+            expected = await asyncio.to_thread(
+                estimate.forecast, queued, running, containers, self.topology, now, durations
             )
-            self._estimate = _Estimate(places, starts, now, current)
+            self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
             return self._estimate
 
     async def jobs(
-        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        state: JobState | None = None,
     ) -> list[JobStatus]:
-        """Jobs newest first (only `owner`'s when given), with counts but no executions."""
-        rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
-        return [_job_status(job, counts) for job, counts in rows]
+        """Jobs newest first (only `owner`'s when given, only those in `state` when given),
+        with counts but no executions."""
+        if state is None:
+            rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
+            return [_job_status(job, counts) for job, counts in rows]
+        # A job's state follows from its counts, which the store does not index: read the
+        # list page by page and keep the jobs in `state`.
+        matching: list[JobStatus] = []
+        read = 0
+        while len(matching) < offset + limit:
+            rows = await self.store.list_jobs(owner=owner, limit=JOBS_PAGE, offset=read)
+            statuses = (_job_status(job, counts) for job, counts in rows)
+            matching += (s for s in statuses if s.state is state)
+            read += len(rows)
+            if len(rows) < JOBS_PAGE:
+                break
+        return matching[offset : offset + limit]
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """Cancel queued and running executions; finished ones keep their results."""
