@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Awaitable, Sequence
 from dataclasses import MISSING, fields, replace
 
@@ -17,7 +16,7 @@ from hybrid_router.core.model import (
     Job,
     RegionMode,
 )
-from hybrid_router.errors import Conflict
+from hybrid_router.errors import DuplicateExecution
 from hybrid_router.store.base import Recorded, Store, Submitted
 
 from .conftest import StoreFactory
@@ -688,7 +687,9 @@ async def test_a_refused_submission_leaves_the_others_written(store: Store) -> N
 
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
 
-    assert isinstance(outcomes[3], sqlite3.IntegrityError | Conflict)
+    # The store's own error, naming the id, which the API's one handler maps (409).
+    assert isinstance(outcomes[3], DuplicateExecution), outcomes[3]
+    assert small_job("first").expand()[0].id in outcomes[3].message
     assert pairs(outcomes[:3] + outcomes[4:]) == [(j, True) for j in good]
     assert await store.get_job(clash.id) is None
     assert await store.executions_of(clash.id) == []

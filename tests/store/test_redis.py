@@ -13,8 +13,9 @@ import pytest
 from hybrid_router.core.model import Container, ExecutionState, Job
 from hybrid_router.errors import (
     ConfigError,
-    Conflict,
+    DuplicateExecution,
     InvalidRequest,
+    NotStorable,
     StoreFenced,
     StoreUnavailable,
 )
@@ -302,8 +303,12 @@ async def test_a_priority_the_region_score_cannot_hold_is_refused(make: RedisFac
     store = await opened(make)
     job = replace(make_job(), priority=5000)
 
-    with pytest.raises(InvalidRequest, match="priority 5000"):
+    with pytest.raises(NotStorable, match="priority 5000") as refused:
         await store.submit_job(job, job.expand())
+
+    # A store error, not one about the request: the API's handler alone decides the answer.
+    assert not isinstance(refused.value, InvalidRequest)
+    assert (refused.value.status_code, refused.value.code) == (422, "INVALID_PRIORITY")
 
     assert await store.get_job(job.id) is None
 
@@ -314,7 +319,7 @@ async def test_a_submission_reusing_an_execution_id_writes_nothing(make: RedisFa
     await store.submit_job(first, first.expand())
     second = Job(id="second", models=("m",), regions=("US", "EU"), questions=("q",))
 
-    with pytest.raises(Conflict, match="first:0:m:US"):
+    with pytest.raises(DuplicateExecution, match="first:0:m:US"):
         await store.submit_job(second, [second.expand()[0], first.expand()[0]])
 
     assert await store.get_job("second") is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hybrid_router.core.model import ExecutionState, Job
-from hybrid_router.errors import ConfigError, StoreUnavailable
+from hybrid_router.errors import ConfigError, DuplicateExecution, StoreUnavailable
 from hybrid_router.store import store_from_url
 from hybrid_router.store.sqlite import _POSITIONS, SCHEMA_VERSION, SQLiteStore
 
@@ -275,7 +275,7 @@ async def test_a_submission_that_fails_part_way_writes_nothing(tmp_path: Path) -
         second = Job(id="second", models=("m",), regions=("US", "EU"), questions=("q",))
         # The second execution reuses an existing id, so its insert fails after the job's.
         clash = [second.expand()[0], first.expand()[0]]
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(DuplicateExecution, match="first:0:m:US"):
             await store.submit_job(second, clash)
 
         assert await store.get_job("second") is None

@@ -177,11 +177,19 @@ class RouterService:
         """Canonical region name; raises InvalidRequest(UNKNOWN_REGION)."""
         canonical = self.settings.canonical_region(name)
         if canonical is None:
-            known = ", ".join(self.topology.regions)
-            raise errors.InvalidRequest(
-                f"unknown region {name!r} (known: {known})", code="UNKNOWN_REGION"
-            )
+            raise errors.InvalidRequest(self._unknown_region(name), code="UNKNOWN_REGION")
         return canonical
+
+    def region_named(self, name: str) -> str:
+        """The canonical name of a region addressed as a resource (a path): by any spelling;
+        raises NotFound(REGION_NOT_FOUND), as for anything else a URL names that is not there."""
+        canonical = self.settings.canonical_region(name)
+        if canonical is None:
+            raise errors.NotFound(self._unknown_region(name), code="REGION_NOT_FOUND")
+        return canonical
+
+    def _unknown_region(self, name: str) -> str:
+        return f"unknown region {name!r} (known: {', '.join(self.topology.regions)})"
 
     def canonical_model(self, name: str) -> str:
         """Canonical model name; raises InvalidRequest(UNKNOWN_MODEL)."""
@@ -423,9 +431,14 @@ class RouterService:
 
     async def set_region_mode(self, region: str, mode: RegionMode) -> RegionStatus:
         """Pause, drain or reopen a region (by any spelling), for every replica."""
-        name = self.canonical_region(region)
+        name = self.region_named(region)
         await self.store.set_region_mode(name, mode)
         await self.bus.publish(Event(REGION_CHANGED, "", self.clock(), region=name, state=mode))
+        return (await self.queue_status())[name]
+
+    async def region_status(self, region: str) -> RegionStatus:
+        """One region's queue and GPU picture, by any spelling of its name."""
+        name = self.region_named(region)
         return (await self.queue_status())[name]
 
     async def queue_status(self) -> dict[str, RegionStatus]:

@@ -64,8 +64,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
 from hybrid_router.errors import (
     ConfigError,
-    Conflict,
-    InvalidRequest,
+    DuplicateExecution,
+    NotStorable,
     StoreFenced,
     StoreUnavailable,
 )
@@ -507,7 +507,7 @@ class RedisStore:
         """
         for e in executions:
             if abs(e.priority) >= PRIORITY_LIMIT:
-                raise InvalidRequest(
+                raise NotStorable(
                     f"priority {e.priority} is out of range: the Redis store orders queues "
                     f"by priorities between {1 - PRIORITY_LIMIT} and {PRIORITY_LIMIT - 1}",
                     code="INVALID_PRIORITY",
@@ -809,7 +809,7 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     """What the submit script's reply says it did."""
     if isinstance(reply, ResponseError):
         if "execution id already stored" in str(reply):
-            return Conflict(str(reply), code="EXECUTION_CONFLICT")
+            return DuplicateExecution(str(reply))
         return reply
     if isinstance(reply, Exception):
         return reply

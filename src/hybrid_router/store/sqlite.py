@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sqlite3
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
-from hybrid_router.errors import ConfigError, StoreUnavailable
+from hybrid_router.errors import ConfigError, DuplicateExecution, StoreUnavailable
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
     JOB_FIELDS,
@@ -660,6 +661,8 @@ async def _submit_each(
             if not tx.in_transaction:
                 raise
             await tx.execute("ROLLBACK TO submission")
+            if isinstance(e, sqlite3.IntegrityError):
+                e = await _duplicate(tx, s.executions)
             outcomes.append(e)
         await tx.execute("RELEASE submission")
     return outcomes
@@ -680,6 +683,20 @@ async def _submit(tx: aiosqlite.Connection, job: Job, executions: Sequence[Execu
         last = int(next(iter(rows))[0])
     first = last - len(executions) + 1
     return Submitted(job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions)))
+
+
+async def _duplicate(
+    tx: aiosqlite.Connection, executions: Sequence[Execution]
+) -> DuplicateExecution:
+    """The refusal of a submission whose execution ids UNIQUE found already taken, naming them."""
+    ids = [e.id for e in executions]
+    rows = await tx.execute_fetchall(
+        "SELECT id FROM executions WHERE id IN (SELECT value FROM json_each(:ids))",
+        {"ids": json.dumps(ids)},
+    )
+    repeated = {i for i, n in Counter(ids).items() if n > 1}
+    taken = {row["id"] for row in rows} | repeated
+    return DuplicateExecution(f"execution id already stored: {', '.join(sorted(taken))}")
 
 
 async def _write_where_queued(
