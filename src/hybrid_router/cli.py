@@ -91,6 +91,7 @@ def serve(
     import uvicorn
 
     from hybrid_router.api import create_app
+    from hybrid_router.api.connections import timed_protocol
     from hybrid_router.settings import ServerSettings, load_settings
 
     try:
@@ -127,6 +128,7 @@ def serve(
             host=bind,
             port=port if port is not None else server.port,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+            http=timed_protocol(settings.http),
             log_config=_log_config(application),
         )
     except SystemExit:
