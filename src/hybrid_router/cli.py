@@ -61,6 +61,14 @@ ApiKeyOption = Annotated[
         show_default=False,
     ),
 ]
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        help="Admins: whose job of this id (when several owners have one).",
+        show_default=False,
+    ),
+]
 
 
 def main() -> None:
@@ -213,7 +221,7 @@ def submit(
         )
         if not wait:
             return
-        job = _follow(client, accepted["job_id"])
+        job = _follow(client, accepted["job_id"], accepted["owner"])
     _print_job(job)
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)
 
@@ -339,10 +347,11 @@ def job_command(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
+    owner: OwnerOption = None,
 ) -> None:
     """A job's progress and every execution."""
     with _client(url, api_key) as client:
-        job = _call(client, "GET", f"/jobs/{_path(job_id)}")
+        job = _call(client, "GET", _job_path(job_id, owner))
     _print_job(job)
 
 
@@ -351,10 +360,11 @@ def cancel(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
+    owner: OwnerOption = None,
 ) -> None:
     """Cancel a job's queued and running executions."""
     with _client(url, api_key) as client:
-        job = _call(client, "DELETE", f"/jobs/{_path(job_id)}")
+        job = _call(client, "DELETE", _job_path(job_id, owner))
     progress = job["progress"]
     out.print(
         f"job [bold]{escape(job['job_id'])}[/bold]: {_state(job['status'])}, "
@@ -406,6 +416,13 @@ def _log_config(application: Any) -> dict[str, Any]:
 
 def _split(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _job_path(job_id: str, owner: str | None, tail: str = "") -> str:
+    """A job's URL (and `tail` under it), for its owner when named (admins need to when
+    several owners have a job of that id)."""
+    query = "" if owner is None else f"?owner={_path(owner)}"
+    return f"/jobs/{_path(job_id)}{tail}{query}"
 
 
 def _path(segment: str) -> str:
@@ -460,13 +477,13 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     return body
 
 
-def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
+def _follow(client: httpx.Client, job_id: str, owner: str) -> dict[str, Any]:
     """Follow the job until it finishes, showing a progress bar; returns its final status.
 
     The job's event stream says when to look again; polling every POLL_S covers a stream
     that breaks or a server without one.
     """
-    changed = _events_signal(client, f"/jobs/{_path(job_id)}/events")
+    changed = _events_signal(client, _job_path(job_id, owner, "/events"))
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -477,7 +494,7 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
     with Progress(*columns, console=out, transient=True) as bar:
         task = bar.add_task(f"job {escape(job_id)}", total=None, counts="")
         while True:
-            job: dict[str, Any] = _call(client, "GET", f"/jobs/{_path(job_id)}")
+            job: dict[str, Any] = _call(client, "GET", _job_path(job_id, owner))
             p = job["progress"]
             done = p["total"] - p["queued"] - p["running"]
             counts = (
