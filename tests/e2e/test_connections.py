@@ -11,6 +11,7 @@ import hashlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,18 @@ TIMEOUT_S = 0.5
 GIVE_UP_S = 3.0
 
 
-@pytest.fixture
-def router(procs: Procs, tmp_path: Path) -> Router:
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    """One served router for every test here: each opens connections of its own."""
+    tmp_path = tmp_path_factory.mktemp("connections")
+    procs = Procs(tmp_path)
+    try:
+        yield served(procs, tmp_path)
+    finally:
+        procs.close()
+
+
+def served(procs: Procs, tmp_path: Path) -> Router:
     config = write_config(
         tmp_path / "router.toml",
         store=tmp_path / "router.db",

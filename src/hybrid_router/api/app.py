@@ -63,10 +63,11 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     app.state.authenticator = Authenticator.from_settings(settings)
     app.state.quotas = Quotas(rate_limit_storage_uri(settings.store_url))
     install_error_handlers(app)
+    app.add_middleware(ReadConcurrencyLimit, max_concurrent=settings.max_concurrent_reads)
+    # Outermost (added last): a body still on its way holds no read slot.
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.http.body_timeout_s
     )
-    app.add_middleware(ReadConcurrencyLimit, max_concurrent=settings.max_concurrent_reads)
     # Keys on the routers, not per route, so a route added later cannot forget them;
     # health stays open for probes (and /openapi.json, /docs are FastAPI's own).
     for module in (jobs, events, inference, queue, regions, metrics):
