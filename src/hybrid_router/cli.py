@@ -157,15 +157,24 @@ def emulate_modal(
         float, typer.Option(help="1.0 = production timings; 0.02 = 50x faster.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Same seed, same cold starts and run times.")] = 0,
+    poll_after_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Answer a call still running after this many seconds with a 303 to its "
+            "result URL (default: Modal's 150 s times --time-scale)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a simulated provider in Modal's web-endpoint shape (token: MODAL_API_TOKEN)."""
     from hybrid_router.providers.emulator import serve_emulator
 
     if not time_scale > 0:
         _fail("--time-scale must be greater than 0", code=2)
+    if poll_after_s is not None and not poll_after_s > 0:
+        _fail("--poll-after-s must be greater than 0", code=2)
     # An empty variable means no token, as if unset: the emulator then accepts any caller.
     token = os.environ.get("MODAL_API_TOKEN") or None
-    serve_emulator(host, port, gpu_limit, time_scale, seed, token)
+    serve_emulator(host, port, gpu_limit, time_scale, seed, token, poll_after_s)
 
 
 # ---------------------------------------------------------------------------- client side

@@ -349,7 +349,9 @@ def serve_emulator(
     time_scale: float = 1.0,
     seed: int = 0,
     token: str | None = None,
+    poll_after_s: float | None = None,
 ) -> None:
     """Serve a fresh simulated cloud over HTTP until interrupted."""
     cloud = SimulatedCloud(gpu_limit, time_scale=time_scale, seed=seed)
-    uvicorn.run(create_emulator_app(cloud, token=token), host=host, port=port)
+    app = create_emulator_app(cloud, poll_after_s, token=token)
+    uvicorn.run(app, host=host, port=port)
