@@ -503,7 +503,7 @@ class RouterService:
             if len(owners) > 1:
                 raise errors.Conflict(
                     f"jobs of {len(owners)} owners have id {job_id!r} ({', '.join(owners)}):"
-                    " name one with ?owner=",
+                    " name the owner (?owner=NAME, or the CLI's --owner)",
                     code="JOB_ID_AMBIGUOUS",
                 )
             owner = owners[0]
