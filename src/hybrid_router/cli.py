@@ -136,6 +136,7 @@ def serve(
     import uvicorn
 
     from hybrid_router.api import create_app
+    from hybrid_router.api.connections import timed_protocol
     from hybrid_router.settings import ServerSettings, load_settings
 
     try:
@@ -176,6 +177,7 @@ def serve(
             host=bind,
             port=bind_port,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+            http=timed_protocol(settings.http),
             log_config=_log_config(application),
         )
     )

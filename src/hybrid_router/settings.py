@@ -51,6 +51,23 @@ class StoreConfig(BaseModel):
         return _absolute_store_url(url)
 
 
+class HttpConfig(BaseModel):
+    """`[http]`: how long a client may hold a connection, before any key is checked.
+
+    A connection that sends nothing, or a request that arrives a byte at a time, would
+    otherwise keep a socket and its memory for as long as the client likes.
+    """
+
+    model_config = _STRICT
+
+    # Idle: no request in progress, from the connection's start or the last response.
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    # From a request's first byte to the end of its head (request line and headers).
+    header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    # From the end of the head to the end of the body: answered 408 REQUEST_TIMEOUT.
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+
 class RegionConfig(BaseModel):
     """`[regions.NAME]`."""
 
@@ -160,6 +177,7 @@ class Settings(BaseModel):
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise
     # stand between the scheduler and the event loop at every step of every call.
     max_concurrent_reads: int = Field(default=4, gt=0)

@@ -123,6 +123,14 @@ def test_top_level_options_have_defaults(tmp_path: Path) -> None:
     assert settings.shutdown_grace_s == 30
     assert settings.retry_base_s == 1.0
     assert settings.retry_max_s == 60.0
+    # Every wait for a client is bounded, out of the box.
+    http = settings.http
+    assert (http.keep_alive_timeout_s, http.header_timeout_s, http.body_timeout_s) == (5, 10, 30)
+
+
+def test_connection_timeouts_must_be_positive(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "\n[http]\nheader_timeout_s = 0\n")
+    assert "http.header_timeout_s" in message
 
 
 def test_unknown_region_names_the_key_and_the_known_regions(tmp_path: Path) -> None:

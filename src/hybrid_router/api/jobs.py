@@ -16,6 +16,16 @@ router = APIRouter(tags=["jobs"])
 # Far beyond any job's size, and small enough for every store's integer types.
 MAX_EXECUTIONS_PAGE_OFFSET = 10_000_000
 
+# Job ids are unique per owner: an admin may have to say whose job of an id is meant.
+OwnerQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="Admins: whose job of this id (needed when several owners have one).",
+    ),
+]
+
 
 @router.post(
     "/jobs",
@@ -57,16 +67,19 @@ async def get_job(
     executions_limit: Annotated[
         int | None, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET, description="None: every one")
     ] = None,
+    owner: OwnerQuery = None,
 ) -> JobOut:
     """A job with its progress and its executions (queue position while queued): every one,
     or a page of them in queue order."""
     status = await service.job(
-        job_id, owner=user.owner_filter, offset=executions_offset, limit=executions_limit
+        job_id, owner=user.job_owner(owner), offset=executions_offset, limit=executions_limit
     )
     return JobOut.from_status(status)
 
 
 @router.delete("/jobs/{job_id}")
-async def cancel_job(job_id: str, service: ServiceDep, user: UserDep) -> JobOut:
+async def cancel_job(
+    job_id: str, service: ServiceDep, user: UserDep, owner: OwnerQuery = None
+) -> JobOut:
     """Cancel the job's queued and running executions; finished ones keep their results."""
-    return JobOut.from_status(await service.cancel(job_id, owner=user.owner_filter))
+    return JobOut.from_status(await service.cancel(job_id, owner=user.job_owner(owner)))

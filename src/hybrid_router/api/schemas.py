@@ -127,6 +127,7 @@ class JobAccepted(BaseModel):
     """POST /jobs answer: 202 when created, 200 when the same job already existed."""
 
     job_id: str
+    owner: str = Field(description="Whose job: ids are unique among one owner's jobs.")
     status: JobState
     executions: int
     regions: list[str]
@@ -140,6 +141,7 @@ class JobAccepted(BaseModel):
         job = status.job
         return cls(
             job_id=job.id,
+            owner=job.owner,
             status=status.state,
             executions=sum(status.counts.values()),
             regions=list(job.regions),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,14 @@ class Completion:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
+class JobKey(NamedTuple):
+    """Which job: its id is its owner's to choose, unique among that owner's jobs only, so
+    two users' ids never clash and no answer tells one user what ids another has used."""
+
+    owner: str
+    id: str
+
+
 @dataclass(frozen=True)
 class Job:
     """What a client submitted; expands into one execution per (question, model, region)."""
@@ -134,16 +144,26 @@ class Job:
     # Executions still queued this long after submission end `expired`.
     deadline_s: float | None = None
 
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.owner, self.id)
+
     def expand(self) -> list[Execution]:
-        """Executions question by question, so every model's container stays busy."""
+        """Executions question by question, so every model's container stays busy.
+
+        Their ids are unique across owners: the owner (quoted, so no name can pass for
+        another's) comes first, then the job id, which holds neither '/' nor ':'.
+        """
         executions = []
+        prefix = f"{quote(self.owner, safe='')}/{self.id}"
         for q_index, question in enumerate(self.questions):
             for model in self.models:
                 for region in self.regions:
                     executions.append(
                         Execution(
-                            id=f"{self.id}:{q_index}:{model}:{region}",
+                            id=f"{prefix}:{q_index}:{model}:{region}",
                             job_id=self.id,
+                            owner=self.owner,
                             region=region,
                             model=model,
                             question_index=q_index,
@@ -177,6 +197,7 @@ class Execution:
     model: str
     question_index: int
     prompt: str
+    owner: str = "anonymous"  # with job_id, its job's key
     priority: int = 0
     temperature: float = 0.7
     max_tokens: int = 256
@@ -195,6 +216,10 @@ class Execution:
     response: str | None = None
     inference_time: float | None = None
     error: Failure | None = None
+
+    @property
+    def job_key(self) -> JobKey:
+        return JobKey(self.owner, self.job_id)
 
 
 @dataclass(frozen=True)
