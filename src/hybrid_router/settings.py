@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid_router.core.model import ModelSpec, ProviderKind, ProviderSpec, Region
 from hybrid_router.errors import ConfigError
+from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
+from hybrid_router.store.redis_connect import check_url as check_redis_url
 
 DEFAULT_CONFIG = "default_config.toml"
 
@@ -437,9 +439,18 @@ def _store_problems(url: str) -> list[str]:
         if url == "sqlite:///":
             return ["store.url: sqlite URL has no path (sqlite:///PATH)"]
         return []
-    if url.startswith(("redis://", "rediss://")):
+    scheme = url.partition("://")[0].lower()
+    if scheme in REDIS_SCHEMES:
+        try:
+            check_redis_url(url)
+        except ConfigError as exc:
+            return [f"store.url: {exc.message}"]
         return []
-    return [f"store.url: unsupported '{url}' (use sqlite:///PATH or redis://HOST:PORT/DB)"]
+    # Only the scheme: the rest of the url may hold a password.
+    return [
+        f"store.url: unsupported scheme '{scheme}' (use sqlite:///PATH, redis://HOST:PORT/DB, "
+        "rediss://... for TLS or redis+sentinel://HOST:PORT/MASTER)"
+    ]
 
 
 def _absolute_store_url(url: str) -> str:

@@ -1,0 +1,129 @@
+"""Two router replicas on a Redis that is itself highly available: a master, its replica and
+a Sentinel, all on 127.0.0.1, the store url `redis+sentinel://…`. The replica is promoted
+mid-run (SENTINEL FAILOVER, as an operator or a managed service does it), and what a user
+cares about still holds: every accepted job finishes, each execution recorded once, the
+account's and regions' GPU limits never exceeded.
+
+A forced failover leaves the old master up; until Sentinel turns it into a replica (its next
+look, up to 10 s later) it would take writes from connections still open to it, and those
+writes would be lost. `min-replicas-to-write 1` makes it refuse them the moment its replica
+is promoted, and the router then reconnects through Sentinel (store/redis_connect.py). With
+only two servers, only the first master gets the option: the promoted one would have no
+replica to count until the old master rejoins (deploy/README.md has three servers).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.e2e.conftest import (
+    Procs,
+    Router,
+    assert_run_once_except,
+    assert_within_limits,
+    free_port,
+    wait_until,
+)
+from tests.e2e.test_replicas import (
+    GPU_LIMIT,
+    LIMITS,
+    assert_every_execution_recorded_once,
+    job_bodies,
+    mid_run,
+    replica_config,
+    start_replicas,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+MASTER = "hr-test"
+TIME_SCALE = 0.002
+
+
+def master_port(sentinel_port: int) -> int:
+    """The master's port as the Sentinel names it."""
+    client = redis.Redis(port=sentinel_port, socket_timeout=2.0, decode_responses=True)
+    try:
+        _, port = client.sentinel_get_master_addr_by_name(MASTER)
+        return int(port)
+    finally:
+        client.close()
+
+
+def submit_until_accepted(router: Router, body: dict[str, object], within_s: float) -> None:
+    """POST /jobs until 202: while the master moves, the store may answer 503 for a moment."""
+
+    def accepted() -> bool:
+        try:
+            reply = router.http.post("/jobs", json=body, timeout=5.0)
+        except httpx.TransportError:
+            return False
+        assert reply.status_code in (200, 202, 503), reply.text
+        return reply.status_code in (200, 202)
+
+    wait_until(accepted, within_s=within_s, what=f"job {body['job_id']} accepted", every_s=0.1)
+
+
+def test_replicas_keep_the_lease_and_the_limits_across_a_sentinel_failover(
+    procs: Procs, tmp_path: Path
+) -> None:
+    first, second, sentinel_port = free_port(), free_port(), free_port()
+    procs.redis(
+        first, tmp_path / "first", "--min-replicas-to-write", "1", "--repl-diskless-sync-delay", "0"
+    )
+    procs.redis(second, tmp_path / "second", "--replicaof", "127.0.0.1", str(first))
+    wait_until(
+        lambda: replication(second).get("master_link_status") == "up",
+        within_s=10,
+        what="the replica in sync",
+    )
+    procs.sentinel(sentinel_port, tmp_path / "sentinel", MASTER, first)
+    sentinel = redis.Redis(port=sentinel_port, socket_timeout=2.0, decode_responses=True)
+    wait_until(
+        lambda: sentinel.sentinel_slaves(MASTER), within_s=10, what="Sentinel to see the replica"
+    )
+
+    emulator = procs.emulator(gpu_limit=GPU_LIMIT, time_scale=TIME_SCALE)
+    url = f"redis+sentinel://127.0.0.1:{sentinel_port}/{MASTER}/0?prefix=t-{uuid.uuid4().hex}"
+    leader, standby = start_replicas(procs, replica_config(procs, emulator, url))
+    bodies = job_bodies("failover", 4)
+    for i, body in enumerate(bodies):
+        (leader if i % 2 else standby).submit(body)
+
+    wait_until(lambda: mid_run(leader), within_s=20, what="executions running mid-run")
+    in_flight = standby.running()
+    assert sentinel.sentinel_failover(MASTER)
+    # Submitted while the master moves: accepted means kept.
+    late = job_bodies("late", 2)
+    for body in late:
+        submit_until_accepted(standby, body, within_s=15)
+    wait_until(lambda: master_port(sentinel_port) == second, within_s=10, what="the promotion")
+    # What ran when the master moved may run again if a result could not be recorded then.
+    in_flight |= standby.running()
+
+    job_ids = [b["job_id"] for b in bodies + late]
+    jobs = standby.wait_finished(job_ids, within_s=45)
+    ids = assert_every_execution_recorded_once(standby, jobs)
+    assert len(ids) == 6 * 18
+    stats = emulator.stats()
+    assert_within_limits(stats, GPU_LIMIT, LIMITS)
+    assert_run_once_except(stats, ids, in_flight)
+    # The lease moved with the data: still one leader, on the new master.
+    roles = sorted(r.role() for r in (leader, standby))
+    assert roles == ["leader", "standby"], roles
+    assert replication(second)["role"] == "master"
+    sentinel.close()
+
+
+def replication(port: int) -> dict[str, object]:
+    """INFO replication of the Redis on `port`."""
+    client = redis.Redis(port=port, socket_timeout=2.0, decode_responses=True)
+    try:
+        return dict(client.info("replication"))
+    finally:
+        client.close()
