@@ -438,6 +438,21 @@ class Procs:
             check=False,
         )
 
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, within_s: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `hybrid-router ARGS` to its end (a `serve` expected to refuse to start, ...),
+        with `env` added to the test's environment; its output as text."""
+        return subprocess.run(
+            [str(HYBRID_ROUTER), *args],
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            cwd=self.tmp_path,
+            timeout=within_s,
+            check=False,
+        )
+
     def close(self) -> None:
         """Kill every process still running; one that will not die does not spare the rest."""
         stuck = []

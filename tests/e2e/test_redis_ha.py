@@ -1,4 +1,6 @@
-"""Two router replicas on a Redis that is itself highly available: a master, its replica and
+"""The router on a Redis that is itself highly available, and on a Redis over TLS.
+
+Two router replicas on a master, its replica and
 a Sentinel, all on 127.0.0.1, the store url `redis+sentinel://…`. The replica is promoted
 mid-run (SENTINEL FAILOVER, as an operator or a managed service does it), and what a user
 cares about still holds: every accepted job finishes, each execution recorded once, the
@@ -14,6 +16,9 @@ replica to count until the old master rejoins (deploy/README.md has three server
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -127,3 +132,63 @@ def replication(port: int) -> dict[str, object]:
         return dict(client.info("replication"))
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (cert, key)."""
+    program = shutil.which("openssl")
+    if program is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: openssl is not on PATH", pytrace=False)
+        pytest.skip("openssl is not on PATH")
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        [
+            program, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_a_router_on_rediss_runs_jobs_and_refuses_a_server_it_cannot_verify(
+    procs: Procs, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path / "tls", "redis")
+    other, _ = self_signed(tmp_path / "tls", "other")
+    port = free_port()
+    procs.redis(
+        free_port(),
+        tmp_path / "redis",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    emulator = procs.emulator(gpu_limit=GPU_LIMIT, time_scale=TIME_SCALE)
+    prefix = f"t-{uuid.uuid4().hex}"
+
+    def config(ca: Path) -> Path:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}&prefix={prefix}"
+        return replica_config(procs, emulator, url)
+
+    router = procs.serve(config(cert))
+    body = job_bodies("tls", 1, questions=1)[0]
+    router.submit(body)
+    (job,) = router.wait_finished([body["job_id"]], within_s=30)
+    assert job["status"] == "succeeded", job
+    router.terminate(within_s=15)
+
+    # Verified for real: a server whose certificate the CA did not sign is refused at start.
+    refused = procs.run("serve", "--port", str(free_port()), "--config", str(config(other)))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "certificate verify failed" in refused.stderr, refused.stderr
