@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -131,22 +131,27 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve the router (options also from HYBRID_ROUTER_HOST / _PORT / _CONFIG)."""
+    """Serve the router (options also from HYBRID_ROUTER_HOST / _PORT / _CONFIG; the whole
+    config from HYBRID_ROUTER_CONFIG_TOML; top-level settings from HYBRID_ROUTER_GPU_LIMIT,
+    HYBRID_ROUTER_STORE__URL, ...)."""
     # Imported here so that client commands start fast and need no server dependencies.
     import uvicorn
 
     from hybrid_router.api import create_app
     from hybrid_router.api.connections import timed_protocol
-    from hybrid_router.settings import ServerSettings, load_settings
+    from hybrid_router.settings import (
+        server_settings,
+        settings_from_environment,
+        unknown_environment_variables,
+    )
 
     try:
-        server = ServerSettings()
-    except ValidationError as exc:
-        _fail(f"bad HYBRID_ROUTER_* environment: {exc}", code=2)
-    try:
-        settings = load_settings(config if config is not None else server.config)
+        server = server_settings()
+        settings = settings_from_environment(config)
     except ConfigError as exc:
         _fail(exc.message, code=2)
+    for name in unknown_environment_variables():
+        err.print(f"[yellow]ignoring {escape(name)}: no setting has that name[/yellow]")
 
     bind = host if host is not None else server.host
     if not settings.users and not insecure and not _is_loopback(bind):
