@@ -63,9 +63,23 @@ def readme_first_job() -> dict[str, Any]:
 
 
 def on_this_machine(value: str, addresses: dict[str, str]) -> str:
+    """`value` with compose's `//service:port` addresses replaced by this machine's."""
     for service, address in addresses.items():
-        value = value.replace(f"//{service}:", f"//{address}:")
+        value = value.replace(f"//{service}", f"//{address}")
     return value
+
+
+def mounted_config(
+    directory: Path, service: dict[str, Any], target: str, addresses: dict[str, str]
+) -> Path:
+    """The file compose mounts at `target` for `service`, copied into `directory` with its
+    service addresses made this machine's."""
+    sources = {c["target"]: c["source"] for c in service["configs"]}
+    source = ROOT / compose()["configs"][sources[target]]["file"]
+    text = on_this_machine(source.read_text("utf-8"), addresses)
+    copy = directory / f"{source.stem}-{len(list(directory.glob('*.toml')))}.toml"
+    copy.write_text(text, encoding="utf-8")
+    return copy
 
 
 def start(
@@ -113,19 +127,15 @@ def test_compose_routers_run_the_readme_first_job_against_the_emulator(
 
     redis_address = redis_store_url.split("//", 1)[1].split("/", 1)[0]
     prefix = redis_store_url.rsplit("prefix=", 1)[1]
-    addresses = {"redis": redis_address.rsplit(":", 1)[0], "emulate-modal": "127.0.0.1"}
+    addresses = {"redis:6379": redis_address, "emulate-modal:8001": f"127.0.0.1:{emulator_port}"}
     routers = []
     for name in ("router-a", "router-b"):
         service = services[name]
         env = {k: on_this_machine(str(v), addresses) for k, v in service["environment"].items()}
-        env["HYBRID_ROUTER_STORE__URL"] = (
-            env["HYBRID_ROUTER_STORE__URL"]
-            .replace(":6379/", f":{redis_address.rsplit(':', 1)[1]}/")
-            .replace("prefix=demo", f"prefix={prefix}")
-        )
-        env["HYBRID_ROUTER_CONFIG_TOML"] = env["HYBRID_ROUTER_CONFIG_TOML"].replace(
-            ":8001/", f":{emulator_port}/"
-        )
+        store_url = env["HYBRID_ROUTER_STORE__URL"]
+        env["HYBRID_ROUTER_STORE__URL"] = store_url.replace("prefix=demo", f"prefix={prefix}")
+        config = mounted_config(procs.tmp_path, service, env["HYBRID_ROUTER_CONFIG"], addresses)
+        env["HYBRID_ROUTER_CONFIG"] = str(config)
         port = free_port()
         # The image's own (Dockerfile ENV): PATH leads to the install, output unbuffered.
         env |= {"PATH": f"{HYBRID_ROUTER.parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
