@@ -34,15 +34,13 @@ _SENTINEL_AUTH = ("sentinel_username", "sentinel_password")
 def redis_client(
     url: str, *, max_connections: int | None = None, pool_timeout: float = 2.0, **options: Any
 ) -> aioredis.Redis:
-    """A client for `url`; `options` are redis-py connection options (timeouts, retry, ...).
+    """A client for `url` (see check_url); `options` are redis-py connection options
+    (timeouts, retry, ...).
 
     With `max_connections`, a burst waits up to `pool_timeout` for a free connection instead
     of failing with "Too many connections".
     """
-    scheme = url.partition("://")[0].lower()
-    if scheme not in SCHEMES:
-        raise ConfigError(f"redis store url: unknown scheme {scheme!r} (use one of {SCHEMES})")
-    if scheme.endswith("+sentinel"):
+    if url.partition("://")[0].lower().endswith("+sentinel"):
         return _sentinel_master(url, max_connections, pool_timeout, options)
     if max_connections is None:
         return aioredis.from_url(url, **options)
