@@ -213,16 +213,10 @@ def test_railway_start_command_serves_its_health_check_on_port(
 
 
 def test_a_bad_variable_stops_serve_with_its_name_and_no_traceback(procs: Procs) -> None:
+    # The messages for each kind of bad value: tests/unit/test_settings_env.py.
     toml = (ROOT / "src/hybrid_router/default_config.toml").read_text("utf-8")
-    ok = {"HYBRID_ROUTER_CONFIG_TOML": toml}
-    for env, named in [
-        ({**ok, "HYBRID_ROUTER_GPU_LIMIT": "ten"}, "HYBRID_ROUTER_GPU_LIMIT"),
-        ({**ok, "HYBRID_ROUTER_STORE__URL": "postgres://u:pw@db/x"}, "HYBRID_ROUTER_STORE__URL"),
-        ({"HYBRID_ROUTER_CONFIG_TOML": toml.replace("gpu_limit = 10", "gpu_limit = -1")},
-         "HYBRID_ROUTER_CONFIG_TOML"),
-    ]:  # fmt: skip
-        refused = procs.run("serve", "--port", str(free_port()), env=env)
-        assert refused.returncode == 2, refused
-        assert named in refused.stderr, refused.stderr
-        assert "Traceback" not in refused.stderr + refused.stdout
-        assert "pw@" not in refused.stderr
+    env = {"HYBRID_ROUTER_CONFIG_TOML": toml, "HYBRID_ROUTER_GPU_LIMIT": "ten"}
+    refused = procs.run("serve", "--port", str(free_port()), env=env)
+    assert refused.returncode == 2, refused
+    assert "HYBRID_ROUTER_GPU_LIMIT: Input should be a valid integer" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
