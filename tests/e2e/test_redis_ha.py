@@ -33,6 +33,7 @@ from tests.e2e.conftest import (
     assert_within_limits,
     free_port,
     wait_until,
+    write_config,
 )
 from tests.e2e.test_replicas import (
     GPU_LIMIT,
@@ -132,6 +133,26 @@ def replication(port: int) -> dict[str, object]:
         return dict(client.info("replication"))
     finally:
         client.close()
+
+
+def test_a_redis_refusing_writes_for_want_of_replicas_is_an_outage_not_a_crash(
+    procs: Procs, tmp_path: Path
+) -> None:
+    port = free_port()
+    # A master told to write only with a replica in sync, and none: every write refused.
+    procs.redis(port, tmp_path / "redis", "--min-replicas-to-write", "1")
+    config = write_config(
+        tmp_path / "router.toml",
+        store=f"redis://127.0.0.1:{port}/0?prefix=t",
+        gpu_limit=GPU_LIMIT,
+        regions=LIMITS,
+        urls={region: f"http://127.0.0.1:{free_port()}/" for region in LIMITS},  # never called
+        time_scale=TIME_SCALE,
+    )
+    refused = procs.run("serve", "--port", str(free_port()), "--config", str(config))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "store unavailable: the Redis master has no replica in sync" in refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
 
 
 # ---------------------------------------------------------------------------- TLS

@@ -34,7 +34,7 @@ async def test_rediss_passes_the_tls_options_of_the_query_to_redis_py(
     client = redis_client(url, max_connections=8)
     clients.append(client)
     pool = client.connection_pool
-    assert pool.connection_class is SSLConnection
+    assert issubclass(pool.connection_class, SSLConnection)
     kwargs = pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.example", 6380, 2)
     assert kwargs["password"] == "s3cret"

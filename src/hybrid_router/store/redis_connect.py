@@ -19,8 +19,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import SSLConnection, parse_url
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -42,39 +47,56 @@ def redis_client(
     """
     if url.partition("://")[0].lower().endswith("+sentinel"):
         return _sentinel_master(url, max_connections, pool_timeout, options)
+    kwargs: dict[str, Any] = {**options, **parse_url(url)}
+    tls = kwargs.get("connection_class") is SSLConnection
+    kwargs["connection_class"] = _SSLConnection if tls else _Connection
     if max_connections is None:
-        return aioredis.from_url(url, **options)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_timeout, **options
+        return aioredis.Redis.from_pool(aioredis.ConnectionPool(**kwargs))
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=max_connections, timeout=pool_timeout, **kwargs
     )
     return aioredis.Redis.from_pool(pool)
 
 
-class _MasterConnection(SentinelManagedConnection):
-    """A connection to the master Sentinel names; a master that lost its replicas ends it.
+class _RefusedWithoutReplicas:
+    """A NOREPLICAS reply ends the connection and reads as Redis being unavailable.
 
-    A forced failover leaves the old master up and accepting writes, from the connections
-    already open to it, until Sentinel turns it into a replica: writes there would be lost,
-    and a lease renewed there would not be the one the new master holds. With
-    `min-replicas-to-write` set, the old master refuses writes (NOREPLICAS) once its replica
-    is promoted; that refusal ends the connection like a READONLY reply, so the next one
-    asks Sentinel where the master is now, and the caller sees the store as unavailable.
+    With `min-replicas-to-write` set, a master without enough replicas in sync refuses writes.
+    That is an outage of the store, not a bad request: the caller sees it as one (503, the
+    scheduler waits). Through Sentinel it also marks an old master after a forced failover:
+    up, and accepting writes from connections already open to it until Sentinel turns it
+    into a replica; writes there would be lost, a lease renewed there would not be the one
+    the new master holds. It refuses them once its replica is promoted, and, as after a
+    READONLY reply, the next connection asks Sentinel where the master is now.
     """
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().read_response(*args, **kwargs)
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
         except ResponseError as exc:
             if not str(exc).startswith("NOREPLICAS"):
                 raise
-            await self.disconnect()
+            await self.disconnect()  # type: ignore[attr-defined]
             raise RedisConnectionError(
-                "the Redis master has no replica in sync and refuses writes (a failover under way?)"
+                "the Redis master has no replica in sync and refuses writes "
+                "(min-replicas-to-write; a failover under way?)"
             ) from None
 
 
-class _MasterSSLConnection(_MasterConnection, SSLConnection):
-    """The same over TLS."""
+class _Connection(_RefusedWithoutReplicas, Connection):
+    pass
+
+
+class _SSLConnection(_RefusedWithoutReplicas, SSLConnection):
+    pass
+
+
+class _MasterConnection(_RefusedWithoutReplicas, SentinelManagedConnection):
+    pass
+
+
+class _MasterSSLConnection(_RefusedWithoutReplicas, SentinelManagedSSLConnection):
+    pass
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
