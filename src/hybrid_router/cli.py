@@ -198,6 +198,11 @@ def serve(
     previous_sigterm = signal.signal(signal.SIGTERM, _stopped_by_signal)
     try:
         uvicorn_server.run(sockets=[sock])
+    except SystemExit:
+        # uvicorn exits (3) from inside run() when the lifespan refused to start; the reason,
+        # kept by the app, is said below in one line (its traceback was left out of the log).
+        if application.state.startup_error is None:
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         sock.close()
