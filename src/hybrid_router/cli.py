@@ -79,6 +79,16 @@ ApiKeyOption = Annotated[
         show_default=False,
     ),
 ]
+# Job ids are unique per owner: an admin may have to say whose job of an id is meant.
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        metavar="NAME",
+        help="Admins: whose job of this id (when several owners have one).",
+        show_default=False,
+    ),
+]
 
 
 def main() -> None:
@@ -536,13 +546,14 @@ def jobs(
 @app.command("job")
 def job_command(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    owner: OwnerOption = None,
     output: OutputOption = Output.table,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """A job's progress and its executions (summed per region and model when many)."""
     with _router(url, api_key) as router:
-        job = router.get(job_id)
+        job = router.get(job_id, owner=owner)
     if output is Output.json:
         _print_json(job)
     else:
@@ -552,13 +563,14 @@ def job_command(
 @app.command()
 def cancel(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    owner: OwnerOption = None,
     output: OutputOption = Output.table,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Cancel a job's queued and running executions; finished ones keep their results."""
     with _router(url, api_key) as router:
-        job = router.cancel(job_id)
+        job = router.cancel(job_id, owner=owner)
     if output is Output.json:
         _print_json(job)
         return
