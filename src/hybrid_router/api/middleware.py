@@ -59,7 +59,10 @@ class BodySizeLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, "PAYLOAD_TOO_LARGE", f"request body is larger than {self.max_bytes} bytes"
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"request body is larger than {self.max_bytes} bytes",
+            path=scope["path"],
         )
         await response(scope, receive, send)
 
