@@ -335,14 +335,19 @@ def test_an_openai_provider_gets_the_messages_and_a_failure_is_not_retried(
             router = client(base)
             completion = router.chat.completions.create(model="llama3.2-1b", messages=conversation)
             assert [m.id for m in router.models.list()] == ["llama3.2-1b"]
+            fail: Any = [{"role": "user", "content": "fail"}]
             with pytest.raises(openai.InternalServerError) as failed:
-                router.chat.completions.create(
-                    model="llama3.2-1b", messages=[{"role": "user", "content": "fail"}]
+                router.chat.completions.create(model="llama3.2-1b", messages=fail)
+            # Streamed, the failure comes after the 200, as an error event the client raises.
+            with pytest.raises(openai.APIError) as failed_stream:
+                list(
+                    router.chat.completions.create(model="llama3.2-1b", messages=fail, stream=True)
                 )
 
     assert completion.choices[0].message.content == "pong"
     assert received[0]["messages"] == conversation
     assert failed.value.status_code == 502 and failed.value.code == "PROVIDER_BAD_REQUEST"
     assert "no such adapter" in failed.value.message
+    assert failed_stream.value.code == "PROVIDER_BAD_REQUEST"
     # A permanent failure: neither the router nor the client (max_retries=2) tried again.
-    assert [b["messages"][-1]["content"] for b in received] == ["again?", "fail"]
+    assert [b["messages"][-1]["content"] for b in received] == ["again?", "fail", "fail"]
