@@ -21,7 +21,13 @@ from hybrid_router.settings import settings_from_mapping
 from tests.api.conftest import default_config, serving
 
 HI = [{"role": "user", "content": "hi"}]
-KEYS = {"alice": "alice-0b6e2d1f-key", "bob": "bob-93c1a7e4-key", "slow": "slow-5d08f2b9-key"}
+KEYS = {
+    "alice": "alice-0b6e2d1f-key",
+    "bob": "bob-93c1a7e4-key",
+    "slow": "slow-5d08f2b9-key",
+    "small": "small-2e7c90a4-key",
+    "root": "root-c81f3b6d-key",
+}
 
 
 def sha(key: str) -> str:
@@ -42,13 +48,15 @@ def url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def keyed_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A router with users: alice's key from the environment, bob's and slow's as digests,
-    slow allowed one execution a minute."""
+    """A router with users: alice's key from the environment, the others' as digests; slow
+    may submit one execution a minute, small have one queued at a time, root is an admin."""
     monkeypatch.setenv("TEST_ALICE_KEY", KEYS["alice"])
     users = {
         "alice": {"api_key_env": "TEST_ALICE_KEY"},
         "bob": {"api_key_sha256": sha(KEYS["bob"])},
         "slow": {"api_key_sha256": sha(KEYS["slow"]), "rate_limit": "1/minute"},
+        "small": {"api_key_sha256": sha(KEYS["small"]), "max_queued": 1},
+        "root": {"api_key_sha256": sha(KEYS["root"]), "role": "admin"},
     }
     with serving(create_app(settings_from_mapping(router_config(tmp_path, users=users)))) as base:
         yield base
@@ -245,6 +253,21 @@ def test_a_rate_limited_key_gets_openais_rate_limit_error(keyed_url: str) -> Non
 
     assert limited.value.code == "RATE_LIMITED" and limited.value.type == "rate_limit_error"
     assert 1 <= int(limited.value.response.headers["Retry-After"]) <= 60
+
+
+def test_a_full_queue_quota_is_openais_rate_limit_error_too(keyed_url: str) -> None:
+    def as_(user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {KEYS[user]}"}
+
+    assert httpx.post(f"{keyed_url}/regions/EU/pause", headers=as_("root")).status_code == 200
+    one = {"models": ["llama3.2-1b"], "regions": ["EU"], "prompt": "waits"}
+    assert httpx.post(f"{keyed_url}/jobs", json=one, headers=as_("small")).status_code == 202
+
+    small = client(keyed_url, KEYS["small"], max_retries=0)
+    with pytest.raises(openai.RateLimitError) as limited:
+        small.chat.completions.create(model="llama3.2-1b", messages=HI)
+
+    assert limited.value.code == "QUOTA_EXCEEDED"
 
 
 def test_a_router_not_ready_answers_503_in_openai_shape(tmp_path: Path) -> None:
