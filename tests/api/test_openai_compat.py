@@ -227,6 +227,14 @@ def test_an_unknown_region_and_an_invalid_body_are_400(url: str) -> None:
         client(url).chat.completions.create(model="llama3.2-1b", messages=HI, n=2)
     assert bad_body.value.code == "VALIDATION_ERROR" and bad_body.value.param == "n"
 
+    image: Any = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+    with pytest.raises(openai.BadRequestError) as bad_part:
+        client(url).chat.completions.create(
+            model="llama3.2-1b", messages=[{"role": "user", "content": image}]
+        )
+    assert bad_part.value.param == "messages[0].content"
+    assert "only text parts are supported, not 'image_url'" in bad_part.value.message
+
 
 def test_a_wrong_key_is_401_and_a_good_one_owns_the_job(keyed_url: str) -> None:
     with pytest.raises(openai.AuthenticationError) as refused:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from hybrid_router.core.chat import ChatMessage
 from hybrid_router.core.model import (
@@ -535,13 +542,6 @@ class EventOut(BaseModel):
 # and refuse those whose meaning it cannot honour.
 
 
-class TextPart(BaseModel):
-    """A part of a message's content; only text is accepted."""
-
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessageIn(BaseModel):
     """One message of a chat request."""
 
@@ -549,16 +549,25 @@ class ChatMessageIn(BaseModel):
 
     # `developer` is OpenAI's newer name for `system`.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str = Field(description="Text, or a list of text parts (joined).")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, content: object) -> object:
+        """Text parts joined; any other kind of part named in the error."""
+        if not isinstance(content, list):
+            return content
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"only text parts are supported, not {kind or part!r}")
+            texts.append(part["text"])
+        return "".join(texts)
 
     def to_message(self) -> ChatMessage:
-        """The domain message: parts joined, `developer` as `system`."""
-        content = (
-            self.content
-            if isinstance(self.content, str)
-            else "".join(part.text for part in self.content)
-        )
-        return ChatMessage("system" if self.role == "developer" else self.role, content)
+        """The domain message, `developer` as `system`."""
+        return ChatMessage("system" if self.role == "developer" else self.role, self.content)
 
 
 class ChatCompletionCreate(BaseModel):
