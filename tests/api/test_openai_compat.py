@@ -4,6 +4,7 @@ against the router served by uvicorn (simulated providers, SQLite file)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from hybrid_router.api import create_app
 from hybrid_router.settings import settings_from_mapping
 from tests.api.conftest import default_config, serving
 
+README = Path(__file__).parents[2] / "README.md"
 HI = [{"role": "user", "content": "hi"}]
 KEYS = {
     "alice": "alice-0b6e2d1f-key",
@@ -162,6 +164,29 @@ def test_models_lists_the_configured_models_with_their_regions(url: str) -> None
     assert client(url).models.retrieve("mistral-7b").id == "mistral-7b"
     with pytest.raises(openai.NotFoundError):
         client(url).models.retrieve("gpt-4")
+
+
+def test_the_readme_example_prints_its_answers(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = README.read_text("utf-8").split("## OpenAI-compatible endpoint", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S)
+    assert example, "no Python example in the README's OpenAI-compatible endpoint section"
+
+    namespace: dict[str, Any] = {}
+    exec(compile(example.group(1).replace("http://127.0.0.1:8000", url), "README", "exec"), namespace)
+    namespace["client"].close()
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[simulated mistral-7b in US] hi"
+    assert job(url, lines[1]).json()["status"] == "succeeded"
+    assert lines[2:] == [
+        "[simulated mistral-7b in EU] System: Be brief.",
+        "",
+        "User: hi",
+        "",
+        "Assistant:",
+    ]
 
 
 # ---------------------------------------------------------------------------- regions
