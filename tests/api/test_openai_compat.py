@@ -173,8 +173,9 @@ def test_the_readme_example_prints_its_answers(
     example = re.search(r"```python\n(.*?)```", section, re.S)
     assert example, "no Python example in the README's OpenAI-compatible endpoint section"
 
+    code = compile(example.group(1).replace("http://127.0.0.1:8000", url), "README", "exec")
     namespace: dict[str, Any] = {}
-    exec(compile(example.group(1).replace("http://127.0.0.1:8000", url), "README", "exec"), namespace)
+    exec(code, namespace)
     namespace["client"].close()
 
     lines = capsys.readouterr().out.splitlines()
