@@ -8,6 +8,7 @@ RouterError
 ├── Conflict (409)                code: JOB_CONFLICT, REGION_DRAINING
 ├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE
 ├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
+├── ExecutionFailed (502)         code: the execution's failure (PROVIDER_ERROR, ...), CANCELLED
 ├── StoreError                    what the stores raise, in their own terms
 │   ├── StoreUnavailable (503)    code: STORE_UNAVAILABLE, NOT_READY
 │   ├── StoreFenced (503)         code: NOT_LEADER (a stale leader's write was refused)
@@ -77,6 +78,14 @@ class DuplicateExecution(StoreError):
 
     status_code = 409
     code = "EXECUTION_CONFLICT"
+
+
+class ExecutionFailed(RouterError):
+    """A request waited for ended without an answer: the provider failed it (after the
+    retries it was allowed), or it was cancelled or expired. Trying again is a new request."""
+
+    status_code = 502
+    code = "EXECUTION_FAILED"
 
 
 class ConfigError(RouterError):

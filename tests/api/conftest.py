@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from hybrid_router.api import create_app
 from hybrid_router.settings import settings_from_mapping
@@ -39,3 +43,21 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as c:
             yield c
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """An ASGI app (the router, or a server it calls) served by uvicorn on a free port of
+    127.0.0.1, in its own thread and event loop, lifespan included; yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="server")
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -8,11 +8,9 @@ import json
 import logging
 import os
 import socket
-import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from hybrid_router.api import create_app
 from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
 from hybrid_router.errors import ConfigError
 from hybrid_router.settings import Settings, settings_from_mapping
-from tests.api.conftest import default_config
+from tests.api.conftest import default_config, serving
 
 KEYS = {
     "alice": "alice-7c1d9e0b-key",
@@ -578,32 +576,13 @@ def test_serve_binds_loopback_or_with_insecure_or_with_users(
     assert bound == ["127.0.0.1", "127.0.0.1", "::1", "0.0.0.0", "0.0.0.0"]
 
 
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The router on a free port of 127.0.0.1 in its own thread; yields its URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="router")
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "the router did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 def test_cli_sends_the_key_and_reports_auth_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("HYBRID_ROUTER_API_KEY", raising=False)
     data = default_config(tmp_path, users=users(), shutdown_grace_s=0.0)
     runner = CliRunner()
-    with serving(settings_from_mapping(data)) as url:
+    with serving(create_app(settings_from_mapping(data))) as url:
         submit = ["submit", "--url", url, "--models", "llama3.2-1b", "--regions", "US"]
         missing = runner.invoke(cli.app, [*submit, "--prompt", "hi"])
         assert missing.exit_code == 1

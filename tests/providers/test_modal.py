@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from starlette.applications import Starlette
@@ -10,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from hybrid_router.core import chat
+from hybrid_router.core.chat import ChatMessage
 from hybrid_router.core.model import FailureKind
 from hybrid_router.providers.base import ProviderFailure
 from tests.providers.servers import LARGE, SMALL, Kit, free_port, request
@@ -279,3 +282,13 @@ async def test_cancelling_the_task_closes_the_request(kit: Kit) -> None:
     stats = await emulator.until(lambda s: s["cancelled"] == 1)
     assert stats["disconnects"] == 1
     assert stats["busy"] == 0
+
+
+async def test_a_conversation_is_sent_as_one_transcript(kit: Kit) -> None:
+    emulator = await kit.emulator()
+    prompt = chat.encode((ChatMessage("system", "Be brief."), ChatMessage("user", "Why?")))
+
+    completion = await kit.modal(f"{emulator.url}/US").run(replace(request(), prompt=prompt))
+
+    # The emulator answers with the prompt it was sent.
+    assert completion.response.endswith("System: Be brief.\n\nUser: Why?\n\nAssistant:")

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
+from hybrid_router.core import chat
+from hybrid_router.core.chat import ChatMessage
 from hybrid_router.core.model import FailureKind
 from hybrid_router.providers.base import ProviderFailure
 from hybrid_router.providers.openai import chat_completions_url
@@ -120,3 +128,26 @@ async def test_cancelling_the_task_closes_the_request(kit: Kit) -> None:
         await call
 
     assert (await emulator.until(lambda s: s["cancelled"] == 1))["busy"] == 0
+
+
+async def test_a_conversation_is_sent_as_its_messages(kit: Kit) -> None:
+    received: list[Any] = []
+
+    async def complete(http: Request) -> JSONResponse:
+        received.append(await http.json())
+        choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}}
+        return JSONResponse({"choices": [choice], "usage": {"completion_tokens": 1}})
+
+    route = Route("/v1/chat/completions", complete, methods=["POST"])
+    url = await kit.serve(Starlette(routes=[route]))
+    conversation = (
+        ChatMessage("system", "Answer in one word."),
+        ChatMessage("user", "Is the sky blue?"),
+        ChatMessage("assistant", "Yes."),
+        ChatMessage("user", "And the sea?"),
+    )
+    prompt = chat.encode(conversation)
+
+    await kit.openai(url).run(replace(request(), prompt=prompt))
+
+    assert received[0]["messages"] == [{"role": m.role, "content": m.content} for m in conversation]

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from hybrid_router import __version__
-from hybrid_router.api import events, health, inference, jobs, metrics, queue, regions
+from hybrid_router.api import events, health, inference, jobs, metrics, openai, queue, regions
 from hybrid_router.api.auth import Authenticator, authenticate
 from hybrid_router.api.errors import ERROR_RESPONSES, install_error_handlers
 from hybrid_router.api.middleware import BodyLimit, ReadConcurrencyLimit
@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     )
     # Keys on the routers, not per route, so a route added later cannot forget them;
     # health stays open for probes (and /openapi.json, /docs are FastAPI's own).
-    for module in (jobs, events, inference, queue, regions, metrics):
+    for module in (jobs, events, inference, openai, queue, regions, metrics):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
     return app

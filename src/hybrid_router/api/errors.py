@@ -1,7 +1,10 @@
-"""The one place errors become HTTP responses: `{"code", "message", "detail"?}` every time.
+"""The one place errors become HTTP responses: `{"code", "message", "detail"?}` every time,
+and under /v1 OpenAI's shape, `{"error": {"message", "type", "code", "param"}}`.
 
 `code` is stable and machine-readable (UNKNOWN_REGION, JOB_NOT_FOUND, VALIDATION_ERROR, ...),
-`message` names what was wrong, `detail` lists the invalid fields of a 422.
+`message` names what was wrong, `detail` lists the invalid fields of a 422. Under /v1 the
+same code and message go in OpenAI's shape, and an invalid request is a 400, as OpenAI
+answers it, so its clients raise the error class they would for OpenAI itself.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hybrid_router.api.schemas import ErrorBody, FieldError
-from hybrid_router.errors import RateLimited, RouterError, Unauthenticated
+from hybrid_router.api.schemas import ErrorBody, FieldError, OpenAIErrorBody
+from hybrid_router.errors import ExecutionFailed, RateLimited, RouterError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
     for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+}
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorBody, "description": HTTPStatus(status).phrase}
+    for status in (400, 401, 403, 404, 409, 413, 429, 502, 503)
 }
 
 _HTTP_CODES = {
@@ -34,6 +41,18 @@ _HTTP_CODES = {
     413: "PAYLOAD_TOO_LARGE",
 }
 
+# The OpenAI-compatible routes, answered in OpenAI's error shape.
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
 
 def error_response(
     status: int,
@@ -41,10 +60,25 @@ def error_response(
     message: str,
     detail: list[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
-    """The JSON error response every handler (and the body-size middleware) sends."""
+    """The JSON error response every handler (and the body-size middleware) sends for a
+    request to `path`."""
+    if path.startswith(OPENAI_PREFIX):
+        status = 400 if status == 422 else status
+        param = detail[0].field.removeprefix("body.") if detail else None
+        return JSONResponse(
+            openai_error(status, code, message, param), status_code=status, headers=headers
+        )
     body = ErrorBody(code=code, message=message, detail=detail)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """An error in OpenAI's shape (also what a chat stream sends when it ends in error)."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "code": code, "param": param}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -62,7 +96,13 @@ async def _router_error(request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
-    return error_response(exc.status_code, exc.code, exc.message, headers=headers or None)
+    if isinstance(exc, ExecutionFailed):
+        # The router already retried as far as the job allowed: OpenAI's clients, which
+        # retry a 5xx on their own, are told not to queue the same request again.
+        headers["X-Should-Retry"] = "false"
+    return error_response(
+        exc.status_code, exc.code, exc.message, headers=headers or None, path=request.url.path
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -72,7 +112,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if bad_json is not None:
         reason = (bad_json.get("ctx") or {}).get("error", "cannot parse")
         position = bad_json["loc"][-1] if len(bad_json["loc"]) > 1 else "?"
-        return error_response(400, "INVALID_JSON", f"malformed JSON body: {reason} at {position}")
+        return error_response(
+            400,
+            "INVALID_JSON",
+            f"malformed JSON body: {reason} at {position}",
+            path=request.url.path,
+        )
     # Only location, message and type go out: pydantic's `input` may hold NaN (not valid JSON)
     # or a megabyte of the client's own body.
     fields = [
@@ -80,7 +125,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for e in errors
     ]
     message = "; ".join(f"{f.field}: {f.message}" for f in fields) or "invalid request"
-    return error_response(422, "VALIDATION_ERROR", message, detail=fields)
+    return error_response(422, "VALIDATION_ERROR", message, detail=fields, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -92,13 +137,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"method {request.method} not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    return error_response(
+        exc.status_code, code, message, headers=exc.headers, path=request.url.path
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the log (Starlette re-raises to the server), never to the client.
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "INTERNAL_ERROR", "internal error; see the router's log")
+    return error_response(
+        500, "INTERNAL_ERROR", "internal error; see the router's log", path=request.url.path
+    )
 
 
 def field_path(loc: Sequence[int | str]) -> str:

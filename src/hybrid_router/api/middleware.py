@@ -73,7 +73,10 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, "PAYLOAD_TOO_LARGE", f"request body is larger than {self.max_bytes} bytes"
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"request body is larger than {self.max_bytes} bytes",
+            path=scope["path"],
         )
         await response(scope, receive, send)
 

@@ -7,10 +7,18 @@ of pydantic. Timestamps go out as ISO-8601 UTC strings ending in "Z".
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from hybrid_router.core.chat import ChatMessage
 from hybrid_router.core.model import (
     Execution,
     ExecutionState,
@@ -22,6 +30,7 @@ from hybrid_router.core.model import (
 
 if TYPE_CHECKING:
     # Only for the server's conversions: the client imports these models without the server.
+    from hybrid_router.runtime.chat import ChatAnswer, ChatRequest
     from hybrid_router.runtime.service import JobRequest
 
 # Job ids end up in URLs and log lines: no slashes, no leading dot, so `../x` cannot pass.
@@ -67,6 +76,19 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     detail: list[FieldError] | None = None
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str
+    param: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every error response under /v1, in OpenAI's shape (`code` is the router's own)."""
+
+    error: OpenAIErrorDetail
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -514,6 +536,191 @@ class EventOut(BaseModel):
     state: str | None = None
     error_code: str | None = None
     message: str | None = None
+
+
+# ---------------------------------------------------------------------------- openai
+# OpenAI's own shapes, so its clients and the tools built on them work unchanged. Requests
+# ignore fields this router has no use for (clients send `n`, `user`, `stream_options`, ...),
+# and refuse those whose meaning it cannot honour.
+
+
+class ChatMessageIn(BaseModel):
+    """One message of a chat request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # `developer` is OpenAI's newer name for `system`.
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str = Field(description="Text, or a list of text parts (joined).")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, content: object) -> object:
+        """Text parts joined; any other kind of part named in the error."""
+        if not isinstance(content, list):
+            return content
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"only text parts are supported, not {kind or part!r}")
+            texts.append(part["text"])
+        return "".join(texts)
+
+    def to_message(self) -> ChatMessage:
+        """The domain message, `developer` as `system`."""
+        return ChatMessage("system" if self.role == "developer" else self.role, self.content)
+
+
+class ChatCompletionCreate(BaseModel):
+    """POST /v1/chat/completions, as OpenAI defines it (the parts this router honours)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="A configured model, optionally with `@REGION` (any spelling of it)."
+    )
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = Field(default=None, description="As max_tokens.")
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Not supported.")
+
+    @model_validator(mode="after")
+    def _answerable(self) -> ChatCompletionCreate:
+        if self.tools:
+            raise ValueError("tools are not supported by this router")
+        if not any(m.to_message().content.strip() for m in self.messages):
+            raise ValueError("every message is empty")
+        return self
+
+    def to_request(self, region: str | None, *, owner: str) -> ChatRequest:
+        """The chat for the service; `region` from the request's header, if any."""
+        from hybrid_router.runtime.chat import ChatRequest
+
+        return ChatRequest(
+            model=self.model,
+            messages=tuple(m.to_message() for m in self.messages),
+            region=region,
+            temperature=0.7 if self.temperature is None else self.temperature,
+            max_tokens=self.max_completion_tokens or self.max_tokens or 256,
+            owner=owner,
+        )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    # The providers report no reason through the router: an answer is taken as complete.
+    finish_reason: Literal["stop"] = "stop"
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RouterDetails(BaseModel):
+    """Where and how the request ran (beyond OpenAI's shape; clients ignore it)."""
+
+    job_id: str
+    region: str
+    provider: str | None
+    attempts: int
+    queue_wait_s: float | None
+
+
+class ChatCompletion(BaseModel):
+    """A chat completion, as OpenAI answers one."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = Field(
+        default=None, description="Token counts; null: the router does not keep them yet."
+    )
+    hybrid_router: RouterDetails
+
+    @classmethod
+    def from_answer(cls, answer: ChatAnswer) -> ChatCompletion:
+        """From the finished chat's answer."""
+        return cls(
+            id=answer.job_id,
+            created=int(answer.created_at),
+            model=answer.model,
+            choices=[ChatChoice(message=AssistantMessage(content=answer.text))],
+            hybrid_router=RouterDetails(
+                job_id=answer.job_id,
+                region=answer.region,
+                provider=answer.provider,
+                attempts=answer.attempts,
+                queue_wait_s=answer.queue_wait_s,
+            ),
+        )
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+
+    @classmethod
+    def from_answer(cls, answer: ChatAnswer) -> list[ChatCompletionChunk]:
+        """The answer as OpenAI streams one: the text (the providers answer in one piece),
+        then the end of the choice."""
+        created = int(answer.created_at)
+        text = ChunkDelta(role="assistant", content=answer.text)
+        return [
+            cls(id=answer.job_id, created=created, model=answer.model, choices=[choice])
+            for choice in (
+                ChunkChoice(delta=text),
+                ChunkChoice(delta=ChunkDelta(), finish_reason="stop"),
+            )
+        ]
+
+
+class ModelOut(BaseModel):
+    """One model, as OpenAI lists them."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default=0, description="Unknown: 0.")
+    owned_by: str = "hybrid-router"
+    regions: list[str] = Field(description="Where the model is served (use `model@REGION`).")
+
+
+class ModelList(BaseModel):
+    """GET /v1/models."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 # ---------------------------------------------------------------------------- health

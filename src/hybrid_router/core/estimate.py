@@ -121,3 +121,28 @@ def forecast(
         for container_id in ledger.expired(live.values(), t, topology.shared):
             del live[container_id]
     return Forecast(starts, finishes)
+
+
+def probe_starts(
+    probes: Iterable[Execution],
+    queued: Iterable[Execution],
+    running: Iterable[Execution],
+    containers: Iterable[Container],
+    topology: Topology,
+    now: float,
+    duration: Durations,
+) -> dict[str, float]:
+    """Seconds from `now` until each probe would start were it queued now, behind the
+    executions queued; each probe alone (probes do not compete with one another).
+
+    Probes whose start lies beyond MAX_STEPS policy rounds are left out (unknown).
+    """
+    queued = list(queued)
+    running = list(running)
+    containers = list(containers)
+    result: dict[str, float] = {}
+    for probe in probes:
+        starts = forecast([*queued, probe], running, containers, topology, now, duration).starts
+        if probe.id in starts:
+            result[probe.id] = starts[probe.id]
+    return result

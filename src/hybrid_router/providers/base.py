@@ -5,12 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hybrid_router.core import chat
 from hybrid_router.core.model import Completion, Failure, ProviderSpec
 
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """One call to a provider: what the model is asked, and where."""
+    """One call to a provider: what the model is asked, and where.
+
+    `prompt` is the execution's prompt, which may carry a conversation (see core.chat):
+    providers read it as `messages` or as one `text`, whichever their protocol takes.
+    """
 
     execution_id: str
     model: str
@@ -18,6 +23,16 @@ class InferenceRequest:
     region: str
     temperature: float = 0.7
     max_tokens: int = 256
+
+    @property
+    def messages(self) -> tuple[chat.ChatMessage, ...]:
+        """The conversation, for chat protocols (an ordinary prompt is one user message)."""
+        return chat.decode(self.prompt)
+
+    @property
+    def text(self) -> str:
+        """The prompt as one string, for protocols that take no messages."""
+        return chat.transcript(self.prompt)
 
 
 class ProviderFailure(Exception):

@@ -71,7 +71,7 @@ class ModalProvider(HttpProvider):
         started = time.monotonic()
         payload = {
             "model": request.model,
-            "prompt": request.prompt,
+            "prompt": request.text,
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
             "region": request.region,

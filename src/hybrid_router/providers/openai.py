@@ -32,7 +32,7 @@ class OpenAIProvider(HttpProvider):
         started = time.monotonic()
         payload = {
             "model": request.model,
-            "messages": [{"role": "user", "content": request.prompt}],
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
         }

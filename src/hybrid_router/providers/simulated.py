@@ -109,7 +109,7 @@ class SimulatedCloud:
             if container.in_flight == 0:
                 container.warm_until = self._clock() + self.scaledown_window_s
         self._counts["completed"] += 1
-        text = f"[simulated {request.model} in {request.region}] {request.prompt}"
+        text = f"[simulated {request.model} in {request.region}] {request.text}"
         return Completion(
             response=text,
             inference_time=run_s,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
+import math
 import os
 import time
 import uuid
@@ -50,6 +52,8 @@ from hybrid_router.settings import Settings
 from hybrid_router.store import RedisStore, store_from_url
 from hybrid_router.store.base import Store, Submitted
 
+log = logging.getLogger(__name__)
+
 # How often a waiter looks at its job even without an event (events can be lost).
 WAIT_RECHECK_S = 5.0
 TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_FINISHED})
@@ -76,6 +80,16 @@ class _Estimate:
     ends: dict[str, float]
     made_at: float
     round: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The queue, the calls and the containers an estimate starts from."""
+
+    queued: list[Execution]
+    running: list[Execution]
+    containers: list[Container]
+    durations: Durations
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,8 @@ class RouterService:
         self._follower: asyncio.Task[None] | None = None
         self._estimate: _Estimate | None = None
         self._estimating = asyncio.Lock()
+        # Cancellations started on behalf of waiters that could not await them.
+        self._detached: set[asyncio.Task[None]] = set()
 
     def _new_manager(self) -> RegionQueueManager:
         return RegionQueueManager(
@@ -165,6 +181,8 @@ class RouterService:
         await self._close()
 
     async def _close(self) -> None:
+        if self._detached:
+            await asyncio.wait(self._detached)
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -362,23 +380,90 @@ class RouterService:
             if fresh:
                 return cached
             now = self.clock()
-            if manager is not None:
-                queued: list[Execution] = list(manager.index)
-                running: list[Execution] = list(manager.running.values())
-                containers = list(manager.ledger.values())
-            else:
-                queued = await self.store.queued()
-                running = await self.store.running()
-                containers = await self.store.containers()
-            places = policy.positions(queued, now, self.topology.priority_aging_s)
-            # On a snapshot, in a thread: tens of milliseconds of policy rounds would
-            # otherwise hold up every request and the scheduler's next step.
-            durations = replace(self.durations, observed=dict(self.durations.observed))
+            snapshot = await self._snapshot()
+            places = policy.positions(snapshot.queued, now, self.topology.priority_aging_s)
+            # In a thread: tens of milliseconds of policy rounds would otherwise hold up
+            # every request and the scheduler's next step.
             expected = await asyncio.to_thread(
-                estimate.forecast, queued, running, containers, self.topology, now, durations
+                estimate.forecast,
+                snapshot.queued,
+                snapshot.running,
+                snapshot.containers,
+                self.topology,
+                now,
+                snapshot.durations,
             )
             self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
             return self._estimate
+
+    async def _snapshot(self) -> _Snapshot:
+        """What estimates run on: the leader's own view, else the store's, and a copy of
+        the observed durations (the estimate runs in a thread while calls go on)."""
+        manager = self.leadership.manager
+        if manager is not None:
+            queued: list[Execution] = list(manager.index)
+            running: list[Execution] = list(manager.running.values())
+            containers = list(manager.ledger.values())
+        else:
+            queued = await self.store.queued()
+            running = await self.store.running()
+            containers = await self.store.containers()
+        durations = replace(self.durations, observed=dict(self.durations.observed))
+        return _Snapshot(queued, running, containers, durations)
+
+    async def soonest_region(self, model: str) -> str:
+        """The region where an execution of `model` queued now is estimated to start
+        soonest, among the regions serving it (open ones first; config order on ties).
+
+        Past ESTIMATE_MAX_QUEUED queued executions nothing is estimated: the region with
+        the shortest queue is chosen.
+        """
+        name = self.canonical_model(model)
+        serving = [r for r in self.topology.regions if self.topology.providers_for(r, name)]
+        if not serving:
+            raise errors.InvalidRequest(
+                f"no provider serves model {name!r}", code="MODEL_NOT_SERVED"
+            )
+        modes = await self.store.region_modes()
+        # A paused region still queues work; a draining one refuses it.
+        candidates = [r for r in serving if modes.get(r, RegionMode.OPEN) is RegionMode.OPEN]
+        candidates = (
+            candidates or [r for r in serving if modes.get(r) is not RegionMode.DRAINING] or serving
+        )
+        if len(candidates) == 1:
+            return candidates[0]
+        manager = self.leadership.manager
+        sizes = manager.index.sizes() if manager is not None else await self.store.queue_sizes()
+        if sum(sizes.values()) > ESTIMATE_MAX_QUEUED:
+            return min(candidates, key=lambda r: sizes.get(r, 0))
+        snapshot = await self._snapshot()
+        now = self.clock()
+        # Behind everything queued or running now, as a new submission would be.
+        seq = 1 + max((e.seq for e in (*snapshot.queued, *snapshot.running)), default=0)
+        probes = {
+            region: Execution(
+                id=f"probe:{region}",
+                job_id="probe",
+                region=region,
+                model=name,
+                question_index=0,
+                prompt="",
+                seq=seq,
+                queued_at=now,
+            )
+            for region in candidates
+        }
+        starts = await asyncio.to_thread(
+            estimate.probe_starts,
+            probes.values(),
+            snapshot.queued,
+            snapshot.running,
+            snapshot.containers,
+            self.topology,
+            now,
+            snapshot.durations,
+        )
+        return min(candidates, key=lambda r: starts.get(probes[r].id, math.inf))
 
     async def jobs(
         self,
@@ -421,6 +506,19 @@ class RouterService:
             events.append(job_event(JOB_FINISHED, job.key, now))
         await self.bus.publish(*events)
         return await self.job(job.id, owner=job.owner)
+
+    def cancel_soon(self, job_id: str, *, owner: str | None = None) -> None:
+        """Cancel the job without waiting: for a waiter that is itself being cancelled
+        (its client went away) and can await nothing more."""
+        task = asyncio.create_task(self._cancel_detached(job_id, owner), name=f"cancel {job_id}")
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    async def _cancel_detached(self, job_id: str, owner: str | None) -> None:
+        try:
+            await self.cancel(job_id, owner=owner)
+        except errors.RouterError as exc:
+            log.warning("could not cancel %s for a waiter that left: %s", job_id, exc.message)
 
     async def wait(
         self, job_id: str, timeout_s: float | None = None, *, owner: str | None = None
