@@ -685,7 +685,10 @@ class AsyncClient:
                         reader = asyncio.create_task(self._read(request, events))
                     case _NextEvent(within_s):
                         try:
-                            first = await asyncio.wait_for(events.get(), within_s)
+                            # Not wait_for: on 3.11 a cancel landing as it times out would
+                            # come out as TimeoutError.
+                            async with asyncio.timeout(within_s):
+                                first = await events.get()
                         except TimeoutError:
                             answer = False
                         else:

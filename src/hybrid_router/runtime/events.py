@@ -189,7 +189,8 @@ class RedisBus:
         """Start listening; returns once subscribed (or after a bounded wait if Redis is down)."""
         self._listener = asyncio.create_task(self._listen(), name="event-bus listener")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), 5.0)
+            async with asyncio.timeout(5.0):  # not wait_for: see leadership
+                await self._listening.wait()
 
     async def publish(self, *events: Event) -> None:
         """Deliver here, and publish to the other replicas in one round trip; if Redis is

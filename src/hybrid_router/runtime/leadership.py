@@ -108,8 +108,11 @@ class Leadership:
                 if await self._try_to_lead():
                     renewed_at = self.clock()
                 continue
+            # asyncio.timeout, not wait_for: on 3.11 a cancel that lands as wait_for times
+            # out comes out as TimeoutError, and the loop would go on after stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(manager.fenced.wait(), ttl / 3)
+                async with asyncio.timeout(ttl / 3):
+                    await manager.fenced.wait()
             if manager.fenced.is_set():
                 await self._step_down("a newer leader fenced this one off")
                 continue

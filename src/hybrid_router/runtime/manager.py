@@ -268,7 +268,8 @@ class RegionQueueManager:
             wake_at = reconcile_at if wake_at is None else min(wake_at, reconcile_at)
             timeout = max(0.0, wake_at - self.clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see leadership
+                    await self._wakeup.wait()
 
     async def _reconcile(self, mismatched_before: int) -> int:
         """Rebuild the index when it has disagreed with the store's counters for

@@ -538,7 +538,8 @@ class RouterService:
             # Events may be lost while Redis is away: look again now and then regardless.
             pause = WAIT_RECHECK_S if remaining is None else min(remaining, WAIT_RECHECK_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), pause)
+                async with asyncio.timeout(pause):  # not wait_for: see leadership
+                    await event.wait()
 
     async def follow(
         self, job_id: str | None = None, *, owner: str | None = None
