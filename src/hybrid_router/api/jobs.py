@@ -9,11 +9,13 @@ from fastapi import APIRouter, Query, Response, status
 from hybrid_router.api.auth import UserDep
 from hybrid_router.api.deps import QuotasDep, ServiceDep
 from hybrid_router.api.schemas import JobAccepted, JobCreate, JobList, JobOut, JobSummary
+from hybrid_router.core.model import JobState
 
 router = APIRouter(tags=["jobs"])
 
-# Far beyond any job's size, and small enough for every store's integer types.
-MAX_EXECUTIONS_PAGE_OFFSET = 10_000_000
+# Far beyond any job's size or any store's number of jobs, and small enough for every
+# store's integer types (SQLite's and Redis's are 64-bit: a larger offset was a 500).
+MAX_OFFSET = 10_000_000
 
 
 @router.post(
@@ -37,10 +39,11 @@ async def list_jobs(
     service: ServiceDep,
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    status: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
 ) -> JobList:
-    """Jobs newest first, without their executions."""
-    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset)
+    """Jobs newest first, without their executions; `offset` and `limit` count the jobs listed."""
+    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset, state=status)
     return JobList(jobs=[JobSummary.from_status(s) for s in statuses], limit=limit, offset=offset)
 
 
@@ -49,9 +52,9 @@ async def get_job(
     job_id: str,
     service: ServiceDep,
     user: UserDep,
-    executions_offset: Annotated[int, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET)] = 0,
+    executions_offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     executions_limit: Annotated[
-        int | None, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET, description="None: every one")
+        int | None, Query(ge=0, le=MAX_OFFSET, description="None: every one")
     ] = None,
 ) -> JobOut:
     """A job with its progress and its executions (queue position while queued): every one,

@@ -57,6 +57,8 @@ TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_
 ESTIMATE_MAX_QUEUED = 3_000
 # A region's status lists this many of its running executions (the longest-running).
 RUNNING_SHOWN = 100
+# Listing jobs by state reads them from the store this many at a time.
+JOBS_SCAN_PAGE = 500
 # Readers share one estimate, made again at most this often (and only after a round).
 ESTIMATE_MAX_AGE_S = 1.0
 
@@ -352,11 +354,40 @@ class RouterService:
             return self._estimate
 
     async def jobs(
-        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        state: JobState | None = None,
     ) -> list[JobStatus]:
-        """Jobs newest first (only `owner`'s when given), with counts but no executions."""
-        rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
-        return [_job_status(job, counts) for job, counts in rows]
+        """Jobs newest first (only `owner`'s, only those in `state`, when given), with counts
+        but no executions; `offset` and `limit` count the jobs that match."""
+        if state is None:
+            rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
+            return [_job_status(job, counts) for job, counts in rows]
+        # A job's state follows from its counts, which the stores keep but do not index by
+        # state: the jobs are read newest first, a page at a time, until the page is full.
+        matched: list[JobStatus] = []
+        seen: set[str] = set()
+        skipped = 0
+        scanned = 0
+        while len(matched) < limit:
+            rows = await self.store.list_jobs(owner=owner, limit=JOBS_SCAN_PAGE, offset=scanned)
+            scanned += len(rows)
+            for job, counts in rows:
+                status = _job_status(job, counts)
+                # A job submitted meanwhile shifts the pages: one may be read twice.
+                if status.state is not state or job.id in seen:
+                    continue
+                seen.add(job.id)
+                if skipped < offset:
+                    skipped += 1
+                elif len(matched) < limit:
+                    matched.append(status)
+            if len(rows) < JOBS_SCAN_PAGE:
+                break
+        return matched
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """Cancel queued and running executions; finished ones keep their results."""
