@@ -15,6 +15,7 @@ from hybrid_router.api import create_app
 from hybrid_router.settings import settings_from_mapping
 
 from .conftest import default_config
+from .test_endpoints import ISO
 
 
 @pytest.fixture
@@ -71,6 +72,8 @@ async def test_a_job_streams_its_events_as_they_happen(base_url: str) -> None:
     }
     # Live, not replayed: most transitions arrive one by one after the stream opened.
     assert len(seen) > 5
+    # Timestamps as everywhere else in the API.
+    assert all(ISO.match(str(data["at"])) for _, data in seen), seen
 
 
 async def test_a_finished_job_streams_job_finished_at_once(base_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from hybrid_router.api.auth import AdminDep, UserDep
 from hybrid_router.api.deps import ServiceDep
+from hybrid_router.api.schemas import iso
 from hybrid_router.runtime.events import Event
 
 router = APIRouter(tags=["events"])
@@ -38,4 +40,6 @@ async def all_events(service: ServiceDep, admin: AdminDep) -> AsyncIterator[Serv
 
 
 def _sse(event: Event) -> ServerSentEvent:
-    return ServerSentEvent(event=event.kind, raw_data=event.to_json())
+    # `at` as ISO-8601, as every timestamp the API shows; epoch seconds stay between replicas.
+    data = event.to_dict() | {"at": iso(event.at)}
+    return ServerSentEvent(event=event.kind, raw_data=json.dumps(data))
