@@ -157,6 +157,9 @@ class Settings(BaseModel):
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # A job expands into questions x models x regions executions: a few KB of body could
+    # otherwise queue tens of thousands. Typical jobs have tens.
+    max_executions_per_job: int = Field(default=5_000, gt=0)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise
     # stand between the scheduler and the event loop at every step of every call.
     max_concurrent_reads: int = Field(default=4, gt=0)

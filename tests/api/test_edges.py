@@ -4,11 +4,13 @@ stores where the store is involved."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.api.conftest import default_config, started
 from tests.api.test_validation import assert_error
 
 JOB: dict[str, Any] = {"models": ["llama3.2-1b"], "regions": ["US"], "questions": ["Is water wet?"]}
@@ -128,3 +130,24 @@ async def test_jobs_are_listed_by_status(any_store_client: httpx.AsyncClient) ->
 async def test_an_unknown_status_filter_is_422(client: httpx.AsyncClient) -> None:
     response = await client.get("/jobs?status=finished")
     assert_error(response, 422, "VALIDATION_ERROR", "query.status")
+
+
+async def test_a_job_of_more_executions_than_allowed_is_413_and_queues_nothing(
+    tmp_path: Path,
+) -> None:
+    async with started(default_config(tmp_path, max_executions_per_job=12)) as client:
+        models = ["llama3.2-1b", "mistral-7b"]
+        fits = {"models": models, "regions": ["US", "EU", "ASIA"], "questions": ["a", "b"]}
+        assert (await client.post("/jobs", json=fits)).status_code == 202
+        response = await client.post("/jobs", json={**fits, "questions": ["a", "b", "c"]})
+        assert_error(response, 413, "TOO_MANY_EXECUTIONS", "18", "12")
+        assert len((await client.get("/jobs")).json()["jobs"]) == 1
+
+
+async def test_a_small_body_cannot_queue_thousands_of_executions(client: httpx.AsyncClient) -> None:
+    questions = [f"q{i}" for i in range(1000)]
+    models = ["llama3.2-1b", "mistral-7b", "qwen2.5-1.5b"]
+    body = {"models": models, "regions": ["US", "EU", "ASIA"], "questions": questions}
+    response = await client.post("/jobs", json=body)
+    assert_error(response, 413, "TOO_MANY_EXECUTIONS", "9000")
+    assert (await client.get("/queue/status")).json()["queues"]["US"]["queue_size"] == 0

@@ -233,6 +233,15 @@ class RouterService:
             deadline_s=request.deadline_s,
             created_at=self.clock(),
         )
+        size = len(job.questions) * len(models) * len(regions)
+        if size > self.settings.max_executions_per_job:
+            raise errors.PayloadTooLarge(
+                f"the job expands into {size} executions ({len(job.questions)} questions x "
+                f"{len(models)} models x {len(regions)} regions), more than the "
+                f"{self.settings.max_executions_per_job} a job may have "
+                "(max_executions_per_job): split it",
+                code="TOO_MANY_EXECUTIONS",
+            )
         executions = job.expand()
         if gate is not None and (request.job_id is None or not await self.store.get_job(job.id)):
             await gate(job, len(executions))
