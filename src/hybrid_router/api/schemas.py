@@ -7,9 +7,16 @@ of pydantic. Timestamps go out as ISO-8601 UTC strings ending in "Z".
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from hybrid_router.core.model import (
     Execution,
@@ -32,7 +39,19 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 # At least one non-blank character: an empty prompt would only fail later, at the provider.
 Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
-MaxTokens = Annotated[int, Field(ge=1, le=32768)]
+
+
+def _whole_number(value: object) -> object:
+    # JSON has one number type: 3.0 is the integer 3 to JSON Schema and to most encoders;
+    # strict mode still refuses 1.5, "3" and true.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# After the bounds: placed before them, the bounds leave the OpenAPI document.
+WholeNumber = BeforeValidator(_whole_number)
+MaxTokens = Annotated[int, Field(ge=1, le=32768), WholeNumber]
 
 
 def iso(ts: float | None) -> str | None:
@@ -69,10 +88,18 @@ class ErrorBody(BaseModel):
 # ---------------------------------------------------------------------------- jobs
 
 
+def _given(name: str, json_type: str) -> dict[str, Any]:
+    """The JSON schema of "`name` is present and not null"."""
+    return {"required": [name], "properties": {name: {"type": json_type}}}
+
+
 class JobCreate(BaseModel):
     """POST /jobs: questions x models x regions, one execution each."""
 
-    model_config = _REQUEST
+    # The document says what the validator below checks, so clients and fuzzers know.
+    model_config = _REQUEST | ConfigDict(
+        json_schema_extra={"oneOf": [_given("questions", "array"), _given("prompt", "string")]}
+    )
 
     job_id: str | None = Field(
         default=None,
@@ -85,8 +112,10 @@ class JobCreate(BaseModel):
     prompt: Text | None = Field(default=None, description="A single question (or `questions`).")
     temperature: Temperature = 0.7
     max_tokens: MaxTokens = 256
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
-    max_attempts: int = Field(default=3, ge=1, le=20)
+    priority: Annotated[int, Field(ge=-1000, le=1000), WholeNumber] = Field(
+        default=0, description="Higher runs first."
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=20), WholeNumber] = 3
     deadline_s: float | None = Field(
         default=None,
         gt=0,
@@ -272,7 +301,11 @@ class JobList(BaseModel):
 class InferenceCreate(BaseModel):
     """POST /inference: the original single-request endpoint, now queued."""
 
-    model_config = _REQUEST
+    model_config = _REQUEST | ConfigDict(
+        json_schema_extra={
+            "not": {"allOf": [_given("region", "string"), _given("region_preference", "string")]}
+        }
+    )
 
     model: Name
     prompt: Text
