@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -25,6 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from hybrid_router.errors import ConfigError, RouterError
+
+if TYPE_CHECKING:
+    from hybrid_router.redaction import Redactor
 
 app = typer.Typer(
     help="GPU-limit-aware region queues in front of serverless GPU providers.",
@@ -91,6 +94,7 @@ def serve(
     import uvicorn
 
     from hybrid_router.api import create_app
+    from hybrid_router.redaction import Redactor
     from hybrid_router.settings import ServerSettings, load_settings
 
     try:
@@ -127,7 +131,7 @@ def serve(
             host=bind,
             port=port if port is not None else server.port,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
-            log_config=_log_config(application),
+            log_config=_log_config(application, Redactor.from_settings(settings)),
         )
     except SystemExit:
         startup_error: RouterError | None = application.state.startup_error
@@ -387,13 +391,20 @@ class _StartupErrorFilter(logging.Filter):
         return not (refused and record.getMessage().startswith("Traceback"))
 
 
-def _log_config(application: Any) -> dict[str, Any]:
-    """uvicorn's logging, plus the router's own loggers and the startup-traceback filter."""
+def _log_config(application: Any, redactor: Redactor) -> dict[str, Any]:
+    """uvicorn's logging, plus the router's own loggers, secrets masked in every line, and
+    the startup-traceback filter."""
     from uvicorn.config import LOGGING_CONFIG
 
+    from hybrid_router.redaction import RedactingFilter
+
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"startup_error": {"()": _StartupErrorFilter, "application": application}}
-    config["handlers"]["default"]["filters"] = ["startup_error"]
+    config["filters"] = {
+        "startup_error": {"()": _StartupErrorFilter, "application": application},
+        "redact": {"()": RedactingFilter, "redactor": redactor},
+    }
+    config["handlers"]["default"]["filters"] = ["redact", "startup_error"]
+    config["handlers"]["access"]["filters"] = ["redact"]
     config["loggers"]["hybrid_router"] = {
         "handlers": ["default"],
         "level": "INFO",

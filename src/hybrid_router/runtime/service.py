@@ -31,6 +31,7 @@ from hybrid_router.core.retry import RetryPolicy
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.base import Provider
 from hybrid_router.providers.simulated import SimulatedCloud
+from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import (
     CANCEL_REQUESTED,
     JOB_FINISHED,
@@ -106,8 +107,10 @@ class RouterService:
         *,
         bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
+        redactor: Redactor | None = None,
     ) -> None:
         self.settings = settings
+        self.redactor = redactor or Redactor.from_settings(settings)
         self.store = store
         self.providers = providers
         self.bus: EventBus = bus or LocalBus()
@@ -140,6 +143,7 @@ class RouterService:
             publish=self.bus.publish,
             durations=self.durations,
             clock=self.clock,
+            redactor=self.redactor,
         )
 
     async def start(self) -> None:
@@ -568,7 +572,9 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
     bus: EventBus = LocalBus()
     if isinstance(store, RedisStore):
         bus = RedisBus(store.url, f"{store.prefix}:events", store.node_id)
-    return RouterService(settings, store, providers, bus=bus)
+    return RouterService(
+        settings, store, providers, bus=bus, redactor=Redactor.from_settings(settings, env)
+    )
 
 
 def _counts(executions: Iterable[Execution]) -> dict[ExecutionState, int]:
