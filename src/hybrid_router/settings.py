@@ -20,7 +20,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from hybrid_router.core.model import ModelSpec, ProviderKind, ProviderSpec, Region
+from hybrid_router.core.model import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ModelSpec,
+    ProviderKind,
+    ProviderSpec,
+    Region,
+)
 from hybrid_router.errors import ConfigError
 
 DEFAULT_CONFIG = "default_config.toml"
@@ -83,6 +89,7 @@ class ProviderConfig(BaseModel):
     scaledown_window_s: float = Field(default=120.0, ge=0, allow_inf_nan=False)
     max_inputs: int = Field(default=1, gt=0)
     max_containers: int | None = Field(default=None, gt=0)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, gt=0)
     # Only meaningful for kind "simulated"; None so that setting them elsewhere can be reported.
     time_scale: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     seed: int | None = None
@@ -229,6 +236,7 @@ class Settings(BaseModel):
                 scaledown_window_s=cfg.scaledown_window_s,
                 max_inputs=cfg.max_inputs,
                 max_containers=cfg.max_containers,
+                max_response_bytes=cfg.max_response_bytes,
                 time_scale=1.0 if cfg.time_scale is None else cfg.time_scale,
                 seed=0 if cfg.seed is None else cfg.seed,
             )

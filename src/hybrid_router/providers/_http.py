@@ -176,7 +176,7 @@ class HttpProvider:
                     follow_redirects=False,
                 ) as response,
             ):
-                body = await response.aread()
+                body = await self._read_capped(response)
         except (httpx.RequestError, httpx.InvalidURL) as exc:
             raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
         return Reply(
@@ -185,6 +185,25 @@ class HttpProvider:
             body,
             time.monotonic() - started,
         )
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The reply's body, or RESPONSE_TOO_LARGE as soon as it passes max_response_bytes
+        (declared or as it arrives, decoded): leaving the stream drops the connection."""
+        limit = self.spec.max_response_bytes
+        too_large = Failure(
+            "RESPONSE_TOO_LARGE",
+            f"{self.spec.name}: reply larger than {limit} bytes (max_response_bytes)",
+            FailureKind.PERMANENT,
+        )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ProviderFailure(too_large)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise ProviderFailure(too_large)
+        return bytes(body)
 
     def _url(self, raw: str) -> httpx.URL:
         """`raw` parsed, or a PROVIDER_BAD_URL failure."""
