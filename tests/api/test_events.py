@@ -95,3 +95,13 @@ async def test_events_of_an_unknown_job_are_a_404(base_url: str) -> None:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get("/jobs/nope/events")
     assert response.status_code == 404 and response.json()["code"] == "JOB_NOT_FOUND"
+
+
+async def test_head_of_an_event_stream_answers_its_headers_and_ends(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        await client.post("/regions/US/pause")  # the job stays queued: its stream stays open
+        job = {"job_id": "held", "models": ["llama3.2-1b"], "regions": ["US"], "prompt": "hi"}
+        await client.post("/jobs", json=job)
+        head = await client.head("/jobs/held/events")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/event-stream")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from hybrid_router.api import create_app
+from hybrid_router.cli import _log_config
 from hybrid_router.redaction import MASK, RedactingFilter, Redactor
 from hybrid_router.settings import settings_from_mapping
 from tests.api.conftest import default_config, started
@@ -116,3 +119,37 @@ def test_log_lines_and_tracebacks_are_masked(caplog: pytest.LogCaptureFixture) -
     assert "hunter2-token" not in caplog.text
     assert f"call with Bearer {MASK} failed" in caplog.text
     assert f"RuntimeError: provider said {MASK}" in caplog.text
+
+
+def test_the_lines_serve_logs_are_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, "serve-token-1234")
+    data = default_config(tmp_path)
+    data["providers"]["tokened"] = {
+        "kind": "openai",
+        "region": "US",
+        "models": ["llama3.2-1b"],
+        "url": "http://127.0.0.1:1",
+        "token_env": TOKEN_ENV,
+    }
+    settings = settings_from_mapping(data)
+    names = ("hybrid_router", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = {n: logging.getLogger(n).__dict__.copy() for n in names}
+    try:
+        # The logging `serve` hands to uvicorn, with the redactor it builds from the config.
+        logging.config.dictConfig(
+            _log_config(create_app(settings), Redactor.from_settings(settings))
+        )
+        try:
+            raise RuntimeError("provider echoed serve-token-1234")
+        except RuntimeError:
+            logging.getLogger("hybrid_router.runtime.manager").exception("provider raised")
+        logging.getLogger("uvicorn.error").warning("header was Bearer serve-token-1234")
+    finally:
+        for name, state in saved.items():
+            logging.getLogger(name).__dict__.update(state)
+    printed = capsys.readouterr().err
+    assert "provider raised" in printed and f"RuntimeError: provider echoed {MASK}" in printed
+    assert f"header was Bearer {MASK}" in printed
+    assert "serve-token-1234" not in printed
