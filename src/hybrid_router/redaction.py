@@ -85,9 +85,22 @@ class RedactingFilter(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redactor(record.getMessage())
-        record.args = None
+        # The message and each argument on their own: formatters such as uvicorn's access
+        # log read the arguments themselves.
+        if isinstance(record.msg, str):
+            record.msg = self.redactor(record.msg)
+        if isinstance(record.args, Mapping):
+            record.args = {k: self._masked(v) for k, v in record.args.items()}
+        elif record.args:
+            record.args = tuple(self._masked(a) for a in record.args)
         if record.exc_info:
             # Formatted here, once: the handler then writes the masked text as it is.
             record.exc_text = self.redactor(logging.Formatter().formatException(record.exc_info))
         return True
+
+    def _masked(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.redactor(value)
+        if isinstance(value, BaseException):
+            return self.redactor(str(value))
+        return value

@@ -146,10 +146,15 @@ def test_the_lines_serve_logs_are_masked(
         except RuntimeError:
             logging.getLogger("hybrid_router.runtime.manager").exception("provider raised")
         logging.getLogger("uvicorn.error").warning("header was Bearer serve-token-1234")
+        access = '%s - "%s %s HTTP/%s" %d'
+        path = "/jobs?api_key=serve-token-1234"
+        logging.getLogger("uvicorn.access").info(access, "127.0.0.1:1", "GET", path, "1.1", 200)
     finally:
         for name, state in saved.items():
             logging.getLogger(name).__dict__.update(state)
-    printed = capsys.readouterr().err
+    captured = capsys.readouterr()
+    printed = captured.err + captured.out  # uvicorn's access log goes to stdout
     assert "provider raised" in printed and f"RuntimeError: provider echoed {MASK}" in printed
     assert f"header was Bearer {MASK}" in printed
-    assert "serve-token-1234" not in printed
+    assert f'"GET /jobs?api_key={MASK} HTTP/1.1" 200' in printed
+    assert "serve-token-1234" not in printed and "Traceback" not in captured.out
