@@ -112,14 +112,17 @@ def flatmap_case(context: Any, case: Any) -> st.SearchStrategy[Any]:
     return st.one_of(st.just(case), st.fixed_dictionaries(real).map(named))
 
 
-# Names are checked against the config, which the document cannot list (aliases, any case).
-UNKNOWN_NAMES = frozenset({"UNKNOWN_MODEL", "UNKNOWN_REGION", "MODEL_NOT_SERVED"})
+# Refusals the document cannot foresee: names are checked against the config (aliases, any
+# case), and a job's size is the product of three list lengths.
+BEYOND_THE_DOCUMENT = frozenset(
+    {"UNKNOWN_MODEL", "UNKNOWN_REGION", "MODEL_NOT_SERVED", "TOO_MANY_EXECUTIONS"}
+)
 
 
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
-    """Keep every failure but a schema-valid body refused for naming what is not configured."""
-    if isinstance(failure, RejectedPositiveData) and response.status_code == 422:
-        return response.json().get("code") not in UNKNOWN_NAMES
+    """Keep every failure but a schema-valid body refused for what only the config decides."""
+    if isinstance(failure, RejectedPositiveData) and response.status_code in (413, 422):
+        return response.json().get("code") not in BEYOND_THE_DOCUMENT
     return True
 
 
