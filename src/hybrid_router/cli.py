@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
+import enum
 import ipaddress
 import logging
 import math
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
-import httpx
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from hybrid_router.errors import ConfigError, RouterError
+from hybrid_router import __version__
+from hybrid_router.api.schemas import ExecutionOut, JobOut, QueueStatus, RegionQueue
+from hybrid_router.client import DEFAULT_URL, Client, JobHandle, JobOptions
+from hybrid_router.core.model import JobState
+from hybrid_router.errors import ConfigError, RateLimited, RouterError, Unauthenticated, Unreachable
 
 if TYPE_CHECKING:
     from hybrid_router.redaction import Redactor
@@ -32,15 +47,15 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="GPU-limit-aware region queues in front of serverless GPU providers.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain help: rich's shows a type after every flag (`<bool>`) and reads `[users]` as markup.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-out = Console()
+# Piped, a table keeps its rows whole: rich would fit it into 80 columns, folding names and
+# squeezing columns away.
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 err = Console(stderr=True)
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-POLL_S = 0.5
-FINISHED = {"succeeded", "failed", "cancelled"}
 STATE_STYLE = {
     "queued": "cyan",
     "running": "yellow",
@@ -52,13 +67,16 @@ STATE_STYLE = {
 
 UrlOption = Annotated[
     str,
-    typer.Option("--url", envvar="HYBRID_ROUTER_URL", help="Where hybrid-router serves."),
+    typer.Option(
+        "--url", envvar="HYBRID_ROUTER_URL", metavar="URL", help="Where hybrid-router serves."
+    ),
 ]
 ApiKeyOption = Annotated[
     str | None,
     typer.Option(
         "--api-key",
         envvar="HYBRID_ROUTER_API_KEY",
+        metavar="KEY",
         # A command line is visible to every user of the machine; the variable is not.
         help="Your API key, sent as a bearer token (prefer the environment variable).",
         show_default=False,
@@ -71,6 +89,27 @@ def main() -> None:
     app()
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        print(f"hybrid-router {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = None,
+) -> None:
+    """GPU-limit-aware region queues in front of serverless GPU providers."""
+
+
 # ---------------------------------------------------------------------------- server side
 
 
@@ -78,14 +117,20 @@ def main() -> None:
 def serve(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="TOML config file (default: the built-in one)."),
+        typer.Option(
+            "--config", "-c", metavar="FILE", help="TOML config file (default: the built-in one)."
+        ),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address [127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [8000].")] = None,
+    host: Annotated[
+        str | None, typer.Option(metavar="ADDRESS", help="Listen address [127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Listen port [8000].")] = None,
     insecure: Annotated[
         bool,
         typer.Option(
-            "--insecure", help="Allow a non-loopback address without [users] (no API keys)."
+            "--insecure",
+            help="Serve on a non-loopback address although the config has no [users] "
+            "(then anyone who reaches it may submit, read and cancel every job).",
         ),
     ] = False,
 ) -> None:
@@ -94,6 +139,7 @@ def serve(
     import uvicorn
 
     from hybrid_router.api import create_app
+    from hybrid_router.api.connections import timed_protocol
     from hybrid_router.redaction import Redactor
     from hybrid_router.settings import ServerSettings, load_settings
 
@@ -115,140 +161,292 @@ def serve(
             "config, bind 127.0.0.1, or pass --insecure if the network is yours alone.",
             code=2,
         )
+    bind_port = port if port is not None else server.port
+    # The socket first: a busy port must stop the start before the service opens its store
+    # and takes the scheduler's lock (a scheduler that then exits at once).
+    try:
+        sock = _listen(bind, bind_port)
+    except OSError as exc:
+        _fail(f"cannot listen on {bind}:{bind_port}: {exc.strerror or exc}", code=2)
     try:
         application = create_app(settings)
     except ConfigError as exc:
+        sock.close()
         _fail(exc.message, code=2)
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: in-flight requests get
+    # shutdown_grace_s, then the lifespan stops the service (which drains its own calls).
+    uvicorn_server = uvicorn.Server(
+        uvicorn.Config(
+            application,
+            host=bind,
+            port=bind_port,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+            http=timed_protocol(settings.http),
+            log_config=_log_config(application, Redactor.from_settings(settings)),
+        )
+    )
+    log = logging.getLogger("hybrid_router")
+    if (database := _sqlite_file(settings.store_url)) is not None:
+        log.info("store: SQLite file %s", database)
+    shown = f"[{bind}]" if ":" in bind else bind
+    # uvicorn only says where it serves when it binds the socket itself.
+    log.info("serving on http://%s:%d (Ctrl-C to stop)", shown, bind_port)
     # After a graceful shutdown, uvicorn re-raises the SIGTERM that caused it, for the handler
     # it found installed; with Python's default one the process would die by the signal
     # (exit 143) after a clean shutdown, which deploy tools report as a crash.
     previous_sigterm = signal.signal(signal.SIGTERM, _stopped_by_signal)
     try:
-        # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: in-flight requests get
-        # shutdown_grace_s, then the lifespan stops the service (which drains its own calls).
-        uvicorn.run(
-            application,
-            host=bind,
-            port=port if port is not None else server.port,
-            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
-            log_config=_log_config(application, Redactor.from_settings(settings)),
-        )
-    except SystemExit:
-        startup_error: RouterError | None = application.state.startup_error
-        if startup_error is not None:
-            _fail(f"cannot start: {startup_error.message}", code=2)
-        raise
+        uvicorn_server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        sock.close()
+    startup_error: RouterError | None = application.state.startup_error
+    if startup_error is not None:
+        _fail(f"cannot start: {startup_error.message}", code=2)
+    if not uvicorn_server.started:
+        raise typer.Exit(3)  # uvicorn logged why
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, for uvicorn to listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    try:
+        # As uvicorn does: a restart may bind while the last run's connections linger.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _sqlite_file(store_url: str) -> Path | None:
+    """The absolute path of the SQLite file a store url names (None for another store)."""
+    scheme, _, rest = store_url.partition("://")
+    if scheme.lower() != "sqlite":
+        return None
+    return Path(rest[1:]).resolve()
 
 
 @app.command("emulate-modal")
 def emulate_modal(
-    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Listen port.")] = 8001,
-    gpu_limit: Annotated[int, typer.Option(min=1, help="GPUs the emulated account has.")] = 10,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Listen port.")] = 8001,
+    gpu_limit: Annotated[
+        int, typer.Option(min=1, metavar="N", help="GPUs the emulated account has.")
+    ] = 10,
     time_scale: Annotated[
-        float, typer.Option(help="1.0 = production timings; 0.02 = 50x faster.")
+        float, typer.Option(metavar="FACTOR", help="1.0 = production timings; 0.02 = 50x faster.")
     ] = 1.0,
-    seed: Annotated[int, typer.Option(help="Same seed, same cold starts and run times.")] = 0,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Same seed, same cold starts and run times.")
+    ] = 0,
+    poll_after_s: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Answer a call still running after this many seconds with a 303 to its "
+            "result URL (default: Modal's 150 s times --time-scale).",
+        ),
+    ] = None,
+    proxy_token_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODAL_PROXY_TOKEN_ID",
+            show_envvar=True,
+            help="Require Modal proxy auth: this Modal-Key (with --proxy-token-secret).",
+        ),
+    ] = None,
+    proxy_token_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODAL_PROXY_TOKEN_SECRET",
+            show_envvar=True,
+            # A command line is visible to every user of the machine; the variable is not.
+            help="Require Modal proxy auth: this Modal-Secret (prefer the environment variable).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve a simulated provider in Modal's web-endpoint shape (token: MODAL_API_TOKEN)."""
+    """Serve a simulated provider in Modal's web-endpoint shape.
+
+    Calls need `Authorization: Bearer $MODAL_API_TOKEN` when that variable is set, and
+    Modal's proxy-auth headers when a proxy token id and secret are given.
+    """
     from hybrid_router.providers.emulator import serve_emulator
+    from hybrid_router.providers.modal import ProxyAuth
 
     if not time_scale > 0:
         _fail("--time-scale must be greater than 0", code=2)
+    if poll_after_s is not None and not poll_after_s > 0:
+        _fail("--poll-after-s must be greater than 0", code=2)
     # An empty variable means no token, as if unset: the emulator then accepts any caller.
     token = os.environ.get("MODAL_API_TOKEN") or None
-    serve_emulator(host, port, gpu_limit, time_scale, seed, token)
+    proxy_auth = None
+    if proxy_token_id and proxy_token_secret:
+        proxy_auth = ProxyAuth(proxy_token_id, proxy_token_secret)
+    elif proxy_token_id or proxy_token_secret:
+        _fail(
+            "Modal proxy auth needs both --proxy-token-id (MODAL_PROXY_TOKEN_ID) and "
+            "--proxy-token-secret (MODAL_PROXY_TOKEN_SECRET)",
+            code=2,
+        )
+    serve_emulator(host, port, gpu_limit, time_scale, seed, token, poll_after_s, proxy_auth)
 
 
 # ---------------------------------------------------------------------------- client side
 
 
+class Output(enum.StrEnum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+
+
+OutputOption = Annotated[
+    Output,
+    typer.Option(
+        "--output", "-o", help="wide: more columns, every execution; json: the API's JSON."
+    ),
+]
+
+
+@contextlib.contextmanager
+def _router(url: str, api_key: str | None) -> Iterator[Client]:
+    """A client of the router; an API error or no answer ends the command with exit 1."""
+    try:
+        with Client(url, api_key=api_key) as client:
+            yield client
+    except Unreachable as exc:
+        _fail(exc.message)
+    except RouterError as exc:
+        hint = ""
+        if isinstance(exc, Unauthenticated):
+            hint = " (give your key with --api-key or HYBRID_ROUTER_API_KEY)"
+        elif isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+            hint = f" (retry after {exc.retry_after_s} s)"
+        _fail(f"{exc.code}: {exc.message}{hint}")
+
+
+def _print_json(model: BaseModel) -> None:
+    # Not through rich: it would wrap long lines and colour the text.
+    print(model.model_dump_json(indent=2))
+
+
 @app.command()
 def submit(
     models: Annotated[
-        str, typer.Option(help="Comma-separated models, e.g. llama3.2-1b,mistral-7b")
+        str,
+        typer.Option(metavar="MODELS", help="Comma-separated models, e.g. llama3.2-1b,mistral-7b"),
     ],
-    regions: Annotated[str, typer.Option(help="Comma-separated regions or aliases, e.g. US,EU")],
+    regions: Annotated[
+        str, typer.Option(metavar="REGIONS", help="Comma-separated regions or aliases, e.g. US,EU")
+    ],
     question: Annotated[
-        list[str] | None, typer.Option("--question", "-q", help="A question; repeatable.")
+        list[str] | None,
+        typer.Option("--question", "-q", metavar="TEXT", help="A question; repeatable."),
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option(help="A single prompt instead of questions.")
+        str | None, typer.Option(metavar="TEXT", help="A single prompt instead of questions.")
     ] = None,
-    priority: Annotated[int | None, typer.Option(help="Higher runs first (default 0).")] = None,
-    job_id: Annotated[str | None, typer.Option(help="Idempotency key / job id.")] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Attempts per execution.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it finishes.")] = False,
+    priority: Annotated[
+        int | None, typer.Option(metavar="N", help="Higher runs first (default 0).")
+    ] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option(metavar="ID", help="The job's id; submitting it again is harmless."),
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(metavar="N", help="Attempts per execution (default 3).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(metavar="T", help="Sampling temperature (default 0.7).")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(metavar="N", help="Tokens to generate at most (default 256).")
+    ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Executions still queued this long after submission end expired.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Follow the job until it finishes; exit 1 unless it succeeded."
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="Print only the job's id (and no progress).")
+    ] = False,
+    output: OutputOption = Output.table,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Submit a job: every question on every model in every region."""
     if bool(question) == (prompt is not None):
         _fail("give --question (repeatable) or --prompt, not both and not neither", code=2)
-    body: dict[str, Any] = {"models": _split(models), "regions": _split(regions)}
-    if question:
-        body["questions"] = question
-    else:
-        body["prompt"] = prompt
-    optional = {
+    given: dict[str, Any] = {
         "priority": priority,
         "job_id": job_id,
         "max_attempts": max_attempts,
         "temperature": temperature,
         "max_tokens": max_tokens,
+        "deadline_s": deadline,
     }
-    # Unset options are left out, so the server's defaults apply.
-    body.update({k: v for k, v in optional.items() if v is not None})
-
-    with _client(url, api_key) as client:
-        accepted = _call(client, "POST", "/jobs", json=body)
-        verb = "queued" if accepted["status"] == "queued" else accepted["status"]
-        out.print(
-            f"job [bold]{escape(accepted['job_id'])}[/bold] {verb}: "
-            f"{accepted['executions']} executions "
-            f"({accepted['questions']} questions x {len(accepted['models'])} models "
-            f"x {len(accepted['regions'])} regions: {', '.join(accepted['regions'])})"
-        )
+    # Unset options are left out, so the router's defaults apply.
+    options = cast(JobOptions, {k: v for k, v in given.items() if v is not None})
+    with _router(url, api_key) as router:
+        handle = router.submit(_split(models), _split(regions), question, prompt=prompt, **options)
+        accepted = handle.accepted
+        if quiet:
+            print(accepted.job_id)
+        elif output is Output.json and not wait:
+            _print_json(accepted)
+        elif output is not Output.json:
+            verb = "queued" if accepted.status == "queued" else accepted.status
+            out.print(
+                f"job [bold]{escape(accepted.job_id)}[/bold] {verb}: "
+                f"{accepted.executions} executions ({accepted.questions} questions x "
+                f"{len(accepted.models)} models x {len(accepted.regions)} regions: "
+                f"{', '.join(accepted.regions)})"
+            )
         if not wait:
             return
-        job = _follow(client, accepted["job_id"])
-    _print_job(job)
-    raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+        job = _follow(handle, show=not quiet and output is not Output.json)
+    if output is Output.json and not quiet:
+        _print_json(job)
+    elif not quiet:
+        _print_job(job, output)
+    raise typer.Exit(0 if job.status == "succeeded" else 1)
 
 
 @app.command()
 def status(
     region: Annotated[str | None, typer.Argument(help="One region (any alias).")] = None,
+    output: OutputOption = Output.table,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Queues and GPUs per region."""
-    with _client(url, api_key) as client:
-        if region is None:
-            queues = _call(client, "GET", "/queue/status")["queues"]
-        else:
-            one = _call(client, "GET", f"/queue/status/{_path(region)}")
-            queues = {one["region"]: one}
-    out.print(_queues_table(queues))
-
-
-@app.command()
-def region(
-    action: Annotated[str, typer.Argument(help="pause, drain or resume")],
-    name: Annotated[str, typer.Argument(help="The region (any alias).")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-) -> None:
-    """Pause a region (admit nothing), drain it (and refuse new jobs), or resume it (admin)."""
-    if action not in ("pause", "drain", "resume"):
-        _fail(f"unknown action {action!r}: use pause, drain or resume", code=2)
-    with _client(url, api_key) as client:
-        queue = _call(client, "POST", f"/regions/{_path(name)}/{action}")
-    out.print(f"{escape(queue['region'])} is {queue['mode']} ({queue['queue_size']} queued)")
+    """The account's GPUs, and each region's queue and GPUs."""
+    with _router(url, api_key) as router:
+        if region is not None:
+            one = router.region_status(region)
+            if output is Output.json:
+                _print_json(one)
+                return
+            out.print(_queues_table({one.region: one}))
+            return
+        queues = router.queue_status()
+    if output is Output.json:
+        _print_json(queues)
+        return
+    out.print(_account_line(queues))
+    out.print(_queues_table(queues.queues))
+    if output is Output.wide:
+        out.print(_running_table(queues.queues))
 
 
 @app.command()
@@ -256,21 +454,269 @@ def watch(
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """The queues live: regions, GPU bars and running executions, until Ctrl-C."""
-    with _client(url, api_key) as client, Live(console=out, auto_refresh=False) as live:
-        changed = _events_signal(client, "/events")
+    """The queues live: the account, regions, GPU bars and running executions, until Ctrl-C."""
+    with _router(url, api_key) as router, Live(console=out, auto_refresh=False) as live:
+        changed = threading.Event()
+
+        def listen() -> None:
+            # Every job's events (admins): redraw on each; others redraw every second.
+            with contextlib.suppress(RouterError):
+                for _ in router.events():
+                    changed.set()
+
+        threading.Thread(target=listen, name="events", daemon=True).start()
         try:
             while True:
-                queues = _call(client, "GET", "/queue/status")["queues"]
-                live.update(Group(_queues_table(queues), _running_table(queues)), refresh=True)
-                # Redraw on every event (admins get the stream), and at least every second.
+                queues = router.queue_status()
+                view = Group(
+                    _account_line(queues),
+                    _queues_table(queues.queues),
+                    _running_table(queues.queues),
+                )
+                live.update(view, refresh=True)
                 changed.wait(1.0)
                 changed.clear()
         except KeyboardInterrupt:
             pass
 
 
-def _queues_table(queues: dict[str, Any]) -> Table:
+@app.command()
+def jobs(
+    status: Annotated[
+        JobState | None,
+        typer.Option("--status", help="Only jobs in this state."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=1, max=200, help="How many, newest first.")
+    ] = 20,
+    output: OutputOption = Output.table,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Jobs, newest first: yours (every job for an admin)."""
+    with _router(url, api_key) as router:
+        listed = router.list(status=None if status is None else status.value, limit=limit)
+    if output is Output.json:
+        _print_json(listed)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("JOB", "STATUS", "DONE", "REGIONS", "MODELS", "AGE"):
+        table.add_column(column, no_wrap=column != "MODELS")
+    if output is Output.wide:
+        for column in ("OWNER", "PRIORITY", "QUESTIONS", "QUEUED", "RUNNING", "FAILED"):
+            table.add_column(column, justify="right")
+        table.add_column("CREATED", no_wrap=True)
+    for job in listed.jobs:
+        p = job.progress
+        cells = [
+            escape(job.job_id),
+            _state(job.status),
+            f"{p.succeeded}/{p.total}",
+            escape(",".join(job.regions)),
+            escape(",".join(job.models)),
+            _age(job.created_at),
+        ]
+        if output is Output.wide:
+            cells += [escape(job.owner), str(job.priority), str(job.questions)]
+            cells += [str(p.queued), str(p.running), str(p.failed + p.expired)]
+            cells.append(escape(job.created_at))
+        table.add_row(*cells)
+    if not listed.jobs:
+        err.print("no jobs" + ("" if status is None else f" {status.value}"))
+        return
+    out.print(table)
+
+
+@app.command("job")
+def job_command(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    output: OutputOption = Output.table,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """A job's progress and its executions (summed per region and model when many)."""
+    with _router(url, api_key) as router:
+        job = router.get(job_id)
+    if output is Output.json:
+        _print_json(job)
+    else:
+        _print_job(job, output)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    output: OutputOption = Output.table,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Cancel a job's queued and running executions; finished ones keep their results."""
+    with _router(url, api_key) as router:
+        job = router.cancel(job_id)
+    if output is Output.json:
+        _print_json(job)
+        return
+    p = job.progress
+    out.print(
+        f"job [bold]{escape(job.job_id)}[/bold]: {_state(job.status)}, "
+        f"{p.cancelled} cancelled, {p.running} still stopping, "
+        f"{p.succeeded} succeeded before"
+    )
+
+
+region_app = typer.Typer(
+    help="Pause, drain or resume a region (admins).", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(region_app, name="region")
+
+
+def _region_command(action: str, summary: str) -> None:
+    def command(
+        name: Annotated[str, typer.Argument(metavar="REGION", help="The region (any alias).")],
+        output: OutputOption = Output.table,
+        url: UrlOption = DEFAULT_URL,
+        api_key: ApiKeyOption = None,
+    ) -> None:
+        with _router(url, api_key) as router:
+            queue = router.set_region(name, action)
+        if output is Output.json:
+            _print_json(queue)
+            return
+        out.print(f"{escape(queue.region)} is {queue.mode} ({queue.queue_size} queued)")
+
+    command.__doc__ = summary
+    region_app.command(action)(command)
+
+
+_region_command("pause", "Admit nothing in the region; its queue and new jobs wait.")
+_region_command("drain", "As pause, and refuse new jobs naming the region.")
+_region_command("resume", "Admit again, from the front of the queue it kept.")
+
+
+def _follow(handle: JobHandle, *, show: bool) -> JobOut:
+    """Wait for the job, with a progress bar (on stderr when stdout is not a terminal):
+    counts, time elapsed and the router's estimate of when the job finishes."""
+    console = out if out.is_terminal else err
+    if not show or not console.is_terminal:
+        return handle.wait()
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(escape(handle.job_id), total=None, counts="")
+
+        def show_progress(job: JobOut) -> None:
+            p = job.progress
+            counts = f"queued {p.queued} running {p.running} [green]ok {p.succeeded}[/green]"
+            if failed := p.failed + p.expired:
+                counts += f" [red]failed {failed}[/red]"
+            if p.cancelled:
+                counts += f" cancelled {p.cancelled}"
+            if (eta := _estimated_finish(job)) is not None:
+                counts += f"  [cyan]{eta}[/cyan]"
+            done = p.total - p.queued - p.running
+            bar.update(task, total=p.total, completed=done, counts=counts)
+
+        return handle.wait(on_progress=show_progress)
+
+
+def _estimated_finish(job: JobOut) -> str | None:
+    """When the router expects the job to finish, if it knows."""
+    if job.estimated_finish_s is None:
+        return None
+    at = datetime.fromtimestamp(time.time() + job.estimated_finish_s)
+    return f"ETA ~{job.estimated_finish_s:.0f}s ({at:%H:%M:%S})"
+
+
+# More executions than this and `job` sums them per region and model (unless -o wide).
+SUMMARY_OVER = 20
+
+
+def _print_job(job: JobOut, output: Output) -> None:
+    p = job.progress
+    out.print(
+        f"job [bold]{escape(job.job_id)}[/bold]: {_state(job.status)}  "
+        f"({p.succeeded}/{p.total} succeeded, {p.failed + p.expired} failed, "
+        f"{p.cancelled} cancelled, {p.queued} queued, {p.running} running)"
+        + (f"  [cyan]{eta}[/cyan]" if (eta := _estimated_finish(job)) else "")
+    )
+    if len(job.executions) > SUMMARY_OVER and output is not Output.wide:
+        out.print(_summary_table(job))
+        err.print(
+            f"{len(job.executions)} executions summed per region and model; -o wide lists each"
+        )
+        return
+    executions = job.executions
+    show_queue = any(e.position is not None for e in executions)
+    table = Table()
+    table.add_column("Region")
+    table.add_column("Model", no_wrap=True)
+    for column in ("Q", "Status", "Try") + (("Queue",) if show_queue else ()) + ("Time",):
+        table.add_column(column)
+    # The answer is what a reader came for: keep it readable on an 80-column terminal.
+    table.add_column("Response / error", min_width=20, overflow="fold")
+    for e in executions:
+        place = ""
+        if e.position is not None:
+            place = f"#{e.position}"
+            if e.estimated_start_s is not None:
+                place += f" ~{e.estimated_start_s:.0f}s"
+        if e.status == "succeeded":
+            text = escape(e.response or "" if output is Output.wide else _short(e.response or ""))
+        elif e.error:
+            text = f"[red]{escape(e.error.code)}[/red] {escape(_short(e.error.message))}"
+        else:
+            text = ""
+        cells = [escape(e.region), escape(e.model), str(e.question_index)]
+        cells += [_state(e.status), str(e.attempts)] + ([place] if show_queue else [])
+        cells += ["" if e.inference_time is None else f"{e.inference_time:.1f}s", text]
+        table.add_row(*cells)
+    out.print(table)
+
+
+def _summary_table(job: JobOut) -> Table:
+    """One row per region and model: how its executions stand."""
+    groups: dict[tuple[str, str], list[ExecutionOut]] = {}
+    for e in job.executions:
+        groups.setdefault((e.region, e.model), []).append(e)
+    table = Table()
+    table.add_column("Region")
+    table.add_column("Model", no_wrap=True)
+    for column in ("Total", "Queued", "Running", "OK", "Failed", "Cancelled", "Mean time"):
+        table.add_column(column, justify="right")
+    table.add_column("Errors", overflow="fold")
+    for (region, model), group in groups.items():
+        count = collections.Counter(e.status.value for e in group)
+        times = [e.inference_time for e in group if e.inference_time is not None]
+        codes = collections.Counter(
+            e.error.code for e in group if e.error and e.status != "succeeded"
+        )
+        table.add_row(
+            escape(region),
+            escape(model),
+            str(len(group)),
+            str(count["queued"]),
+            str(count["running"]),
+            str(count["succeeded"]),
+            str(count["failed"] + count["expired"]),
+            str(count["cancelled"]),
+            f"{sum(times) / len(times):.1f}s" if times else "",
+            escape(", ".join(f"{code} x{n}" for code, n in codes.most_common(3))),
+        )
+    return table
+
+
+def _account_line(status: QueueStatus) -> str:
+    a = status.account
+    return f"account  GPUs busy+warm/limit  {_gpu_bar(a.gpus_in_use, a.gpus_warm, a.gpu_limit)}"
+
+
+def _queues_table(queues: dict[str, RegionQueue]) -> Table:
     table = Table(title="hybrid-router queues", caption="GPUs: busy+warm/limit")
     table.add_column("Region")
     for column in ("Queued", "Running", "Completed", "Failed"):
@@ -278,91 +724,50 @@ def _queues_table(queues: dict[str, Any]) -> Table:
     table.add_column("GPUs", no_wrap=True)
     table.add_column("Current", overflow="fold")
     for name, q in queues.items():
-        current = q.get("current_job")
-        mode = q.get("mode", "open")
+        current = q.current_job
+        mode = "" if q.mode == "open" else f" [magenta]({escape(q.mode)})[/magenta]"
+        running = str(q.running_count)
         table.add_row(
-            escape(name) + ("" if mode == "open" else f" [magenta]({escape(mode)})[/magenta]"),
-            str(q["queue_size"]),
-            _running(q),
-            str(q["completed"]),
-            str(q["failed"]),
-            _gpu_bar(q["gpus_in_use"], q["gpus_warm"], q["gpu_limit"]),
-            escape(f"{current['model']} ({current['job_id']})") if current else "",
+            escape(name) + mode,
+            str(q.queue_size),
+            running if q.max_running is None else f"{running}/{q.max_running}",
+            str(q.completed),
+            str(q.failed),
+            _gpu_bar(q.gpus_in_use, q.gpus_warm, q.gpu_limit),
+            escape(f"{current.model} ({current.job_id})") if current else "",
         )
     return table
 
 
-def _running_table(queues: dict[str, Any]) -> Table:
+def _running_table(queues: dict[str, RegionQueue]) -> Table:
     table = Table(title="running")
     for column in ("Region", "Model", "Job", "For"):
         table.add_column(column)
     now = time.time()
     for name, q in queues.items():
-        for r in q.get("running", []):
-            started = _epoch(r.get("started_at"))
+        for r in q.running:
+            started = _epoch(r.started_at)
             since = "" if started is None else f"{now - started:.0f}s"
-            table.add_row(escape(name), escape(r["model"]), escape(r["job_id"]), since)
+            table.add_row(escape(name), escape(r.model), escape(r.job_id), since)
     return table
+
+
+def _age(iso: str) -> str:
+    """How long ago, in the largest unit that fits: 42s, 5m, 3h, 2d."""
+    started = _epoch(iso)
+    if started is None:
+        return ""
+    seconds = max(0, int(time.time() - started))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _epoch(iso: str | None) -> float | None:
     if not iso:
         return None
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def _events_signal(client: httpx.Client, path: str) -> threading.Event:
-    """Set whenever the server streams an event on `path`; never set if it cannot stream."""
-    changed = threading.Event()
-
-    def listen() -> None:
-        for _ in _sse_events(client, path):
-            changed.set()
-
-    threading.Thread(target=listen, name="events", daemon=True).start()
-    return changed
-
-
-def _sse_events(client: httpx.Client, path: str) -> Iterator[str]:
-    """Event kinds from a server-sent event stream; ends quietly if it breaks or is refused."""
-    try:
-        with client.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as response:
-            if response.is_error:
-                return
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    yield line.removeprefix("event: ")
-    except httpx.HTTPError:
-        return
-
-
-@app.command("job")
-def job_command(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-) -> None:
-    """A job's progress and every execution."""
-    with _client(url, api_key) as client:
-        job = _call(client, "GET", f"/jobs/{_path(job_id)}")
-    _print_job(job)
-
-
-@app.command()
-def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-) -> None:
-    """Cancel a job's queued and running executions."""
-    with _client(url, api_key) as client:
-        job = _call(client, "DELETE", f"/jobs/{_path(job_id)}")
-    progress = job["progress"]
-    out.print(
-        f"job [bold]{escape(job['job_id'])}[/bold]: {_state(job['status'])}, "
-        f"{progress['cancelled']} cancelled, {progress['running']} still stopping, "
-        f"{progress['succeeded']} succeeded before"
-    )
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -417,13 +822,6 @@ def _split(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
-def _path(segment: str) -> str:
-    """One URL path segment, so an id with odd characters cannot address another route."""
-    from urllib.parse import quote
-
-    return quote(segment, safe="")
-
-
 def _is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses: only this machine can connect."""
     if host.casefold() == "localhost":
@@ -433,115 +831,6 @@ def _is_loopback(host: str) -> bool:
     except ValueError:
         # Any other name may resolve to a public address: treat it as one.
         return False
-
-
-def _client(url: str, api_key: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    # Reads are quick; the timeout only guards against a hung server.
-    return httpx.Client(base_url=url.rstrip("/"), timeout=30.0, headers=headers)
-
-
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    """One API call; a connection problem or an API error ends the command with exit 1."""
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.ConnectError:
-        _fail(f"cannot reach hybrid-router at {client.base_url}")
-    except httpx.TimeoutException:
-        _fail(f"hybrid-router at {client.base_url} did not answer in time")
-    except httpx.HTTPError as exc:
-        _fail(f"cannot talk to hybrid-router at {client.base_url}: {exc}")
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.is_error:
-        if isinstance(body, dict) and "code" in body:
-            hint = ""
-            if response.status_code == 401:
-                hint = " (give your key with --api-key or HYBRID_ROUTER_API_KEY)"
-            elif response.headers.get("Retry-After"):
-                hint = f" (retry after {response.headers['Retry-After']} s)"
-            _fail(f"{body['code']}: {body.get('message', '')}{hint}")
-        _fail(f"HTTP {response.status_code} from {client.base_url}{path}")
-    if body is None:
-        _fail(f"hybrid-router at {client.base_url} answered {path} with something not JSON")
-    return body
-
-
-def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    """Follow the job until it finishes, showing a progress bar; returns its final status.
-
-    The job's event stream says when to look again; polling every POLL_S covers a stream
-    that breaks or a server without one.
-    """
-    changed = _events_signal(client, f"/jobs/{_path(job_id)}/events")
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-    )
-    with Progress(*columns, console=out, transient=True) as bar:
-        task = bar.add_task(f"job {escape(job_id)}", total=None, counts="")
-        while True:
-            job: dict[str, Any] = _call(client, "GET", f"/jobs/{_path(job_id)}")
-            p = job["progress"]
-            done = p["total"] - p["queued"] - p["running"]
-            counts = (
-                f"queued {p['queued']}  running {p['running']}  "
-                f"[green]ok {p['succeeded']}[/green]  [red]failed {p['failed'] + p['expired']}"
-                f"[/red]  cancelled {p['cancelled']}"
-            )
-            bar.update(task, total=p["total"], completed=done, counts=counts)
-            if job["status"] in FINISHED:
-                return job
-            changed.wait(POLL_S * 4)
-            changed.clear()
-
-
-def _print_job(job: dict[str, Any]) -> None:
-    p = job["progress"]
-    out.print(
-        f"job [bold]{escape(job['job_id'])}[/bold]: {_state(job['status'])}  "
-        f"({p['succeeded']}/{p['total']} succeeded, {p['failed'] + p['expired']} failed, "
-        f"{p['cancelled']} cancelled, {p['queued']} queued, {p['running']} running)"
-    )
-    executions = job.get("executions", [])
-    show_queue = any(e.get("position") is not None for e in executions)
-    table = Table()
-    table.add_column("Region")
-    table.add_column("Model", no_wrap=True)
-    for column in ("Q", "Status", "Try") + (("Queue",) if show_queue else ()) + ("Time",):
-        table.add_column(column)
-    # The answer is what a reader came for: keep it readable on an 80-column terminal.
-    table.add_column("Response / error", min_width=20, overflow="fold")
-    for e in executions:
-        place = ""
-        if e.get("position") is not None:
-            place = f"#{e['position']}"
-            if e.get("estimated_start_s") is not None:
-                place += f" ~{e['estimated_start_s']:.0f}s"
-        seconds = e.get("inference_time")
-        error = e.get("error")
-        if e["status"] == "succeeded":
-            text = escape(_short(e.get("response") or ""))
-        elif error:
-            text = f"[red]{escape(error['code'])}[/red] {escape(_short(error['message']))}"
-        else:
-            text = ""
-        cells = [escape(e["region"]), escape(e["model"]), str(e["question_index"])]
-        cells += [_state(e["status"]), str(e["attempts"])] + ([place] if show_queue else [])
-        cells += ["" if seconds is None else f"{seconds:.1f}s", text]
-        table.add_row(*cells)
-    out.print(table)
-
-
-def _running(queue: dict[str, Any]) -> str:
-    running = str(len(queue.get("running", [])))
-    cap = queue.get("max_running")
-    return running if cap is None else f"{running}/{cap}"
 
 
 def _state(state: str) -> str:

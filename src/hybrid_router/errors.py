@@ -8,9 +8,16 @@ RouterError
 ├── Conflict (409)                code: JOB_CONFLICT, REGION_DRAINING
 ├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE, TOO_MANY_EXECUTIONS
 ├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
-├── StoreUnavailable (503)        code: STORE_UNAVAILABLE, NOT_READY
-├── StoreFenced (503)             code: NOT_LEADER (a stale leader's write was refused)
-└── ConfigError                   a bad config file, reported at start
+├── StoreError                    what the stores raise, in their own terms
+│   ├── StoreUnavailable (503)    code: STORE_UNAVAILABLE, NOT_READY
+│   ├── StoreFenced (503)         code: NOT_LEADER (a stale leader's write was refused)
+│   ├── NotStorable (422)         code: INVALID_PRIORITY (a value the store cannot hold)
+│   └── DuplicateExecution (409)  code: EXECUTION_CONFLICT (an execution id already stored)
+├── ConfigError                   a bad config file, reported at start
+└── Unreachable                   the Python client could not reach the router
+
+The stores raise only StoreError (and ConfigError when opening data they cannot read); the
+service raises the others; the API's one handler turns any of them into a response.
 """
 
 from __future__ import annotations
@@ -49,16 +56,34 @@ class PayloadTooLarge(RouterError):
     code = "PAYLOAD_TOO_LARGE"
 
 
-class StoreUnavailable(RouterError):
+class StoreError(RouterError):
+    """Raised by a store about itself or what it was asked to keep, never about a request."""
+
+
+class StoreUnavailable(StoreError):
     status_code = 503
     code = "STORE_UNAVAILABLE"
+
+
+class NotStorable(StoreError):
+    """A value this store cannot keep as it is (a priority its queue order cannot hold)."""
+
+    status_code = 422
+    code = "NOT_STORABLE"
+
+
+class DuplicateExecution(StoreError):
+    """A submission reused the id of an execution already stored: nothing was written."""
+
+    status_code = 409
+    code = "EXECUTION_CONFLICT"
 
 
 class ConfigError(RouterError):
     code = "CONFIG_ERROR"
 
 
-class StoreFenced(RouterError):
+class StoreFenced(StoreError):
     """A write carried a stale leader's fencing token: another replica leads now."""
 
     status_code = 503
@@ -86,3 +111,10 @@ class RateLimited(RouterError):
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+
+
+class Unreachable(RouterError):
+    """The client got no answer from the router: connection refused, timed out or broken."""
+
+    status_code = 503
+    code = "UNREACHABLE"

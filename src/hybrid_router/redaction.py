@@ -3,8 +3,9 @@
 Providers answer with whatever they like, and some echo the request, headers included, in
 their error bodies: a provider's token would then reach the execution's error, the job view
 and the store. Every provider outcome passes through `Redactor` where it enters the domain
-(the scheduler, once a call returns), and the server's log handler passes every record
-through `RedactingFilter`.
+(the scheduler, once a call returns; an HTTP provider also masks its own credentials in all
+it returns, metadata included), and the server's log handler passes every record through
+`RedactingFilter`.
 
 Two kinds of secret are masked: the configured ones (provider tokens and users' keys read from
 the environment, the store URL's password), wherever they appear, and anything written as a
@@ -23,22 +24,27 @@ from urllib.parse import urlsplit
 from hybrid_router.core.model import Completion, Failure
 from hybrid_router.settings import Settings
 
-MASK = "[REDACTED]"
+MASK = "[redacted]"
 # Shorter configured values are left alone: masking every "abc" would garble messages and
 # say which letters a key is made of.
 MIN_SECRET_CHARS = 4
 
+# What a credential looks like, so that words are left alone ("a bearer token is missing"):
+# six or more token characters with a digit among them, or twenty or more.
+_CREDENTIAL = r"(?:(?=[\w\-.~+/]*\d)[\w\-.~+/]{6,}|[\w\-.~+/]{20,})=*"
 # `Bearer <token>`, `Basic <credentials>` anywhere.
-_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9\-._~+/]+=*")
+_SCHEME = re.compile(rf"(?i)\b(bearer|basic)(\s+){_CREDENTIAL}")
 # A credential's name, a colon or equals sign (quoted or not, as in headers, JSON, queries),
-# maybe a scheme, then its value (unless already masked).
-_LABELLED = re.compile(
-    r"""(?ix)
-    (\b(?:proxy-)?authorization|\bx-api-key|\bapi[-_]?key|\bmodal-(?:key|secret)
-        |\baccess[-_]?token|\btoken|\bsecret|\bpassword)
-    (["']?\s*[:=]\s*["']?(?:(?:bearer|basic)\s+)?+)
-    (?!\[REDACTED\])[^\s"',;&}]+
-    """
+# maybe a scheme, then its value: any value after a name only credentials have, one that
+# looks like a credential after a name that words have too ("token: expired").
+_SEPARATOR = r"""(["']?\s*[:=]\s*["']?(?:(?:bearer|basic)\s+)?+)"""
+_NAMED = re.compile(
+    rf"""(?i)(\b(?:proxy-)?authorization|\bx-api-key|\bapi[-_]?key|\bmodal-(?:key|secret)
+        |\bpassword){_SEPARATOR}(?!\[redacted\])[^\s"',;&}}]+""",
+    re.VERBOSE,
+)
+_NAMED_LOOSELY = re.compile(
+    rf"(?i)(\baccess[-_]?token|\btoken|\bsecret){_SEPARATOR}{_CREDENTIAL}", re.VERBOSE
 )
 
 
@@ -55,7 +61,11 @@ class Redactor:
         """Masks the secrets `settings` names: provider tokens and user keys from `env`, and
         the store URL's password."""
         env = os.environ if env is None else env
-        names = [p.token_env for p in settings.providers.values()]
+        names = [
+            name
+            for p in settings.providers.values()
+            for name in (p.token_env, p.token_id_env, p.token_secret_env)
+        ]
         names += [u.api_key_env for u in settings.users.values()]
         secrets = [env[name] for name in names if name and env.get(name)]
         password = urlsplit(settings.store_url).password
@@ -67,8 +77,9 @@ class Redactor:
         """`text` with every secret and credential-looking value masked."""
         for secret in self._secrets:
             text = text.replace(secret, MASK)
-        text = _SCHEME.sub(rf"\1\2{MASK}", text)
-        return _LABELLED.sub(rf"\1\2{MASK}", text)
+        for pattern in (_SCHEME, _NAMED, _NAMED_LOOSELY):
+            text = pattern.sub(rf"\1\2{MASK}", text)
+        return text
 
     def outcome(self, outcome: Completion | Failure) -> Completion | Failure:
         """A provider's outcome as the router may keep it: its message or text masked."""

@@ -57,6 +57,23 @@ class StoreConfig(BaseModel):
         return _absolute_store_url(url)
 
 
+class HttpConfig(BaseModel):
+    """`[http]`: how long a client may hold a connection, before any key is checked.
+
+    A connection that sends nothing, or a request that arrives a byte at a time, would
+    otherwise keep a socket and its memory for as long as the client likes.
+    """
+
+    model_config = _STRICT
+
+    # Idle: no request in progress, from the connection's start or the last response.
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    # From a request's first byte to the end of its head (request line and headers).
+    header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    # From the end of the head to the end of the body: answered 408 REQUEST_TIMEOUT.
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+
 class RegionConfig(BaseModel):
     """`[regions.NAME]`."""
 
@@ -85,6 +102,9 @@ class ProviderConfig(BaseModel):
     models: list[str] = Field(min_length=1)
     url: str = ""
     token_env: str | None = None
+    # kind "modal" only: Modal proxy auth, sent as Modal-Key / Modal-Secret.
+    token_id_env: str | None = None
+    token_secret_env: str | None = None
     timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     scaledown_window_s: float = Field(default=120.0, ge=0, allow_inf_nan=False)
     max_inputs: int = Field(default=1, gt=0)
@@ -167,6 +187,7 @@ class Settings(BaseModel):
     # A job expands into questions x models x regions executions: a few KB of body could
     # otherwise queue tens of thousands. Typical jobs have tens.
     max_executions_per_job: int = Field(default=5_000, gt=0)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise
     # stand between the scheduler and the event loop at every step of every call.
     max_concurrent_reads: int = Field(default=4, gt=0)
@@ -232,6 +253,8 @@ class Settings(BaseModel):
                 models=models,
                 url=cfg.url,
                 token_env=cfg.token_env,
+                token_id_env=cfg.token_id_env,
+                token_secret_env=cfg.token_secret_env,
                 timeout_s=cfg.timeout_s,
                 scaledown_window_s=cfg.scaledown_window_s,
                 max_inputs=cfg.max_inputs,
@@ -375,12 +398,22 @@ def _reference_problems(s: Settings) -> list[str]:
             for opt in ("time_scale", "seed"):
                 if getattr(p, opt) is not None:
                     problems.append(f"{key}.{opt}: only for kind 'simulated'")
-        if p.token_env is not None:
+        if p.kind != "modal":
+            for opt in ("token_id_env", "token_secret_env"):
+                if getattr(p, opt) is not None:
+                    problems.append(f"{key}.{opt}: only for kind 'modal' (Modal proxy auth)")
+        elif (p.token_id_env is None) != (p.token_secret_env is None):
+            # Modal's proxy refuses a call that lacks either header.
+            problems.append(f"{key}: give both token_id_env and token_secret_env, or neither")
+        for opt in ("token_env", "token_id_env", "token_secret_env"):
+            variable = getattr(p, opt)
+            if variable is None:
+                continue
             # Name the variable, never its value: config errors end up in logs.
-            if not p.token_env:
-                problems.append(f"{key}.token_env: empty variable name")
-            elif not os.environ.get(p.token_env):
-                problems.append(f"{key}.token_env: environment variable {p.token_env} is not set")
+            if not variable:
+                problems.append(f"{key}.{opt}: empty variable name")
+            elif not os.environ.get(variable):
+                problems.append(f"{key}.{opt}: environment variable {variable} is not set")
 
     problems.extend(_store_problems(s.store.url))
     problems.extend(_user_problems(s.users))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -213,6 +215,85 @@ async def test_an_admin_sees_and_cancels_every_job(router: httpx.AsyncClient) ->
     assert cancelled.json()["progress"]["cancelled"] >= 1
     # The owner sees it cancelled; the admin's own list would show its jobs as owner "root".
     assert (await router.get("/jobs/b1", headers=key_of("bob"))).json()["progress"]["cancelled"]
+
+
+async def test_job_ids_are_per_owner_so_another_users_id_is_neither_seen_nor_taken(
+    router: httpx.AsyncClient,
+) -> None:
+    alices = {**ONE, "job_id": "shared-id", "questions": ["alice's"]}
+    del alices["prompt"]
+    assert (await router.post("/jobs", json=alices, headers=key_of("alice"))).status_code == 202
+
+    # Bob using alice's id, with her very body, gets a job of his own: no 409 to tell him the
+    # id is taken, and nothing of hers.
+    response = await router.post("/jobs", json=alices, headers=key_of("bob"))
+    assert response.status_code == 202, response.text
+    assert response.json()["owner"] == "bob"
+    bobs = (await router.get("/jobs/shared-id", headers=key_of("bob"))).json()
+    assert (bobs["owner"], bobs["questions"]) == ("bob", 1)
+    assert all(e["execution_id"].startswith("bob/") for e in bobs["executions"])
+    hers = (await router.get("/jobs/shared-id", headers=key_of("alice"))).json()
+    assert (hers["owner"], hers["questions"]) == ("alice", 1)
+    assert (await router.post("/jobs", json=alices, headers=key_of("alice"))).status_code == 200
+    # Another body under that id is a conflict with his own job only.
+    again = {**alices, "questions": ["bob's", "second"]}
+    assert_error(await router.post("/jobs", json=again, headers=key_of("bob")), 409, "JOB_CONFLICT")
+    # Naming an owner is for admins, whoever is named.
+    for owner in ("alice", "nobody"):
+        named = await router.get(f"/jobs/shared-id?owner={owner}", headers=key_of("bob"))
+        assert_error(named, 403, "ADMIN_ONLY")
+    named = (await router.get("/jobs/shared-id?owner=bob", headers=key_of("bob"))).json()
+    assert (named["owner"], named["executions"][0]["execution_id"]) == (
+        "bob",
+        bobs["executions"][0]["execution_id"],
+    )
+    assert_error(
+        await router.delete("/jobs/shared-id?owner=alice", headers=key_of("bob")), 403, "ADMIN_ONLY"
+    )
+
+
+async def test_an_admin_sees_each_owners_job_of_one_id(router: httpx.AsyncClient) -> None:
+    await router.post("/regions/ASIA/pause", headers=key_of("root"))  # the jobs stay queued
+    for user in ("alice", "bob"):
+        body = {**ONE, "job_id": "twin", "models": ["mistral-7b"], "regions": ["ASIA"]}
+        assert (await router.post("/jobs", json=body, headers=key_of(user))).status_code == 202
+
+    listed = (await router.get("/jobs", headers=key_of("root"))).json()["jobs"]
+    assert sorted((j["job_id"], j["owner"]) for j in listed) == [("twin", "alice"), ("twin", "bob")]
+    ambiguous = await router.get("/jobs/twin", headers=key_of("root"))
+    assert "alice, bob" in assert_error(ambiguous, 409, "JOB_ID_AMBIGUOUS")["message"]
+    assert_error(await router.delete("/jobs/twin", headers=key_of("root")), 409, "JOB_ID_AMBIGUOUS")
+    bobs = await router.get("/jobs/twin?owner=bob", headers=key_of("root"))
+    assert bobs.json()["owner"] == "bob"
+    cancelled = await router.delete("/jobs/twin?owner=bob", headers=key_of("root"))
+    assert cancelled.json()["owner"] == "bob" and cancelled.json()["progress"]["cancelled"]
+    alices = (await router.get("/jobs/twin", headers=key_of("alice"))).json()
+    assert alices["progress"]["cancelled"] == 0
+    assert_error(
+        await router.get("/jobs/twin?owner=carol", headers=key_of("root")), 404, "JOB_NOT_FOUND"
+    )
+
+
+async def test_a_users_event_stream_never_shows_another_users_job_of_the_same_id(
+    router: httpx.AsyncClient,
+) -> None:
+    for user, questions in (("alice", ["a"] * 6), ("bob", ["b"] * 3)):
+        body = {"job_id": "same", "models": ["llama3.2-1b"], "regions": ["US", "EU"]}
+        body["questions"] = questions
+        assert (await router.post("/jobs", json=body, headers=key_of(user))).status_code == 202
+
+    response = await router.get("/jobs/same/events", headers=key_of("bob"))
+    assert response.status_code == 200, response.text
+    lines = response.text.splitlines()
+    kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    events = [json.loads(line[len("data: ") :]) for line in lines if line.startswith("data: ")]
+    assert kinds[-1] == "job_finished"
+    assert {e["owner"] for e in events} == {"bob"}
+    executions = {e["execution_id"] for e in events if "execution_id" in e}
+    assert len(executions) == 6 and all(i.startswith("bob/same:") for i in executions)
+    # Alice's job went on meanwhile, unseen there.
+    alices = (await router.get("/jobs/same", headers=key_of("alice"))).json()
+    assert alices["progress"]["total"] == 12
 
 
 async def test_inference_belongs_to_its_caller(router: httpx.AsyncClient) -> None:
@@ -450,9 +531,14 @@ def write_config(tmp_path: Path, with_users: bool) -> Path:
 
 @pytest.fixture
 def uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Where `serve` would have bound, instead of serving."""
+    """Where `serve` bound its socket, instead of serving on it."""
     runs: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        runs.append({"host": server.config.host, "bound": sockets[0].getsockname()[0]})
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     for name in ("HYBRID_ROUTER_HOST", "HYBRID_ROUTER_PORT", "HYBRID_ROUTER_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     return runs
@@ -479,13 +565,17 @@ def test_serve_binds_loopback_or_with_insecure_or_with_users(
         ["--host", "::1"],
         ["--host", "0.0.0.0", "--insecure"],
     ):
-        result = CliRunner().invoke(cli.app, ["serve", "--config", open_config, *args])
+        serve = ["serve", "--config", open_config, "--port", "0", *args]
+        result = CliRunner().invoke(cli.app, serve)
         assert result.exit_code == 0, result.output
     keyed = str(write_config(tmp_path, with_users=True))
-    result = CliRunner().invoke(cli.app, ["serve", "--config", keyed, "--host", "0.0.0.0"])
+    serve = ["serve", "--config", keyed, "--port", "0", "--host", "0.0.0.0"]
+    result = CliRunner().invoke(cli.app, serve)
     assert result.exit_code == 0, result.output
     hosts = [run["host"] for run in uvicorn_runs]
     assert hosts == ["127.0.0.1", "localhost", "::1", "0.0.0.0", "0.0.0.0"]
+    bound = [run["bound"] for run in uvicorn_runs]
+    assert bound == ["127.0.0.1", "127.0.0.1", "::1", "0.0.0.0", "0.0.0.0"]
 
 
 @contextmanager

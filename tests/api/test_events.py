@@ -68,7 +68,7 @@ async def test_a_job_streams_its_events_as_they_happen(base_url: str) -> None:
         if "execution_id" in data:
             last[data["execution_id"]] = kind
     assert last == {
-        f"streamed:{q}:llama3.2-1b:{r}": "succeeded" for q in (0, 1) for r in ("US", "EU")
+        f"anonymous/streamed:{q}:llama3.2-1b:{r}": "succeeded" for q in (0, 1) for r in ("US", "EU")
     }
     # Live, not replayed: most transitions arrive one by one after the stream opened.
     assert len(seen) > 5

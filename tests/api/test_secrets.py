@@ -79,12 +79,14 @@ def test_configured_secrets_and_credential_looking_values_are_masked() -> None:
     assert redact("sent Authorization: Bearer eyJhbGciOi.x-y_z") == (
         f"sent Authorization: Bearer {MASK}"
     )
-    echoed = '{"headers": {"x-api-key": "k-123"}}'
-    assert redact(echoed) == echoed.replace("k-123", MASK)
+    echoed = '{"headers": {"x-api-key": "k-1234567"}}'
+    assert redact(echoed) == echoed.replace("k-1234567", MASK)
     assert redact("GET /r?api_key=abcdef&x=1") == f"GET /r?api_key={MASK}&x=1"
-    modal = "Modal-Secret: ms-42, Modal-Key: mk-1"
+    modal = "Modal-Secret: ms-4242, Modal-Key: mk-10101"
     assert redact(modal) == f"Modal-Secret: {MASK}, Modal-Key: {MASK}"
-    assert redact("max_tokens: 256, tokens_generated=3") == "max_tokens: 256, tokens_generated=3"
+    for words in ("max_tokens: 256, tokens_generated=3", "missing or invalid bearer token"):
+        assert redact(words) == words
+    assert redact("token: expired, password = hunter22") == f"token: expired, password = {MASK}"
 
 
 def test_the_secrets_come_from_the_config_and_the_environment(

@@ -105,7 +105,9 @@ def test_twelve_jobs_over_real_http_keep_every_limit(procs: Procs) -> None:
     job_index = {b["job_id"]: i for i, b in enumerate(bodies)}
     order: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for region, model, execution_id in stats["arrivals"]:
-        job_id, q, id_model, id_region = execution_id.split(":")
+        owner_and_job, q, id_model, id_region = execution_id.split(":")
+        owner, job_id = owner_and_job.split("/")
+        assert owner == "anonymous"
         assert (id_model, id_region) == (model, region)
         order[(region, model)].append((job_index[job_id], int(q)))
     assert len(order) == len(LIMITS) * len(MODELS)

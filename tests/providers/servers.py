@@ -16,7 +16,7 @@ import uvicorn
 from hybrid_router.core.model import ProviderKind, ProviderSpec
 from hybrid_router.providers.base import InferenceRequest
 from hybrid_router.providers.emulator import create_emulator_app
-from hybrid_router.providers.modal import ModalProvider
+from hybrid_router.providers.modal import ModalProvider, ProxyAuth
 from hybrid_router.providers.openai import OpenAIProvider
 from hybrid_router.providers.simulated import SimulatedCloud
 
@@ -123,9 +123,10 @@ class Kit:
         time_scale: float = TIME_SCALE,
         poll_after_s: float | None = None,
         token: str | None = None,
+        proxy_auth: ProxyAuth | None = None,
     ) -> Emulator:
         cloud = SimulatedCloud(gpu_limit, time_scale)
-        app = create_emulator_app(cloud, poll_after_s, token=token)
+        app = create_emulator_app(cloud, poll_after_s, token=token, proxy_auth=proxy_auth)
         url = await self._stack.enter_async_context(serve(app))
         client = await self._stack.enter_async_context(httpx.AsyncClient(base_url=url))
         return Emulator(url, cloud, client)
@@ -134,9 +135,16 @@ class Kit:
         return await self._stack.enter_async_context(serve(app))
 
     def modal(
-        self, url: str, token: str | None = None, *, timeout_s: float = 10.0
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        proxy_auth: ProxyAuth | None = None,
     ) -> ModalProvider:
-        provider = ModalProvider(spec(ProviderKind.MODAL, url, timeout_s=timeout_s), token)
+        provider = ModalProvider(
+            spec(ProviderKind.MODAL, url, timeout_s=timeout_s), token, proxy_auth=proxy_auth
+        )
         self._stack.push_async_callback(provider.aclose)
         return provider
 

@@ -47,7 +47,7 @@ async def test_a_client_that_stops_polling_does_not_cancel_the_call(kit: Kit) ->
 
     async with httpx.AsyncClient(base_url=emulator.url) as poller:
         poll = asyncio.create_task(poller.get(reply.headers["location"]))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.15)  # well inside the 0.25 s the poll waits there
         poll.cancel()
         await asyncio.gather(poll, return_exceptions=True)
 

@@ -7,7 +7,7 @@ import pytest
 from hybrid_router.core.model import ProviderKind, ProviderSpec
 from hybrid_router.errors import ConfigError
 from hybrid_router.providers import build_provider
-from hybrid_router.providers.modal import ModalProvider
+from hybrid_router.providers.modal import ModalProvider, ProxyAuth
 from hybrid_router.providers.openai import OpenAIProvider
 from hybrid_router.providers.simulated import SimulatedCloud, SimulatedProvider
 from tests.providers.servers import SMALL, Kit, request
@@ -51,3 +51,45 @@ def test_simulated_provider_needs_the_cloud() -> None:
     provider = build_provider(spec(ProviderKind.SIMULATED), env={}, cloud=cloud)
     assert isinstance(provider, SimulatedProvider)
     assert provider.cloud is cloud
+
+
+async def test_modal_provider_sends_proxy_auth_from_the_environment(kit: Kit) -> None:
+    emulator = await kit.emulator(proxy_auth=ProxyAuth("wk-id", "ws-secret"))
+    proxied = ProviderSpec(
+        name="p-us",
+        kind=ProviderKind.MODAL,
+        region="US",
+        models=(SMALL,),
+        url=f"{emulator.url}/US",
+        token_id_env="HR_PROXY_ID",
+        token_secret_env="HR_PROXY_SECRET",
+    )
+    provider = build_provider(proxied, env={"HR_PROXY_ID": "wk-id", "HR_PROXY_SECRET": "ws-secret"})
+    try:
+        assert (await provider.run(request())).response
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"HR_PROXY_ID": "wk-id"}, "HR_PROXY_SECRET"),
+        ({"HR_PROXY_SECRET": "ws-secret"}, "HR_PROXY_ID"),
+        ({"HR_PROXY_ID": "", "HR_PROXY_SECRET": "ws-secret"}, "HR_PROXY_ID"),
+    ],
+)
+def test_missing_proxy_auth_variable_is_named_never_valued(env: dict[str, str], named: str) -> None:
+    proxied = ProviderSpec(
+        name="p-us",
+        kind=ProviderKind.MODAL,
+        region="US",
+        models=(SMALL,),
+        url="http://x",
+        token_id_env="HR_PROXY_ID",
+        token_secret_env="HR_PROXY_SECRET",
+    )
+    with pytest.raises(ConfigError, match=named) as failed:
+        build_provider(proxied, env=env)
+    assert "ws-secret" not in failed.value.message
+    assert "wk-id" not in failed.value.message

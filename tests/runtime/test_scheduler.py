@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_router.core.model import ExecutionState, JobState, JobStatus, RegionMode
+from hybrid_router.core.model import ExecutionState, JobKey, JobState, JobStatus, RegionMode
 from hybrid_router.errors import StoreUnavailable
 from hybrid_router.runtime.service import JobRequest, RouterService
 from hybrid_router.settings import settings_from_mapping
@@ -142,7 +142,7 @@ async def test_cancel_stops_queued_and_running_executions(
     assert status.state is JobState.CANCELLED
     assert status.counts["cancelled"] == 3
     arrived = {a[2] for a in cloud.stats()["arrivals"]}  # type: ignore[attr-defined]
-    assert arrived == {"c:0:mistral-7b:US"}, "queued executions never reach the provider"
+    assert arrived == {"anonymous/c:0:mistral-7b:US"}, "queued executions never reach the provider"
     assert (await service.cancel("c")).state is JobState.CANCELLED  # idempotent
 
 
@@ -216,7 +216,11 @@ async def test_a_job_cancelled_while_its_scheduler_is_dead_stays_cancelled(
     first = make_service(settings, cloud)
     await first.start()
     await first.submit(one_lane_job("gone"))
-    await until_something_runs(first)
+    # Until the call reaches the provider: admitted in the store is not yet sent.
+    for _ in range(1000):
+        if cloud.stats()["arrivals"]:
+            break
+        await asyncio.sleep(0.005)
     assert first.leadership.manager is not None
     await first.leadership.manager.stop(grace_s=0)  # dies with one call in flight
     await first.cancel("gone")  # answered by the API; no scheduler hears it
@@ -228,7 +232,7 @@ async def test_a_job_cancelled_while_its_scheduler_is_dead_stays_cancelled(
     assert status.state is JobState.CANCELLED
     assert status.counts["cancelled"] == 3
     arrivals = [a[2] for a in cloud.stats()["arrivals"]]  # type: ignore[attr-defined]
-    assert arrivals == ["gone:0:mistral-7b:US"], "the cancelled call never runs again"
+    assert arrivals == ["anonymous/gone:0:mistral-7b:US"], "the cancelled call never runs again"
 
 
 async def test_a_cancel_lost_during_a_store_outage_still_closes_the_call(
@@ -240,7 +244,7 @@ async def test_a_cancel_lost_during_a_store_outage_still_closes_the_call(
     await until_something_runs(service)
     # The queued ones are cancelled in the store, but the request to close the running
     # call never reaches the scheduler (as when Redis dropped the message)...
-    await service.store.cancel_queued("x", service.clock())
+    await service.store.cancel_queued(JobKey("anonymous", "x"), service.clock())
     # ...and then the store fails one scheduling round.
     region_modes = service.store.region_modes
     failures = iter([StoreUnavailable("store unavailable: test")])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Awaitable, Sequence
 from dataclasses import MISSING, fields, replace
 
@@ -15,9 +14,10 @@ from hybrid_router.core.model import (
     Failure,
     FailureKind,
     Job,
+    JobKey,
     RegionMode,
 )
-from hybrid_router.errors import Conflict
+from hybrid_router.errors import DuplicateExecution
 from hybrid_router.store.base import Recorded, Store, Submitted
 
 from .conftest import StoreFactory
@@ -52,10 +52,15 @@ def make_job(
     )
 
 
+def key(job_id: str, owner: str = "alice") -> JobKey:
+    """The key of a job, by default one of make_job's (alice's)."""
+    return JobKey(owner, job_id)
+
+
 async def submit(store: Store, job: Job) -> list[Execution]:
     submitted = await store.submit_job(job, job.expand())
     assert (submitted.job, submitted.created) == (job, True)
-    stored = await store.executions_of(job.id)
+    stored = await store.executions_of(job.key)
     # What it returns is what it stored, seqs included.
     assert list(submitted.executions) == stored
     return stored
@@ -143,8 +148,8 @@ async def test_submit_then_read_back_in_submission_order(store: Store) -> None:
     job = make_job()
     executions = await submit(store, job)
 
-    assert await store.get_job(job.id) == job
-    assert await store.get_job("nope") is None
+    assert await store.get_job(job.key) == job
+    assert await store.get_job(key("nope")) is None
     expected = job.expand()
     assert [e.id for e in executions] == [e.id for e in expected]
     seqs = [e.seq for e in executions]
@@ -153,7 +158,7 @@ async def test_submit_then_read_back_in_submission_order(store: Store) -> None:
     assert executions == [replace(e, seq=s) for e, s in zip(expected, seqs, strict=True)]
     assert await store.queued() == executions
     assert await store.running() == []
-    assert await store.executions_of("nope") == []
+    assert await store.executions_of(key("nope")) == []
 
 
 async def test_every_field_of_jobs_and_executions_round_trips(store: Store) -> None:
@@ -164,17 +169,17 @@ async def test_every_field_of_jobs_and_executions_round_trips(store: Store) -> N
 
     assert (await store.submit_job(job, given))[:2] == (job, True)
 
-    assert await store.get_job(job.id) == job
-    assert await store.job_with_counts(job.id) == (job, zeros(queued=4))
+    assert await store.get_job(job.key) == job
+    assert await store.job_with_counts(job.key) == (job, zeros(queued=4))
     assert await store.list_jobs() == [(job, zeros(queued=4))]
-    stored = await store.executions_of(job.id)
+    stored = await store.executions_of(job.key)
     assert [replace(e, seq=0) for e in stored] == given
     assert await store.queued() == stored
     running = started(stored[0], "c1")
     await store.admit([running], [container_for(running, "c1")])
     done = replace(running, state=ExecutionState.FAILED, response=None)
     assert (await store.finish([(done, "c1")], [])).executions == {done.id}
-    assert (await store.executions_of(job.id))[0] == done
+    assert (await store.executions_of(job.key))[0] == done
 
 
 async def test_seq_keeps_increasing_across_jobs_and_reopen(make_store: StoreFactory) -> None:
@@ -187,7 +192,7 @@ async def test_seq_keeps_increasing_across_jobs_and_reopen(make_store: StoreFact
 
     again = make_store()
     await again.open()
-    assert await again.executions_of("j1") == one
+    assert await again.executions_of(key("j1")) == one
     three = await submit(again, make_job("j3", created_at=102.0))
     assert max(e.seq for e in two) < min(e.seq for e in three)
     assert [e.id for e in await again.queued()] == [e.id for e in one + two + three]
@@ -205,9 +210,42 @@ async def test_submit_with_an_existing_id_returns_the_stored_job_and_writes_noth
     assert submitted == (job, False, ())
     # The same job again (a client retrying its POST) gets the stored one back, equal to it.
     assert (await store.submit_job(job, job.expand()))[:2] == (job, False)
-    assert await store.executions_of(job.id) == executions
+    assert await store.executions_of(job.key) == executions
     assert await store.queued() == executions
     assert [j for j, _ in await store.list_jobs()] == [job]
+
+
+async def test_two_owners_with_one_job_id_each_have_their_own_job(store: Store) -> None:
+    alices = make_job("same")
+    bobs = make_job("same", owner="bob", models=("m",), created_at=101.0)
+    mine = await submit(store, alices)
+    # Not alice's job again, nor a conflict with it: bob's own.
+    theirs = await submit(store, bobs)
+    assert not {e.id for e in mine} & {e.id for e in theirs}
+
+    assert await store.get_job(alices.key) == alices
+    assert await store.get_job(bobs.key) == bobs
+    assert await store.get_job(key("same", "carol")) is None
+    assert await store.executions_of(alices.key) == mine
+    assert await store.executions_of(bobs.key) == theirs
+    assert await store.job_with_counts(bobs.key) == (bobs, zeros(queued=2))
+    assert await store.job_owners("same") == ["alice", "bob"]
+    assert await store.job_owners("nope") == []
+    # Admins list both, each with its owner; an owner lists their own.
+    assert await store.list_jobs() == [(bobs, zeros(queued=2)), (alices, zeros(queued=4))]
+    assert await store.list_jobs(owner="bob") == [(bobs, zeros(queued=2))]
+    # Each one's replay finds its own.
+    assert (await store.submit_job(bobs, bobs.expand()))[:2] == (bobs, False)
+
+    # Bob's cancellation and alice's finishing touch their own job only.
+    cancelled = await store.cancel_queued(bobs.key, now=110.0)
+    assert [e.id for e in cancelled] == [e.id for e in theirs]
+    assert await store.job_with_counts(alices.key) == (alices, zeros(queued=4))
+    late = [replace(e, state=ExecutionState.EXPIRED, finished_at=120.0) for e in mine]
+    recorded = await store.expire(late)
+    assert recorded.finished_jobs == {alices.key}
+    assert await store.job_with_counts(bobs.key) == (bobs, zeros(cancelled=2))
+    assert await store.job_with_counts(alices.key) == (alices, zeros(expired=4))
 
 
 # Admission
@@ -231,7 +269,7 @@ async def test_admit_writes_a_whole_round_and_keeps_refused_calls_out_of_the_led
     a, b, c, d = await submit(store, make_job("j1"))
     (other,) = await submit(store, make_job("j2", questions=("q",), models=("m",)))
     earlier = await admitted(store, d, "c2")
-    await store.cancel_queued("j2", now=105.0)  # a cancellation races the round
+    await store.cancel_queued(key("j2"), now=105.0)  # a cancellation races the round
     # c1 takes two calls, one of which lost its race; c2 was already busy with `earlier`.
     shared = Container("c1", "modal-us", "m", "US", 1, (a.id, other.id), 1712345678.123456)
     busy = Container("c2", "modal-us", "m", "US", 1, (earlier.id, b.id), 0.1 + 0.2)
@@ -247,13 +285,13 @@ async def test_admit_writes_a_whole_round_and_keeps_refused_calls_out_of_the_led
         fresh,
     ]
     assert {e.id for e in await store.running()} == {a.id, b.id, c.id, earlier.id}
-    assert (await store.executions_of("j2"))[0].state is CANCELLED
+    assert (await store.executions_of(key("j2")))[0].state is CANCELLED
     assert await store.admit([], []) == Recorded()
 
 
 async def test_a_cancelled_execution_cannot_be_admitted(store: Store) -> None:
     first, *_ = await submit(store, make_job())
-    await store.cancel_queued("j1", now=105.0)
+    await store.cancel_queued(key("j1"), now=105.0)
 
     container = container_for(first)
     assert await store.admit([started(first)], [container]) == Recorded()
@@ -261,7 +299,7 @@ async def test_a_cancelled_execution_cannot_be_admitted(store: Store) -> None:
     assert await store.running() == []
     # The leader's container row is kept, without the call no one will make.
     assert await store.containers() == [replace(container, in_flight=())]
-    assert (await store.executions_of("j1"))[0].state is CANCELLED
+    assert (await store.executions_of(key("j1")))[0].state is CANCELLED
 
 
 async def test_only_one_of_concurrent_admissions_of_one_execution_wins(store: Store) -> None:
@@ -291,7 +329,7 @@ async def test_finish_records_the_outcome_and_the_warm_container(store: Store) -
 
     assert await store.finish([(done, "c1")], [warm]) == Recorded(frozenset({first.id}))
 
-    assert (await store.executions_of("j1"))[0] == done
+    assert (await store.executions_of(key("j1")))[0] == done
     assert await store.running() == []
     assert await store.containers() == [warm]
 
@@ -334,9 +372,9 @@ async def test_finish_group_commits_outcomes_and_names_the_jobs_it_finished(
     )
 
     assert recorded == Recorded(
-        frozenset(e.id for e in running), finished_jobs=frozenset({"solo", "pair"})
+        frozenset(e.id for e in running), finished_jobs=frozenset({key("solo"), key("pair")})
     )
-    assert await store.job_with_counts("pair") == (
+    assert await store.job_with_counts(key("pair")) == (
         make_job("pair", models=("m",), questions=("a", "b")),
         zeros(succeeded=1, failed=1),
     )
@@ -380,10 +418,10 @@ async def test_finish_of_an_execution_that_is_not_running_changes_nothing(store:
     again = replace(running, state=ExecutionState.FAILED)
     assert await store.finish([(again, "c1")], []) == Recorded()
 
-    stored = await store.executions_of("j1")
+    stored = await store.executions_of(key("j1"))
     assert stored[0] == done
     assert stored[1] == second
-    assert (await store.job_with_counts("j1")) == (make_job(), zeros(queued=3, succeeded=1))
+    assert (await store.job_with_counts(key("j1"))) == (make_job(), zeros(queued=3, succeeded=1))
 
 
 async def test_finish_writes_the_ledger_whatever_the_compare_and_sets_found(
@@ -391,7 +429,7 @@ async def test_finish_writes_the_ledger_whatever_the_compare_and_sets_found(
 ) -> None:
     first, *_ = await submit(store, make_job())
     await admitted(store, first, "c1")
-    await store.cancel_queued("j1", now=120.0)
+    await store.cancel_queued(key("j1"), now=120.0)
     warm = container_for(first, "c2", in_flight=(), warm_until=300.5)
 
     stale = replace(first, state=SUCCEEDED)  # never running on c7
@@ -408,14 +446,14 @@ async def test_cancel_queued_touches_only_that_jobs_queued_executions(store: Sto
     others = await submit(store, make_job("j2", created_at=101.0))
     running = await admitted(store, first)
 
-    cancelled = await store.cancel_queued("j1", now=120.0)
+    cancelled = await store.cancel_queued(key("j1"), now=120.0)
 
     assert cancelled == [replace(e, state=CANCELLED, finished_at=120.0) for e in rest]
-    assert await store.executions_of("j1") == [running, *cancelled]
-    assert await store.executions_of("j2") == others
+    assert await store.executions_of(key("j1")) == [running, *cancelled]
+    assert await store.executions_of(key("j2")) == others
     assert await store.queued() == others
-    assert await store.cancel_queued("j1", now=121.0) == []
-    assert await store.cancel_queued("nope", now=121.0) == []
+    assert await store.cancel_queued(key("j1"), now=121.0) == []
+    assert await store.cancel_queued(key("nope"), now=121.0) == []
 
 
 # The container ledger
@@ -453,7 +491,7 @@ async def test_requeue_puts_running_executions_back_as_given(store: Store) -> No
 
     assert await store.running() == []
     assert await store.queued() == [back, *rest]
-    assert (await store.executions_of("j1"))[1] == done
+    assert (await store.executions_of(key("j1")))[1] == done
 
 
 # Counts and listings
@@ -465,7 +503,7 @@ async def test_region_counts(store: Store) -> None:
     executions = await submit(store, job)
     us = [e for e in executions if e.region == "US"]
     await admitted(store, us[0])
-    await store.cancel_queued("j1", now=101.0)
+    await store.cancel_queued(key("j1"), now=101.0)
 
     assert await store.region_counts() == {
         "US": zeros(running=1, cancelled=2),
@@ -481,9 +519,9 @@ async def test_list_jobs_newest_first_with_counts_owner_filter_and_pages(store: 
     tie = make_job("tie", created_at=2.0)  # same instant as mid, submitted later
     for job in (old, mid, new, tie):
         await submit(store, job)
-    first, *_ = await store.executions_of("mid")
+    first, *_ = await store.executions_of(key("mid", "bob"))
     await admitted(store, first)
-    await store.cancel_queued("old", now=5.0)
+    await store.cancel_queued(key("old"), now=5.0)
 
     listed = await store.list_jobs()
     assert [j.id for j, _ in listed] == ["new", "tie", "mid", "old"]
@@ -503,23 +541,23 @@ async def test_a_job_without_executions_is_listed_with_zero_counts(store: Store)
     job = make_job(questions=())
     assert (await store.submit_job(job, []))[:2] == (job, True)
     assert await store.list_jobs() == [(job, zeros())]
-    assert await store.job_with_counts(job.id) == (job, zeros())
+    assert await store.job_with_counts(job.key) == (job, zeros())
 
 
 async def test_job_with_counts_follows_every_kind_of_write(store: Store) -> None:
-    assert await store.job_with_counts("nope") is None
+    assert await store.job_with_counts(key("nope")) is None
     job = make_job(models=("m",), questions=("a", "b", "c", "d", "e"))
     a, b, c, d, e = await submit(store, job)
-    assert await store.job_with_counts("j1") == (job, zeros(queued=5))
+    assert await store.job_with_counts(key("j1")) == (job, zeros(queued=5))
 
     ra, rb = await admitted(store, a, "c1"), await admitted(store, b, "c2")
     await store.finish([(replace(ra, state=SUCCEEDED), "c1")], [])
     await store.expire([replace(c, state=ExecutionState.EXPIRED)])
     await store.requeue([replace(rb, state=QUEUED, container_id=None)])
-    assert await store.job_with_counts("j1") == (job, zeros(queued=3, succeeded=1, expired=1))
+    assert await store.job_with_counts(key("j1")) == (job, zeros(queued=3, succeeded=1, expired=1))
 
-    await store.cancel_queued("j1", now=130.0)
-    assert await store.job_with_counts("j1") == (
+    await store.cancel_queued(key("j1"), now=130.0)
+    assert await store.job_with_counts(key("j1")) == (
         job,
         zeros(succeeded=1, expired=1, cancelled=3),
     )
@@ -532,12 +570,12 @@ async def test_executions_of_a_job_a_page_at_a_time(store: Store) -> None:
     everything = await submit(store, job)
 
     assert len(everything) == 7
-    assert await store.executions_of("j1", limit=3) == everything[:3]
-    assert await store.executions_of("j1", offset=3, limit=3) == everything[3:6]
-    assert await store.executions_of("j1", offset=6, limit=3) == everything[6:]
-    assert await store.executions_of("j1", offset=5) == everything[5:]
-    assert await store.executions_of("j1", offset=7) == []
-    assert await store.executions_of("j1", limit=0) == []
+    assert await store.executions_of(key("j1"), limit=3) == everything[:3]
+    assert await store.executions_of(key("j1"), offset=3, limit=3) == everything[3:6]
+    assert await store.executions_of(key("j1"), offset=6, limit=3) == everything[6:]
+    assert await store.executions_of(key("j1"), offset=5) == everything[5:]
+    assert await store.executions_of(key("j1"), offset=7) == []
+    assert await store.executions_of(key("j1"), limit=0) == []
 
 
 # Queue sizes and positions
@@ -552,7 +590,7 @@ async def test_queue_sizes_count_queued_executions_per_region(store: Store) -> N
     us = [e for e in executions if e.region == "US"]
     running = await admitted(store, us[0])
     assert await store.queue_sizes() == {"US": 2, "EU": 3}
-    await store.cancel_queued("j1", now=101.0)
+    await store.cancel_queued(key("j1"), now=101.0)
     assert await store.queue_sizes() == {}
     retry = replace(running, state=QUEUED, container_id=None)
     assert (await store.finish([(retry, "c1")], [], removed=["c1"])).executions == {retry.id}
@@ -585,7 +623,7 @@ async def test_position_is_priority_then_queue_order_within_the_region(store: St
     assert (await store.finish([(retry, "c1")], [])).executions == {retry.id}
     assert await places() == [1, 2, 3, 1, 2]
 
-    await store.cancel_queued("high", now=102.0)
+    await store.cancel_queued(key("high"), now=102.0)
     assert await places() == [None, 1, 2, 1, 2]
     unknown = replace(low_us_a, id="nope")
     assert await store.positions([unknown]) == {}
@@ -598,7 +636,7 @@ async def test_positions_of_any_subset_agree_with_the_queue_order(store: Store) 
         await submit(store, replace(job, priority=priority))
     for i, e in enumerate((await store.queued())[::7]):
         await admitted(store, e, f"c{i}")
-    await store.cancel_queued("p3", now=200.0)
+    await store.cancel_queued(key("p3"), now=200.0)
     queued = await store.queued()
     expected = {}
     for region in ("US", "EU"):
@@ -629,7 +667,7 @@ async def test_concurrent_submissions_are_all_stored_and_survive_reopen(
     outcomes = await asyncio.gather(*(first.submit_job(j, j.expand()) for j in jobs))
 
     assert pairs(outcomes) == [(j, True) for j in jobs]
-    stored = {j.id: await first.executions_of(j.id) for j in jobs}
+    stored = {j.id: await first.executions_of(j.key) for j in jobs}
     for job in jobs:
         assert [e.id for e in stored[job.id]] == [e.id for e in job.expand()]
         assert stored[job.id][0].seq < stored[job.id][1].seq
@@ -640,7 +678,7 @@ async def test_concurrent_submissions_are_all_stored_and_survive_reopen(
 
     again = make_store()
     await again.open()
-    assert {j.id: await again.executions_of(j.id) for j in jobs} == stored
+    assert {j.id: await again.executions_of(j.key) for j in jobs} == stored
     assert {j for j, _ in await again.list_jobs(limit=-1)} == set(jobs)
 
 
@@ -671,8 +709,8 @@ async def test_concurrent_submissions_of_one_job_create_it_once(store: Store) ->
     assert sorted(o.created for o in outcomes[:10]) == [False] * 9 + [True]
     assert all(o.job == job for o in outcomes[:10])
     assert pairs(outcomes[10:]) == [(j, True) for j in others]
-    assert await store.job_with_counts(job.id) == (job, zeros(queued=2))
-    assert [e.id for e in await store.executions_of(job.id)] == [e.id for e in job.expand()]
+    assert await store.job_with_counts(job.key) == (job, zeros(queued=2))
+    assert [e.id for e in await store.executions_of(job.key)] == [e.id for e in job.expand()]
 
 
 async def test_a_refused_submission_leaves_the_others_written(store: Store) -> None:
@@ -688,12 +726,14 @@ async def test_a_refused_submission_leaves_the_others_written(store: Store) -> N
 
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
 
-    assert isinstance(outcomes[3], sqlite3.IntegrityError | Conflict)
+    # The store's own error, naming the id, which the API's one handler maps (409).
+    assert isinstance(outcomes[3], DuplicateExecution), outcomes[3]
+    assert small_job("first").expand()[0].id in outcomes[3].message
     assert pairs(outcomes[:3] + outcomes[4:]) == [(j, True) for j in good]
-    assert await store.get_job(clash.id) is None
-    assert await store.executions_of(clash.id) == []
+    assert await store.get_job(clash.key) is None
+    assert await store.executions_of(clash.key) == []
     for job in good:
-        assert await store.job_with_counts(job.id) == (job, zeros(queued=2))
+        assert await store.job_with_counts(job.key) == (job, zeros(queued=2))
     assert await store.queue_sizes() == {"US": 2 + 2 * len(good)}
 
 
@@ -713,11 +753,11 @@ async def test_a_submission_cancelled_while_waiting_leaves_the_others_whole(
             (jobs[3], True)
         ]
         # The cancelled one was written whole or not at all.
-        if (stored := await store.job_with_counts(jobs[3].id)) is not None:
+        if (stored := await store.job_with_counts(jobs[3].key)) is not None:
             assert stored == (jobs[3], zeros(queued=2))
-            assert len(await store.executions_of(jobs[3].id)) == 2
+            assert len(await store.executions_of(jobs[3].key)) == 2
         else:
-            assert await store.executions_of(jobs[3].id) == []
+            assert await store.executions_of(jobs[3].key) == []
 
     # The store takes every kind of write again.
     executions = await submit(store, small_job("after"))
@@ -745,10 +785,10 @@ async def test_everything_survives_close_and_reopen(make_store: StoreFactory) ->
     await first.save_containers([orphan])
     before = (
         await first.list_jobs(),
-        await first.executions_of("j1"),
+        await first.executions_of(key("j1")),
         await first.containers(),
         await first.region_counts(),
-        await first.job_with_counts("j1"),
+        await first.job_with_counts(key("j1")),
         await first.queue_sizes(),
     )
     await first.close()
@@ -757,16 +797,16 @@ async def test_everything_survives_close_and_reopen(make_store: StoreFactory) ->
     await again.open()
     after = (
         await again.list_jobs(),
-        await again.executions_of("j1"),
+        await again.executions_of(key("j1")),
         await again.containers(),
         await again.region_counts(),
-        await again.job_with_counts("j1"),
+        await again.job_with_counts(key("j1")),
         await again.queue_sizes(),
     )
     assert after == before
     assert await again.running() == [running]
     assert await again.queued() == rest
-    assert (await again.executions_of("j1"))[1].error == done.error
+    assert (await again.executions_of(key("j1")))[1].error == done.error
 
 
 # The scheduler lock
@@ -794,7 +834,7 @@ async def test_expire_ends_only_executions_still_queued(store: Store) -> None:
     late = [replace(e, state=ExecutionState.EXPIRED, finished_at=500.0) for e in (first, second)]
     # The running one is not touched, so the job is not finished.
     assert await store.expire(late) == Recorded(frozenset({first.id}))
-    stored = {e.id: e for e in await store.executions_of("j1")}
+    stored = {e.id: e for e in await store.executions_of(key("j1"))}
     assert stored[first.id].state is ExecutionState.EXPIRED
     assert stored[first.id].finished_at == 500.0
     assert stored[second.id].state is RUNNING
@@ -809,8 +849,9 @@ async def test_expire_names_the_jobs_it_finished(store: Store) -> None:
 
     recorded = await store.expire(late)
 
-    assert recorded == Recorded(frozenset({one[0].id, one[1].id, two[1].id}), frozenset({"one"}))
-    assert (await store.job_with_counts("one")) == (
+    written = frozenset({one[0].id, one[1].id, two[1].id})
+    assert recorded == Recorded(written, frozenset({key("one")}))
+    assert (await store.job_with_counts(key("one"))) == (
         make_job("one", models=("m",), questions=("a", "b")),
         zeros(expired=2),
     )
@@ -868,7 +909,7 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
 
     # Each write happened whole or not at all, and the counters agree with the rows.
     ledger = {c.id: c for c in await store.containers()}
-    for i, e in enumerate(await store.executions_of("j1")):
+    for i, e in enumerate(await store.executions_of(key("j1"))):
         container = ledger.get(f"c{i}")
         if e.state is QUEUED:
             assert container is None
@@ -878,15 +919,15 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
             assert e.state is SUCCEEDED and e.response is not None
             assert container is not None and container.in_flight == ()
     for late in submitted:
-        if (stored := await store.job_with_counts(late.id)) is not None:
+        if (stored := await store.job_with_counts(late.key)) is not None:
             assert stored == (late, zeros(queued=2))
-            assert len(await store.executions_of(late.id)) == 2
+            assert len(await store.executions_of(late.key)) == 2
         else:
-            assert await store.executions_of(late.id) == []
+            assert await store.executions_of(late.key) == []
     tally = zeros()
-    for e in await store.executions_of("j1"):
+    for e in await store.executions_of(key("j1")):
         tally[e.state] += 1
-    assert await store.job_with_counts("j1") == (job, tally)
+    assert await store.job_with_counts(key("j1")) == (job, tally)
     assert (await store.queue_sizes()).get("US", 0) == len(await store.queued())
 
     # And the rest of the work can be recorded.
@@ -900,4 +941,4 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
     done = [(replace(e, state=SUCCEEDED), e.container_id) for e in running]
     recorded = await store.finish(done, [])
     assert recorded.executions == {e.id for e in running}
-    assert "j1" in recorded.finished_jobs
+    assert key("j1") in recorded.finished_jobs

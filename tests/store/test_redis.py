@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -10,20 +11,22 @@ from typing import Any
 
 import pytest
 
-from hybrid_router.core.model import Container, ExecutionState, Job
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job
 from hybrid_router.errors import (
     ConfigError,
-    Conflict,
+    DuplicateExecution,
     InvalidRequest,
+    NotStorable,
     StoreFenced,
     StoreUnavailable,
 )
 from hybrid_router.store import redis as redis_store
 from hybrid_router.store import store_from_url
+from hybrid_router.store._codec import job_record
 from hybrid_router.store.redis import LAYOUT_VERSION, RedisStore
 
 from .conftest import REDIS_URL, redis_prefix
-from .test_contract import admitted, container_for, make_job, started, submit
+from .test_contract import admitted, container_for, key, make_job, started, submit, zeros
 
 pytestmark = pytest.mark.redis
 
@@ -56,7 +59,7 @@ async def opened(make: RedisFactory, **kwargs: Any) -> RedisStore:
 
 async def snapshot(store: RedisStore) -> tuple[object, ...]:
     return (
-        await store.executions_of("j1"),
+        await store.executions_of(key("j1")),
         await store.containers(),
         await store.region_counts(),
         await store.queue_sizes(),
@@ -125,7 +128,7 @@ async def test_a_leader_whose_lease_was_taken_over_can_write_nothing(make: Redis
     # The new leader writes; any replica still takes submissions and cancellations.
     assert (await new.finish([(done, "c1")], [], removed=["c1"])).executions == {running.id}
     await submit(old, make_job("j2", created_at=101.0))
-    assert len(await old.cancel_queued("j2", now=102.0)) == 4
+    assert len(await old.cancel_queued(key("j2"), now=102.0)) == 4
 
 
 async def test_a_store_without_a_token_is_not_fenced(make: RedisFactory) -> None:
@@ -198,10 +201,12 @@ async def test_set_fencing_token_checks_writes_against_the_current_lease(
 # Retention
 
 
-async def ttls(store: RedisStore, job_id: str) -> list[int]:
-    """The remaining lives in ms of a job's keys (-1: no expiry)."""
-    keys = [f"{store.prefix}:job:{job_id}", f"{store.prefix}:jobx:{job_id}"]
-    keys += [f"{store.prefix}:exec:{e.id}" for e in await store.executions_of(job_id)]
+async def ttls(store: RedisStore, job_id: str, owner: str = "alice") -> list[int]:
+    """The remaining lives in ms of the keys of `owner`'s job `job_id` (-1: no expiry)."""
+    prefix = f"{store.prefix}:job"
+    keys = [f"{prefix}:{owner}/{job_id}", f"{prefix}x:{owner}/{job_id}"]
+    executions = await store.executions_of(key(job_id, owner))
+    keys += [f"{store.prefix}:exec:{e.id}" for e in executions]
     return [await store.client.pttl(key) for key in keys]
 
 
@@ -218,8 +223,8 @@ async def test_finished_jobs_expire_and_queued_ones_never(make: RedisFactory) ->
     running = await admitted(store, second, "c2")
     assert set(await ttls(store, "j1")) == {-1}
     recorded = await store.finish([(replace(running, state=ExecutionState.FAILED), "c2")], [])
-    assert recorded.finished_jobs == {"j1"}
-    await store.cancel_queued("cancelled", now=103.0)
+    assert recorded.finished_jobs == {key("j1")}
+    await store.cancel_queued(key("cancelled"), now=103.0)
 
     for job_id in ("j1", "cancelled"):
         assert all(3_590_000 < ttl <= 3_600_000 for ttl in await ttls(store, job_id))
@@ -230,13 +235,13 @@ async def test_expired_jobs_leave_the_listings_but_not_the_counts(make: RedisFac
     store = await opened(make, retention_s=0.05)
     await submit(store, make_job("gone", models=("m",)))
     await submit(store, make_job("kept", models=("m",), created_at=101.0))
-    await store.cancel_queued("gone", now=102.0)
+    await store.cancel_queued(key("gone"), now=102.0)
     counts = await store.region_counts()
 
     await asyncio.sleep(0.2)
 
-    assert await store.get_job("gone") is None
-    assert await store.executions_of("gone") == []
+    assert await store.get_job(key("gone")) is None
+    assert await store.executions_of(key("gone")) == []
     assert [j.id for j, _ in await store.list_jobs()] == ["kept"]
     assert [j.id for j, _ in await store.list_jobs(owner="alice")] == ["kept"]
     assert await store.region_counts() == counts
@@ -250,12 +255,12 @@ async def test_purge_with_a_later_now_deletes_finished_jobs_at_once(make: RedisF
     store = await opened(make, retention_s=3600)
     await submit(store, make_job("done", models=("m",)))
     await submit(store, make_job("waiting", models=("m",), created_at=101.0))
-    await store.cancel_queued("done", now=102.0)
+    await store.cancel_queued(key("done"), now=102.0)
 
     redis_now = (await store.client.time())[0]
     assert await store.purge_expired(redis_now + 3601) == 1
 
-    assert await store.get_job("done") is None
+    assert await store.get_job(key("done")) is None
     assert [j.id for j, _ in await store.list_jobs()] == ["waiting"]
     assert not [k async for k in store.client.scan_iter(match=f"{store.prefix}:exec:done:*")]
     assert await store.purge_expired(redis_now + 3601) == 0
@@ -290,11 +295,11 @@ async def test_cancelling_keeps_every_float_exact(make: RedisFactory) -> None:
     (queued,) = await submit(store, job)
     now = 1712345999.9876543
 
-    (cancelled,) = await store.cancel_queued("j1", now=now)
+    (cancelled,) = await store.cancel_queued(key("j1"), now=now)
 
     expected = replace(queued, state=ExecutionState.CANCELLED, finished_at=now)
     assert cancelled == expected
-    assert await store.executions_of("j1") == [expected]
+    assert await store.executions_of(key("j1")) == [expected]
     assert (expected.temperature, expected.queued_at) == (0.1 + 0.2, 1712345678.1234567)
 
 
@@ -302,10 +307,14 @@ async def test_a_priority_the_region_score_cannot_hold_is_refused(make: RedisFac
     store = await opened(make)
     job = replace(make_job(), priority=5000)
 
-    with pytest.raises(InvalidRequest, match="priority 5000"):
+    with pytest.raises(NotStorable, match="priority 5000") as refused:
         await store.submit_job(job, job.expand())
 
-    assert await store.get_job(job.id) is None
+    # A store error, not one about the request: the API's handler alone decides the answer.
+    assert not isinstance(refused.value, InvalidRequest)
+    assert (refused.value.status_code, refused.value.code) == (422, "INVALID_PRIORITY")
+
+    assert await store.get_job(job.key) is None
 
 
 async def test_a_submission_reusing_an_execution_id_writes_nothing(make: RedisFactory) -> None:
@@ -314,10 +323,10 @@ async def test_a_submission_reusing_an_execution_id_writes_nothing(make: RedisFa
     await store.submit_job(first, first.expand())
     second = Job(id="second", models=("m",), regions=("US", "EU"), questions=("q",))
 
-    with pytest.raises(Conflict, match="first:0:m:US"):
+    with pytest.raises(DuplicateExecution, match="anonymous/first:0:m:US"):
         await store.submit_job(second, [second.expand()[0], first.expand()[0]])
 
-    assert await store.get_job("second") is None
+    assert await store.get_job(key("second", "anonymous")) is None
     assert [e.id for e in await store.queued()] == [e.id for e in first.expand()]
     assert await store.queue_sizes() == {"US": 1}
 
@@ -328,6 +337,84 @@ async def test_data_from_a_newer_layout_is_refused(make: RedisFactory) -> None:
 
     with pytest.raises(ConfigError, match="newer"):
         await opened(make)
+
+
+async def write_layout_1(
+    store: RedisStore, job: Job, states: tuple[ExecutionState, ...], *, retention_ms: int = 0
+) -> list[Execution]:
+    """`job` as a router of layout 1 stored it: keyed by its id alone, its executions' ids
+    and JSON without the owner; finished (its keys expiring) when `retention_ms`."""
+    client, p = store.client, store.prefix
+    seq = int(await client.incr(f"{p}:seq"))
+    member = f"{seq:015d}|{job.id}"
+    executions = []
+    for e, state in zip(job.expand(), states, strict=True):
+        e = replace(e, id=e.id.split("/", 1)[1], state=state)
+        executions.append(replace(e, seq=int(await client.incr(f"{p}:seq"))))
+    await client.hset(
+        f"{p}:job:{job.id}",
+        mapping={
+            "job": json.dumps(job_record(job)),
+            "ref": json.dumps([job.id, member, job.owner]),
+            **{state.value: str(states.count(state)) for state in set(states)},
+        },
+    )
+    await client.zadd(f"{p}:jobs", {member: job.created_at})
+    await client.zadd(f"{p}:jobs:owner:{job.owner}", {member: job.created_at})
+    for e in executions:
+        record = json.loads(redis_store._encode_execution(e))
+        del record["owner"]
+        await client.set(f"{p}:exec:{e.id}", json.dumps(record, separators=(",", ":")))
+        await client.zadd(f"{p}:jobx:{job.id}", {e.id: e.seq})
+        await client.hincrby(f"{p}:counts", f"{e.state.value}|{e.region}", 1)
+        if e.state is ExecutionState.QUEUED:
+            await client.zadd(f"{p}:queued", {e.id: e.seq})
+            await client.zadd(f"{p}:queued:{e.region}", {e.id: e.seq - e.priority * 2**40})
+    if retention_ms:
+        at = (await client.time())[0] * 1000 + retention_ms
+        keys = [f"{p}:job:{job.id}", f"{p}:jobx:{job.id}"]
+        for k in keys + [f"{p}:exec:{e.id}" for e in executions]:
+            await client.pexpireat(k, at)
+        await client.zadd(f"{p}:expiring", {json.dumps([job.id, member, job.owner]): at})
+    return executions
+
+
+async def test_data_of_layout_1_is_upgraded_to_jobs_keyed_by_owner(make: RedisFactory) -> None:
+    old = await opened(make)
+    await old.client.set(f"{old.prefix}:version", 1)
+    waiting = make_job("w1", models=("m",), questions=("a", "b"))
+    finished = make_job("d1", owner="bob", models=("m",), questions=("a",), created_at=101.0)
+    queued = await write_layout_1(old, waiting, (ExecutionState.QUEUED, ExecutionState.SUCCEEDED))
+    await write_layout_1(old, finished, (ExecutionState.CANCELLED,), retention_ms=3_600_000)
+
+    store = await opened(make)
+
+    assert await store.client.get(f"{store.prefix}:version") == str(LAYOUT_VERSION)
+    assert await store.get_job(waiting.key) == waiting
+    assert await store.get_job(finished.key) == finished
+    assert await store.list_jobs() == [
+        (finished, zeros(cancelled=1)),
+        (waiting, zeros(queued=1, succeeded=1)),
+    ]
+    assert await store.list_jobs(owner="bob") == [(finished, zeros(cancelled=1))]
+    stored = await store.executions_of(waiting.key)
+    assert [(e.id, e.owner, e.state) for e in stored] == [
+        ("w1:0:m:US", "alice", ExecutionState.QUEUED),
+        ("w1:1:m:US", "alice", ExecutionState.SUCCEEDED),
+    ]
+    assert await store.queued() == stored[:1] == queued[:1]
+    # A finished job keeps its expiry, and the purge still finds it.
+    assert all(3_500_000 < ttl <= 3_600_000 for ttl in await ttls(store, "d1", "bob"))
+    assert await store.job_owners("d1") == ["bob"]
+    # Writes go on from there: the queued execution cancels and its job finishes.
+    assert [e.id for e in await store.cancel_queued(waiting.key, now=200.0)] == ["w1:0:m:US"]
+    assert await store.job_with_counts(waiting.key) == (waiting, zeros(cancelled=1, succeeded=1))
+    redis_now = (await store.client.time())[0]
+    assert await store.purge_expired(redis_now + 8 * 86400) == 2
+    assert await store.list_jobs() == []
+    assert await store.job_owners("d1") == []
+    # Opening again finds it current.
+    await opened(make)
 
 
 # Redis away

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from hybrid_router.core.model import ExecutionState, Job
-from hybrid_router.errors import ConfigError, StoreUnavailable
+from hybrid_router.errors import ConfigError, DuplicateExecution, StoreUnavailable
 from hybrid_router.store import store_from_url
 from hybrid_router.store.sqlite import _POSITIONS, SCHEMA_VERSION, SQLiteStore
 
-from .test_contract import make_job, pairs, submit, zeros
+from .test_contract import key, make_job, pairs, submit, zeros
 
 # A router process: it accepts a job, becomes the scheduler, then hangs until killed.
 CHILD = """
@@ -62,7 +62,7 @@ async def test_kill_9_releases_the_scheduler_lock_and_keeps_accepted_jobs(
         assert child.returncode == -signal.SIGKILL
 
         assert await survivor.acquire_scheduler_lock()
-        assert await survivor.get_job("accepted") is not None
+        assert await survivor.get_job(key("accepted", "anonymous")) is not None
         assert [e.region for e in await survivor.queued()] == ["US", "EU"]
     finally:
         if child.returncode is None:
@@ -109,12 +109,12 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         await asyncio.sleep(0.05)
         assert not writing.done()
 
-        first = (await store.executions_of("j1", limit=1))[0]
+        first = (await store.executions_of(key("j1"), limit=1))[0]
         reads = asyncio.gather(
-            store.get_job("j1"),
-            store.job_with_counts("j1"),
+            store.get_job(key("j1")),
+            store.job_with_counts(key("j1")),
             store.list_jobs(),
-            store.executions_of("j1"),
+            store.executions_of(key("j1")),
             store.queued(),
             store.running(),
             store.containers(),
@@ -143,7 +143,7 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         other.execute("COMMIT")
         assert (await writing)[:2] == (late, True)
         # Committed writes are visible to the very next read.
-        assert await store.get_job("late") == late
+        assert await store.get_job(key("late")) == late
     finally:
         other.close()
         await store.close()
@@ -213,9 +213,9 @@ async def test_a_version_2_file_is_upgraded_with_its_counts(tmp_path: Path) -> N
     store = SQLiteStore(path)
     await store.open()
     try:
-        old = await store.job_with_counts("old")
+        old = await store.job_with_counts(key("old"))
         assert old is not None and old[1] == zeros(succeeded=1, failed=1)
-        busy = await store.job_with_counts("busy")
+        busy = await store.job_with_counts(key("busy"))
         assert busy is not None and busy[1] == zeros(running=1, queued=3)
         assert await store.region_counts() == {
             "US": zeros(succeeded=1, running=1, queued=2),
@@ -231,8 +231,87 @@ async def test_a_version_2_file_is_upgraded_with_its_counts(tmp_path: Path) -> N
         )
         assert recorded.executions == {running.id}
         assert await store.queue_sizes() == {"US": 2, "EU": 1}
-        busy = await store.job_with_counts("busy")
+        busy = await store.job_with_counts(key("busy"))
         assert busy is not None and busy[1] == zeros(succeeded=1, queued=3)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
+
+
+# The version 3 layout (jobs keyed by id alone, counters kept by triggers), as files written by
+# the release before owners had ids of their own hold it.
+V3_SCHEMA = (
+    V2_SCHEMA.replace(
+        "CREATE INDEX executions_by_job ON executions (job_id);\n"
+        "CREATE INDEX executions_by_region ON executions (region, state);\n",
+        "CREATE INDEX executions_of_job ON executions (job_id, seq);\n"
+        "CREATE INDEX executions_in_place ON executions (state, region, priority, seq);\n",
+    ).replace("PRAGMA user_version = 2;", "")
+    + """
+CREATE TABLE job_counts (
+    job_id TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (job_id, state)) WITHOUT ROWID;
+CREATE TABLE region_counts (
+    region TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (region, state)) WITHOUT ROWID;
+CREATE TRIGGER executions_counted_on_insert AFTER INSERT ON executions BEGIN
+    INSERT INTO job_counts VALUES (NEW.job_id, NEW.state, 1)
+        ON CONFLICT (job_id, state) DO UPDATE SET n = n + 1;
+    INSERT INTO region_counts VALUES (NEW.region, NEW.state, 1)
+        ON CONFLICT (region, state) DO UPDATE SET n = n + 1;
+END;
+PRAGMA user_version = 3;
+"""
+)
+
+
+async def test_a_version_3_file_gets_jobs_keyed_by_owner_and_id(tmp_path: Path) -> None:
+    path = tmp_path / "router.db"
+    db = sqlite3.connect(path)
+    db.executescript(V3_SCHEMA)
+    for job_id, owner, created_at in (("a1", "alice", 1.0), ("b1", "bob", 2.0)):
+        db.execute(
+            "INSERT INTO jobs VALUES (?, ?, 0, '[\"m\"]', '[\"US\"]', '[\"q\"]', 0.7, 256, 3, ?,"
+            " NULL)",
+            (job_id, owner, created_at),
+        )
+        for i, state in enumerate(("queued", "succeeded")):
+            db.execute(
+                "INSERT INTO executions (id, job_id, region, model, question_index, prompt,"
+                " priority, temperature, max_tokens, max_attempts, state, attempts,"
+                " not_before, waits, queued_at) VALUES (?, ?, 'US', 'm', ?, 'q', 0, 0.7, 256,"
+                " 3, ?, 0, 0, 0, 1.0)",
+                (f"{job_id}:{i}", job_id, i, state),
+            )
+    db.commit()
+    db.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for job_id, owner in (("a1", "alice"), ("b1", "bob")):
+            found = await store.job_with_counts(key(job_id, owner))
+            assert found is not None and found[1] == zeros(queued=1, succeeded=1)
+            executions = await store.executions_of(key(job_id, owner))
+            assert [(e.id, e.owner) for e in executions] == [
+                (f"{job_id}:0", owner),
+                (f"{job_id}:1", owner),
+            ]
+        assert await store.get_job(key("a1", "bob")) is None
+        assert [(j.owner, j.id) for j, _ in await store.list_jobs()] == [
+            ("bob", "b1"),
+            ("alice", "a1"),
+        ]
+        assert await store.region_counts() == {"US": zeros(queued=2, succeeded=2)}
+        # Bob may now use alice's id: his own job, beside hers.
+        bobs = make_job("a1", owner="bob", models=("m",), created_at=3.0)
+        await submit(store, bobs)
+        assert await store.job_owners("a1") == ["alice", "bob"]
+        alices = await store.job_with_counts(key("a1"))
+        assert alices is not None and alices[1] == zeros(queued=1, succeeded=1)
+        assert await store.queue_sizes() == {"US": 2 + 2}
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
@@ -275,10 +354,10 @@ async def test_a_submission_that_fails_part_way_writes_nothing(tmp_path: Path) -
         second = Job(id="second", models=("m",), regions=("US", "EU"), questions=("q",))
         # The second execution reuses an existing id, so its insert fails after the job's.
         clash = [second.expand()[0], first.expand()[0]]
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(DuplicateExecution, match="anonymous/first:0:m:US"):
             await store.submit_job(second, clash)
 
-        assert await store.get_job("second") is None
+        assert await store.get_job(key("second", "anonymous")) is None
         assert [e.id for e in await store.queued()] == [e.id for e in first.expand()]
     finally:
         await store.close()

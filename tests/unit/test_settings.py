@@ -123,6 +123,14 @@ def test_top_level_options_have_defaults(tmp_path: Path) -> None:
     assert settings.shutdown_grace_s == 30
     assert settings.retry_base_s == 1.0
     assert settings.retry_max_s == 60.0
+    # Every wait for a client is bounded, out of the box.
+    http = settings.http
+    assert (http.keep_alive_timeout_s, http.header_timeout_s, http.body_timeout_s) == (5, 10, 30)
+
+
+def test_connection_timeouts_must_be_positive(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + "\n[http]\nheader_timeout_s = 0\n")
+    assert "http.header_timeout_s" in message
 
 
 def test_unknown_region_names_the_key_and_the_known_regions(tmp_path: Path) -> None:
@@ -170,6 +178,67 @@ def test_missing_token_env_variable_is_named_never_valued(
     settings = load_settings(write(tmp_path, text))
     assert settings.provider_specs()["modal-us"].token_env == "HR_TEST_TOKEN"
     assert "s3cret-value" not in repr(settings)
+
+
+PROXY_AUTH = (
+    'token_id_env = "HR_TEST_PROXY_ID"\ntoken_secret_env = "HR_TEST_PROXY_SECRET"\ntimeout_s = 600'
+)
+
+
+def test_proxy_auth_variables_reach_the_provider_spec_never_their_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY_ID", "wk-id-value")
+    monkeypatch.setenv("HR_TEST_PROXY_SECRET", "ws-secret-value")
+
+    settings = load_settings(write(tmp_path, BASE.replace("timeout_s = 600", PROXY_AUTH)))
+
+    spec = settings.provider_specs()["modal-us"]
+    assert spec.token_id_env == "HR_TEST_PROXY_ID"
+    assert spec.token_secret_env == "HR_TEST_PROXY_SECRET"
+    assert "wk-id-value" not in repr(settings) + repr(spec)
+    assert "ws-secret-value" not in repr(settings) + repr(spec)
+
+
+def test_unset_proxy_auth_variable_is_named_never_valued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY_ID", "wk-id-value")
+    monkeypatch.delenv("HR_TEST_PROXY_SECRET", raising=False)
+
+    message = config_error(tmp_path, BASE.replace("timeout_s = 600", PROXY_AUTH))
+
+    assert (
+        "providers.modal-us.token_secret_env: environment variable HR_TEST_PROXY_SECRET is not set"
+        in message
+    )
+    assert "token_id_env" not in message
+    assert "wk-id-value" not in message
+
+
+@pytest.mark.parametrize("given", ["token_id_env", "token_secret_env"])
+def test_proxy_auth_needs_both_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY", "value")
+    text = BASE.replace("timeout_s = 600", f'{given} = "HR_TEST_PROXY"\ntimeout_s = 600')
+
+    message = config_error(tmp_path, text)
+
+    assert "providers.modal-us: give both token_id_env and token_secret_env, or neither" in message
+
+
+def test_proxy_auth_is_for_modal_providers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_PROXY_ID", "wk-id-value")
+    monkeypatch.setenv("HR_TEST_PROXY_SECRET", "ws-secret-value")
+    text = BASE.replace("timeout_s = 600", PROXY_AUTH).replace('kind = "modal"', 'kind = "openai"')
+
+    message = config_error(tmp_path, text)
+
+    assert "providers.modal-us.token_id_env: only for kind 'modal'" in message
+    assert "providers.modal-us.token_secret_env: only for kind 'modal'" in message
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,19 @@ class User:
         """The owner to restrict job access to: None (no restriction) for an admin."""
         return None if self.is_admin else self.name
 
+    def job_owner(self, named: str | None) -> str | None:
+        """Whose job of a given id this user addresses, having named `named` (or not).
+
+        A user reaches their own jobs only; an admin any owner's, the one named or else the
+        one owner having a job of that id (None). A user naming another owner is refused
+        whoever it is, so the answer says nothing about that owner's ids.
+        """
+        if self.is_admin:
+            return named
+        if named is not None and named != self.name:
+            raise Forbidden("only an admin may name another owner", code="ADMIN_ONLY")
+        return self.name
+
 
 OPEN_USER = User(name=ANONYMOUS, role="admin")
 

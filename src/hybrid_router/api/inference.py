@@ -33,10 +33,11 @@ async def inference(
     default_region = next(iter(settings.region_specs()))
     request = body.to_request(default_region, owner=user.name)
     accepted, _ = await quotas.submit(service, request, user)
+    job = accepted.job
     if wait:
-        job_status = await service.wait(accepted.job.id, owner=user.owner_filter)
+        job_status = await service.wait(job.id, owner=job.owner)
     else:
-        job_status = await service.job(accepted.job.id, owner=user.owner_filter)
+        job_status = await service.job(job.id, owner=job.owner)
     if job_status.state in (JobState.QUEUED, JobState.RUNNING):
         # Not waited for, or the wait ended early (the server is stopping): hand out the id.
         response.status_code = status.HTTP_202_ACCEPTED

@@ -17,6 +17,16 @@ router = APIRouter(tags=["jobs"])
 # store's integer types (SQLite's and Redis's are 64-bit: a larger offset was a 500).
 MAX_OFFSET = 10_000_000
 
+# Job ids are unique per owner: an admin may have to say whose job of an id is meant.
+OwnerQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="Admins: whose job of this id (needed when several owners have one).",
+    ),
+]
+
 
 @router.post(
     "/jobs",
@@ -40,10 +50,12 @@ async def list_jobs(
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    status: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    state: Annotated[
+        JobState | None, Query(alias="status", description="Only jobs in this state.")
+    ] = None,
 ) -> JobList:
-    """Jobs newest first, without their executions; `offset` and `limit` count the jobs listed."""
-    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset, state=status)
+    """Jobs newest first, without their executions."""
+    statuses = await service.jobs(owner=user.owner_filter, limit=limit, offset=offset, state=state)
     return JobList(jobs=[JobSummary.from_status(s) for s in statuses], limit=limit, offset=offset)
 
 
@@ -56,16 +68,19 @@ async def get_job(
     executions_limit: Annotated[
         int | None, Query(ge=0, le=MAX_OFFSET, description="None: every one")
     ] = None,
+    owner: OwnerQuery = None,
 ) -> JobOut:
     """A job with its progress and its executions (queue position while queued): every one,
     or a page of them in queue order."""
     status = await service.job(
-        job_id, owner=user.owner_filter, offset=executions_offset, limit=executions_limit
+        job_id, owner=user.job_owner(owner), offset=executions_offset, limit=executions_limit
     )
     return JobOut.from_status(status)
 
 
 @router.delete("/jobs/{job_id}")
-async def cancel_job(job_id: str, service: ServiceDep, user: UserDep) -> JobOut:
+async def cancel_job(
+    job_id: str, service: ServiceDep, user: UserDep, owner: OwnerQuery = None
+) -> JobOut:
     """Cancel the job's queued and running executions; finished ones keep their results."""
-    return JobOut.from_status(await service.cancel(job_id, owner=user.owner_filter))
+    return JobOut.from_status(await service.cancel(job_id, owner=user.job_owner(owner)))

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the request body size limit, how many reads run at once, and HEAD."""
+"""Pure ASGI middleware: the request body's limits (size, time), how many reads run at once,
+and HEAD."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hybrid_router.api.errors import error_response
 
 
-class BodySizeLimit:
-    """Answers 413 PAYLOAD_TOO_LARGE to a body over `max_bytes`, counting bytes as they stream.
+class BodyLimit:
+    """Bounds a request body's size and the time it takes to arrive, counting as it streams.
 
-    Content-Length alone is not trusted: a chunked body has none and a client may lie. The
-    body is read here, up to the limit, and replayed to the app, so the app never sees a
-    partial body and the limit holds whatever the route does with it.
+    Over `max_bytes`: 413 PAYLOAD_TOO_LARGE. Content-Length alone is not trusted: a chunked
+    body has none and a client may lie. Not all in within `timeout_s` of the head: 408
+    REQUEST_TIMEOUT, and the connection is closed, so a body sent a byte at a time cannot
+    hold a connection open. The body is read here and replayed to the app, so the app never
+    sees a partial body and the limits hold whatever the route does with it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -27,22 +31,33 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._reject(scope, receive, send)
+            await self._too_large(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body: nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away before sending its body: nobody to answer
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._too_large(scope, receive, send)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            response = error_response(
+                408,
+                "REQUEST_TIMEOUT",
+                f"the request body did not arrive within {self.timeout_s:g} s",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
 
         body = b"".join(chunks)
         replayed = False
@@ -57,7 +72,7 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
             413, "PAYLOAD_TOO_LARGE", f"request body is larger than {self.max_bytes} bytes"
         )

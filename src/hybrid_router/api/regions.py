@@ -8,17 +8,12 @@ from hybrid_router.api.auth import AdminDep
 from hybrid_router.api.deps import ServiceDep
 from hybrid_router.api.schemas import RegionQueue
 from hybrid_router.core.model import RegionMode
-from hybrid_router.errors import InvalidRequest, NotFound
 
 router = APIRouter(tags=["regions"])
 
 
 async def _set(region: str, mode: RegionMode, service: ServiceDep) -> RegionQueue:
-    try:
-        status = await service.set_region_mode(region, mode)
-    except InvalidRequest as exc:
-        raise NotFound(exc.message, code="REGION_NOT_FOUND") from None
-    return RegionQueue.from_status(status)
+    return RegionQueue.from_status(await service.set_region_mode(region, mode))
 
 
 @router.post("/regions/{region}/pause")

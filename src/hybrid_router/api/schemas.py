@@ -7,7 +7,7 @@ of pydantic. Timestamps go out as ISO-8601 UTC strings ending in "Z".
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,11 @@ from hybrid_router.core.model import (
     JobStatus,
     RegionStatus,
 )
-from hybrid_router.runtime.service import JobRequest
+
+if TYPE_CHECKING:
+    # Only for the server's conversions: the client imports these models without the server.
+    from hybrid_router.runtime.events import Event
+    from hybrid_router.runtime.service import JobRequest
 
 # Job ids end up in URLs and log lines: no slashes, no leading dot, so `../x` cannot pass.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -132,6 +136,8 @@ class JobCreate(BaseModel):
 
     def to_request(self, *, owner: str) -> JobRequest:
         """The service's request; region and model names are canonicalised by the service."""
+        from hybrid_router.runtime.service import JobRequest
+
         questions = self.questions if self.questions is not None else [self.prompt or ""]
         return JobRequest(
             models=tuple(self.models),
@@ -151,6 +157,7 @@ class JobAccepted(BaseModel):
     """POST /jobs answer: 202 when created, 200 when the same job already existed."""
 
     job_id: str
+    owner: str = Field(description="Whose job: ids are unique among one owner's jobs.")
     status: JobState
     executions: int
     regions: list[str]
@@ -164,6 +171,7 @@ class JobAccepted(BaseModel):
         job = status.job
         return cls(
             job_id=job.id,
+            owner=job.owner,
             status=status.state,
             executions=sum(status.counts.values()),
             regions=list(job.regions),
@@ -210,6 +218,9 @@ class ExecutionOut(BaseModel):
     attempts: int
     position: int | None = Field(description="Place in its region's queue, 1 = next; queued only.")
     estimated_start_s: float | None = Field(description="Seconds from now; queued only.")
+    estimated_finish_s: float | None = Field(
+        default=None, description="Seconds from now; queued and running only."
+    )
     queued_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -232,6 +243,7 @@ class ExecutionOut(BaseModel):
             attempts=e.attempts,
             position=status.position if queued else None,
             estimated_start_s=status.estimated_start_s if queued else None,
+            estimated_finish_s=None if e.state.terminal else status.estimated_end_s,
             queued_at=iso(e.queued_at),
             started_at=iso(e.started_at),
             finished_at=iso(e.finished_at),
@@ -275,16 +287,24 @@ class JobSummary(BaseModel):
 class JobOut(JobSummary):
     """A job with every execution (GET and DELETE /jobs/{job_id})."""
 
+    estimated_finish_s: float | None = Field(
+        default=None,
+        description="Seconds from now until its last execution is expected to finish; known "
+        "while it runs, when its executions are all listed and each has an estimate.",
+    )
     executions: list[ExecutionOut]
 
     @classmethod
     def from_status(cls, status: JobStatus) -> JobOut:
         """From the service's job status."""
         summary = JobSummary.from_status(status)
-        return cls(
-            **summary.model_dump(),
-            executions=[ExecutionOut.from_status(s) for s in status.executions],
-        )
+        executions = [ExecutionOut.from_status(s) for s in status.executions]
+        unfinished = [e for e in executions if not e.status.terminal]
+        finish = None
+        whole = len(executions) == summary.progress.total
+        if whole and unfinished and all(e.estimated_finish_s is not None for e in unfinished):
+            finish = max(e.estimated_finish_s or 0.0 for e in unfinished)
+        return cls(**summary.model_dump(), estimated_finish_s=finish, executions=executions)
 
 
 class JobList(BaseModel):
@@ -322,6 +342,8 @@ class InferenceCreate(BaseModel):
 
     def to_request(self, default_region: str, *, owner: str) -> JobRequest:
         """A one-execution job; `default_region` when the client named none."""
+        from hybrid_router.runtime.service import JobRequest
+
         region = self.region or self.region_preference or default_region
         return JobRequest(
             models=(self.model,),
@@ -478,19 +500,60 @@ class RegionQueue(BaseModel):
         )
 
 
+class AccountGpus(BaseModel):
+    """The account-wide GPU picture: every region's GPUs against the account's limit."""
+
+    gpus_in_use: int
+    gpus_warm: int
+    gpu_limit: int
+
+
 class QueueStatus(BaseModel):
-    """GET /queue/status: every region by canonical name."""
+    """GET /queue/status: every region by canonical name, and the account they share."""
 
     queues: dict[str, RegionQueue]
+    account: AccountGpus
     timestamp: str
 
     @classmethod
-    def from_statuses(cls, statuses: dict[str, RegionStatus]) -> QueueStatus:
-        """From the service's region statuses."""
+    def from_statuses(cls, statuses: dict[str, RegionStatus], gpu_limit: int) -> QueueStatus:
+        """From the service's region statuses and the account-wide `gpu_limit`."""
         return cls(
             queues={name: RegionQueue.from_status(s) for name, s in statuses.items()},
+            account=AccountGpus(
+                gpus_in_use=sum(s.gpus_in_use for s in statuses.values()),
+                gpus_warm=sum(s.gpus_warm for s in statuses.values()),
+                gpu_limit=gpu_limit,
+            ),
             timestamp=now_iso(),
         )
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class EventOut(BaseModel):
+    """The data of one server-sent event (GET /jobs/{job_id}/events, GET /events); the
+    event's name is `kind`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str = Field(description="queued, started, retrying, succeeded, ..., job_finished")
+    job_id: str
+    owner: str | None = None
+    at: str = Field(description="When it happened, ISO-8601 UTC like every timestamp")
+    execution_id: str | None = None
+    region: str | None = None
+    model: str | None = None
+    attempts: int | None = None
+    state: str | None = None
+    error_code: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_event(cls, event: Event) -> EventOut:
+        """From a bus event (whose `at` is epoch seconds, as replicas exchange it)."""
+        return cls.model_validate(event.to_dict() | {"at": _iso(event.at)})
 
 
 # ---------------------------------------------------------------------------- health

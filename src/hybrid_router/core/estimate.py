@@ -58,15 +58,25 @@ class Durations:
         return default * DEFAULT_COLD_FACTOR if cold else default
 
 
-def estimate_starts(
+@dataclass(frozen=True)
+class Forecast:
+    """Seconds from now until each queued execution is expected to start, and until each
+    queued or running one is expected to finish."""
+
+    starts: dict[str, float]
+    ends: dict[str, float]
+
+
+def forecast(
     queued: Iterable[Execution],
     running: Iterable[Execution],
     containers: Iterable[Container],
     topology: Topology,
     now: float,
     duration: Durations,
-) -> dict[str, float]:
-    """Seconds from `now` until each queued execution is expected to start.
+) -> Forecast:
+    """When each queued execution is expected to start, and each queued or running one to
+    finish, in seconds from `now`.
 
     Assumes every call succeeds after its expected duration, cold or warm. Executions whose
     start lies beyond MAX_STEPS policy rounds are left out (unknown).
@@ -79,6 +89,7 @@ def estimate_starts(
             cold = e.container_id.startswith(f"{e.id}@")  # the policy names what it opens so
             ends = max(now, e.started_at + duration(e.region, e.model, cold))
             finishing[e.id] = (ends, e.container_id)
+    finishes = {execution_id: ends - now for execution_id, (ends, _) in finishing.items()}
     starts: dict[str, float] = {}
     t = now
     for _ in range(MAX_STEPS):
@@ -91,6 +102,7 @@ def estimate_starts(
             live[admission.container.id] = admission.container
             ends = t + duration(e.region, e.model, admission.opened)
             finishing[e.id] = (ends, admission.container.id)
+            finishes[e.id] = ends - now
         if not pending:
             break
         upcoming = [ends for ends, _ in finishing.values()]
@@ -108,4 +120,4 @@ def estimate_starts(
                     live[container_id] = ledger.release(container, (execution_id,), t, scaledown)
         for container_id in ledger.expired(live.values(), t, topology.shared):
             del live[container_id]
-    return starts
+    return Forecast(starts, finishes)

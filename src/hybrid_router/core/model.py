@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class ProviderSpec:
     models: tuple[str, ...]
     url: str = ""
     token_env: str | None = None
+    # Modal proxy auth: the variables holding the token id and secret (never the values).
+    token_id_env: str | None = None
+    token_secret_env: str | None = None
     timeout_s: float = 600.0
     scaledown_window_s: float = 120.0
     max_inputs: int = 1
@@ -120,6 +125,14 @@ class Completion:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
+class JobKey(NamedTuple):
+    """Which job: its id is its owner's to choose, unique among that owner's jobs only, so
+    two users' ids never clash and no answer tells one user what ids another has used."""
+
+    owner: str
+    id: str
+
+
 @dataclass(frozen=True)
 class Job:
     """What a client submitted; expands into one execution per (question, model, region)."""
@@ -137,16 +150,26 @@ class Job:
     # Executions still queued this long after submission end `expired`.
     deadline_s: float | None = None
 
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.owner, self.id)
+
     def expand(self) -> list[Execution]:
-        """Executions question by question, so every model's container stays busy."""
+        """Executions question by question, so every model's container stays busy.
+
+        Their ids are unique across owners: the owner (quoted, so no name can pass for
+        another's) comes first, then the job id, which holds neither '/' nor ':'.
+        """
         executions = []
+        prefix = f"{quote(self.owner, safe='')}/{self.id}"
         for q_index, question in enumerate(self.questions):
             for model in self.models:
                 for region in self.regions:
                     executions.append(
                         Execution(
-                            id=f"{self.id}:{q_index}:{model}:{region}",
+                            id=f"{prefix}:{q_index}:{model}:{region}",
                             job_id=self.id,
+                            owner=self.owner,
                             region=region,
                             model=model,
                             question_index=q_index,
@@ -180,6 +203,7 @@ class Execution:
     model: str
     question_index: int
     prompt: str
+    owner: str = "anonymous"  # with job_id, its job's key
     priority: int = 0
     temperature: float = 0.7
     max_tokens: int = 256
@@ -198,6 +222,10 @@ class Execution:
     response: str | None = None
     inference_time: float | None = None
     error: Failure | None = None
+
+    @property
+    def job_key(self) -> JobKey:
+        return JobKey(self.owner, self.job_id)
 
 
 @dataclass(frozen=True)
@@ -237,11 +265,13 @@ def job_state(states: list[ExecutionState]) -> JobState:
 
 @dataclass(frozen=True)
 class ExecutionStatus:
-    """An execution as a client sees it: with its place in its region's queue while queued."""
+    """An execution as a client sees it: with its place in its region's queue while queued,
+    and when it is expected to finish while queued or running."""
 
     execution: Execution
     position: int | None = None  # 1 = next to start in its region
     estimated_start_s: float | None = None  # seconds from now
+    estimated_end_s: float | None = None  # seconds from now
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ failure classification, so Modal and OpenAI-compatible servers are judged by the
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from hybrid_router.core.model import Failure, FailureKind, ProviderSpec
+from hybrid_router.core.model import Completion, Failure, FailureKind, ProviderSpec
 from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+from hybrid_router.redaction import Redactor
 
 # Only connecting has its own bound: reading may legitimately take minutes (Modal holds a
 # request up to 150 s before its 303), and the whole call is bounded by `deadline` anyway.
@@ -123,7 +126,7 @@ class Reply:
     elapsed_s: float
 
 
-class HttpProvider:
+class HttpProvider(abc.ABC):
     """Client ownership, headers and sending, shared by the HTTP providers."""
 
     def __init__(
@@ -131,6 +134,8 @@ class HttpProvider:
     ) -> None:
         self.spec = spec
         self._token = token
+        # Every credential this provider sends: scrubbed from whatever a call brings back.
+        self._secrets: tuple[str, ...] = (token,) if token else ()
         self._owns_client = client is None
         connections = DEFAULT_MAX_CONNECTIONS
         if spec.max_containers is not None:
@@ -145,6 +150,39 @@ class HttpProvider:
         """Close the client if this provider created it."""
         if self._owns_client:
             await self._client.aclose()
+
+    async def run(self, request: InferenceRequest) -> Completion:
+        """Run one call (see Provider.run); no credential sent comes back in what it returns.
+
+        An endpoint may echo request headers in an error or a reply, and failures and
+        replies end up in logs, the store and job views.
+        """
+        try:
+            completion = await self._call(request)
+        except ProviderFailure as exc:
+            failure = dataclasses.replace(exc.failure, message=self._redact(exc.failure.message))
+            raise ProviderFailure(failure) from exc.__cause__
+        return dataclasses.replace(
+            completion,
+            response=self._redact(completion.response),
+            metadata={k: self._redact_json(v) for k, v in completion.metadata.items()},
+        )
+
+    @abc.abstractmethod
+    async def _call(self, request: InferenceRequest) -> Completion:
+        """The call itself, as the provider's protocol makes it."""
+
+    def _redact(self, text: str) -> str:
+        return Redactor(self._secrets)(text)
+
+    def _redact_json(self, value: object) -> object:
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, list):
+            return [self._redact_json(v) for v in value]
+        if isinstance(value, dict):
+            return {self._redact(str(k)): self._redact_json(v) for k, v in value.items()}
+        return value
 
     def _headers(self, request: InferenceRequest, *, with_token: bool = True) -> dict[str, str]:
         headers = {"X-Request-Id": request.execution_id}

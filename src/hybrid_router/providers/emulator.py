@@ -7,6 +7,10 @@ answers 303 again or the result. `POST /v1/chat/completions` serves the same clo
 OpenAI shape (region from the `X-Region` header). `GET /stats` and `POST /faults` are for
 tests. A client that disconnects before its call is answered cancels it; one that stops
 polling a result URL does not, as on Modal, where the call runs on.
+
+Credentials, when the emulator is given them: Modal's proxy auth (`Modal-Key` and
+`Modal-Secret`, refused with Modal's 401 before anything runs) and a bearer token (what an
+endpoint checking its own token answers). `/stats` and `/faults` need neither.
 """
 
 from __future__ import annotations
@@ -21,16 +25,21 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from hybrid_router.core.model import Completion, Failure, FailureKind
 from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+from hybrid_router.providers.modal import ProxyAuth
 from hybrid_router.providers.simulated import SimulatedCloud
 
 MODAL_POLL_AFTER_S = 150.0  # Modal's web endpoint request limit, in production seconds
 _CALL_ID_PARAM = "__modal_function_call_id"
 _APP_STOPPED = "modal-http: app for invoked web endpoint is stopped"
+# The first is Modal's documented 401 body; Modal documents none for wrong credentials.
+_PROXY_AUTH_MISSING = "modal-http: missing credentials for proxy authorization"
+_PROXY_AUTH_INVALID = "modal-http: invalid credentials for proxy authorization"
+_UNAUTHORIZED = {"success": False, "error": "missing or invalid bearer token"}
 _STATUS_BY_KIND = {
     FailureKind.CAPACITY: 429,
     FailureKind.UNAVAILABLE: 503,
@@ -92,10 +101,17 @@ class _Call:
 
 
 class _Emulator:
-    def __init__(self, cloud: SimulatedCloud, poll_after_s: float, token: str | None) -> None:
+    def __init__(
+        self,
+        cloud: SimulatedCloud,
+        poll_after_s: float,
+        token: str | None,
+        proxy_auth: ProxyAuth | None,
+    ) -> None:
         self.cloud = cloud
         self.poll_after_s = poll_after_s
         self.token = token
+        self.proxy_auth = proxy_auth
         # Parked calls stay until their result is fetched: fine for a test and trial tool.
         self.calls: dict[str, _Call] = {}
         self.tasks: set[asyncio.Task[Completion]] = set()
@@ -103,11 +119,23 @@ class _Emulator:
         self.redirects = 0
         self.disconnects = 0
 
-    def authorized(self, request: Request) -> bool:
-        if self.token is None:
-            return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+    def refusal(self, request: Request) -> Response | None:
+        """The 401 for a call lacking the credentials required, else None."""
+        if self.proxy_auth is not None:
+            # Modal's proxy checks these before the endpoint runs, so it answers first.
+            key = request.headers.get("modal-key")
+            secret = request.headers.get("modal-secret")
+            if not key or not secret:
+                return PlainTextResponse(_PROXY_AUTH_MISSING, status_code=401)
+            # `&`, not `and`: both are compared, so the timing does not say which was wrong.
+            if not (
+                _same(key, self.proxy_auth.token_id) & _same(secret, self.proxy_auth.token_secret)
+            ):
+                return PlainTextResponse(_PROXY_AUTH_INVALID, status_code=401)
+        if self.token is not None:
+            if not _same(request.headers.get("authorization", ""), f"Bearer {self.token}"):
+                return JSONResponse(_UNAUTHORIZED, status_code=401)
+        return None
 
     def take_fault(self) -> Response | None:
         if not self.faults:
@@ -153,6 +181,11 @@ class _Emulator:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison, so a refusal's timing tells nothing of the credential."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 async def _client_gone(request: Request) -> None:
@@ -218,13 +251,22 @@ def _chat_reply(task: asyncio.Task[Completion], model: str) -> Response:
 
 
 def create_emulator_app(
-    cloud: SimulatedCloud, poll_after_s: float | None = None, *, token: str | None = None
+    cloud: SimulatedCloud,
+    poll_after_s: float | None = None,
+    *,
+    token: str | None = None,
+    proxy_auth: ProxyAuth | None = None,
 ) -> FastAPI:
-    """The emulator app; `poll_after_s` defaults to Modal's 150 s times the cloud's time scale."""
+    """The emulator app; `poll_after_s` defaults to Modal's 150 s times the cloud's time scale.
+
+    With `proxy_auth`, calls without its Modal-Key / Modal-Secret get Modal's 401; with
+    `token`, calls without `Authorization: Bearer <token>` get a 401 too.
+    """
     emulator = _Emulator(
         cloud,
         MODAL_POLL_AFTER_S * cloud.time_scale if poll_after_s is None else poll_after_s,
         token,
+        proxy_auth,
     )
 
     @asynccontextmanager
@@ -233,7 +275,6 @@ def create_emulator_app(
         await emulator.close()
 
     app = FastAPI(title="hybrid-router Modal emulator", lifespan=lifespan)
-    unauthorized = {"success": False, "error": "missing or invalid bearer token"}
 
     @app.get("/stats")
     async def stats() -> Response:
@@ -259,8 +300,8 @@ def create_emulator_app(
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatBody) -> Response:
         """One OpenAI-shaped chat completion, answered when the call ends."""
-        if not emulator.authorized(request):
-            return JSONResponse(unauthorized, status_code=401)
+        if (refused := emulator.refusal(request)) is not None:
+            return refused
         if (injected := emulator.take_fault()) is not None:
             return injected
         call = InferenceRequest(
@@ -278,8 +319,8 @@ def create_emulator_app(
         return _chat_reply(task, body.model)
 
     async def invoke(request: Request, body: ModalBody, region: str | None) -> Response:
-        if not emulator.authorized(request):
-            return JSONResponse(unauthorized, status_code=401)
+        if (refused := emulator.refusal(request)) is not None:
+            return refused
         if region is None:
             return JSONResponse(
                 {"success": False, "error": "no region: POST /{region} or put it in the body"},
@@ -310,8 +351,8 @@ def create_emulator_app(
     @app.get("/{region}")
     async def result(request: Request, call_id: str = Query(alias=_CALL_ID_PARAM)) -> Response:
         """A parked call's result URL: the result, or 303 again after `poll_after_s`."""
-        if not emulator.authorized(request):
-            return JSONResponse(unauthorized, status_code=401)
+        if (refused := emulator.refusal(request)) is not None:
+            return refused
         call = emulator.calls.get(call_id)
         if call is None:
             return JSONResponse(
@@ -349,7 +390,10 @@ def serve_emulator(
     time_scale: float = 1.0,
     seed: int = 0,
     token: str | None = None,
+    poll_after_s: float | None = None,
+    proxy_auth: ProxyAuth | None = None,
 ) -> None:
     """Serve a fresh simulated cloud over HTTP until interrupted."""
     cloud = SimulatedCloud(gpu_limit, time_scale=time_scale, seed=seed)
-    uvicorn.run(create_emulator_app(cloud, token=token), host=host, port=port)
+    app = create_emulator_app(cloud, poll_after_s, token=token, proxy_auth=proxy_auth)
+    uvicorn.run(app, host=host, port=port)

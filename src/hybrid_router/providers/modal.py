@@ -1,13 +1,19 @@
-"""Modal web endpoints: JSON POST with a bearer token, 303 polling, 429 = capacity."""
+"""Modal web endpoints: JSON POST, 303 polling, 429 = capacity.
+
+Credentials: a bearer token for endpoints that check one themselves, and Modal's proxy auth
+(`Modal-Key` / `Modal-Secret`, checked by Modal before a container starts) for endpoints
+deployed with `requires_proxy_auth=True`; either, both or none.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 import httpx
 
-from hybrid_router.core.model import Completion
+from hybrid_router.core.model import Completion, ProviderSpec
 from hybrid_router.providers._http import (
     HttpProvider,
     Reply,
@@ -26,10 +32,41 @@ _MAX_POLL_S = 0.5
 _KNOWN_FIELDS = frozenset({"success", "status", "response", "inference_time", "tokens_generated"})
 
 
+@dataclass(frozen=True)
+class ProxyAuth:
+    """A Modal proxy auth token: its id goes in `Modal-Key`, its secret in `Modal-Secret`."""
+
+    token_id: str = field(repr=False)
+    token_secret: str = field(repr=False)
+
+    def headers(self) -> dict[str, str]:
+        """The two headers Modal's proxy checks."""
+        return {"Modal-Key": self.token_id, "Modal-Secret": self.token_secret}
+
+
 class ModalProvider(HttpProvider):
     """A Modal web endpoint serving some models in one region."""
 
-    async def run(self, request: InferenceRequest) -> Completion:
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        token: str | None,
+        client: httpx.AsyncClient | None = None,
+        *,
+        proxy_auth: ProxyAuth | None = None,
+    ) -> None:
+        super().__init__(spec, token, client)
+        self._proxy_auth = proxy_auth
+        if proxy_auth is not None:
+            self._secrets += (proxy_auth.token_id, proxy_auth.token_secret)
+
+    def _headers(self, request: InferenceRequest, *, with_token: bool = True) -> dict[str, str]:
+        headers = super()._headers(request, with_token=with_token)
+        if with_token and self._proxy_auth is not None:
+            headers |= self._proxy_auth.headers()
+        return headers
+
+    async def _call(self, request: InferenceRequest) -> Completion:
         """POST the request, follow 303s to the result, all within `spec.timeout_s`."""
         started = time.monotonic()
         payload = {
@@ -56,7 +93,7 @@ class ModalProvider(HttpProvider):
                 if reply.elapsed_s < pause:
                     await asyncio.sleep(pause - reply.elapsed_s)
                 pause = min(pause * 2, _MAX_POLL_S)
-                # As HTTP clients do on redirects, send the token only to the endpoint's own origin.
+                # As HTTP clients do on redirects: credentials go only to the endpoint's own origin.
                 same_origin = (url.scheme, url.host, url.port) == (
                     origin.scheme,
                     origin.host,

@@ -27,7 +27,7 @@ def chat_completions_url(base: str) -> str:
 class OpenAIProvider(HttpProvider):
     """An OpenAI-compatible chat completions server serving some models in one region."""
 
-    async def run(self, request: InferenceRequest) -> Completion:
+    async def _call(self, request: InferenceRequest) -> Completion:
         """POST one chat completion, within `spec.timeout_s`."""
         started = time.monotonic()
         payload = {

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hybrid_router.core.model import Execution
+from hybrid_router.core.model import Execution, JobKey
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,16 @@ SUBSCRIBER_BACKLOG = 10_000
 
 @dataclass(frozen=True)
 class Event:
-    """Something that happened to a job or one of its executions."""
+    """Something that happened to a job or one of its executions.
+
+    A job is named by its owner and its id together: another owner may have a job of the
+    same id, whose events a stream of this one's must never show.
+    """
 
     kind: str
     job_id: str
     at: float
+    owner: str | None = None  # None: not about a job (region_changed)
     execution_id: str | None = None
     region: str | None = None
     model: str | None = None
@@ -49,6 +54,11 @@ class Event:
     # The node that published it (queued events): the leader loads a job announced by
     # another replica from the store, and one of its own process straight from the service.
     origin: str | None = None
+
+    @property
+    def job_key(self) -> JobKey | None:
+        """The job it is about, if any."""
+        return None if self.owner is None else JobKey(self.owner, self.job_id)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set (`at` in epoch seconds)."""
@@ -69,6 +79,11 @@ class Event:
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
+def job_event(kind: str, key: JobKey, at: float, **details: Any) -> Event:
+    """An event about a whole job (queued, job_finished, cancel_requested)."""
+    return Event(kind, key.id, at, owner=key.owner, **details)
+
+
 def execution_event(
     execution: Execution, kind: str | None = None, at: float | None = None
 ) -> Event:
@@ -77,6 +92,7 @@ def execution_event(
         kind=kind or execution.state.value,
         job_id=execution.job_id,
         at=at if at is not None else (execution.finished_at or execution.queued_at),
+        owner=execution.owner,
         execution_id=execution.id,
         region=execution.region,
         model=execution.model,

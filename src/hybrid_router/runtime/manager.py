@@ -32,6 +32,7 @@ from hybrid_router.core.model import (
     ExecutionState,
     Failure,
     FailureKind,
+    JobKey,
     ProviderSpec,
 )
 from hybrid_router.core.policy import Topology
@@ -39,7 +40,7 @@ from hybrid_router.core.queue_index import QueueIndex
 from hybrid_router.errors import StoreFenced, StoreUnavailable
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
 from hybrid_router.redaction import Redactor
-from hybrid_router.runtime.events import JOB_FINISHED, Event, execution_event
+from hybrid_router.runtime.events import JOB_FINISHED, execution_event, job_event
 from hybrid_router.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class RegionQueueManager:
         # The executions whose calls this process is making, as admitted.
         self.running: dict[str, Execution] = {}
         # Jobs other replicas announced, loaded from the store at the next round.
-        self._announced: set[str] = set()
+        self._announced: set[JobKey] = set()
         # Counts admission rounds, so readers can cache what they derive from one.
         self.rounds = 0
         # Executions this process has stored and is about to hand over with `enqueue`.
@@ -165,9 +166,9 @@ class RegionQueueManager:
                     self.index.add(e)
         self.wake()
 
-    def announce(self, job_id: str) -> None:
+    def announce(self, job: JobKey) -> None:
         """Another replica stored this job: load its executions at the next round."""
-        self._announced.add(job_id)
+        self._announced.add(job)
         self.wake()
 
     def forget(self, execution_ids: Iterable[str]) -> None:
@@ -185,7 +186,7 @@ class RegionQueueManager:
             running = [e for e in await self.store.running() if e.id not in self._calls]
             containers = {c.id: c for c in await self.store.containers()}
             after: list[Execution] = []
-            cancelled_jobs: set[str] = set()
+            cancelled_jobs: set[JobKey] = set()
             if running:
                 for e in running:
                     container = containers.get(e.container_id or "")
@@ -198,12 +199,12 @@ class RegionQueueManager:
                         )
                 # A job cancelled while its calls were in flight stays cancelled: the request
                 # to close them may have died with the process that ran them.
-                for job_id in {e.job_id for e in running}:
-                    found = await self.store.job_with_counts(job_id)
+                for key in {e.job_key for e in running}:
+                    found = await self.store.job_with_counts(key)
                     if found is not None and found[1][ExecutionState.CANCELLED]:
-                        cancelled_jobs.add(job_id)
+                        cancelled_jobs.add(key)
                 after = [
-                    retry.cancelled(e, now) if e.job_id in cancelled_jobs else retry.recovered(e)
+                    retry.cancelled(e, now) if e.job_key in cancelled_jobs else retry.recovered(e)
                     for e in running
                 ]
                 # Containers first: if we die in between, the next start redoes this harmlessly.
@@ -214,17 +215,17 @@ class RegionQueueManager:
             self._announced.clear()
             self.index = QueueIndex(await self.store.queued())
         events = [execution_event(e, at=now) for e in after if e.state.terminal]
-        for job_id in cancelled_jobs:
-            found = await self.store.job_with_counts(job_id)
+        for key in cancelled_jobs:
+            found = await self.store.job_with_counts(key)
             if found is not None and _finished(found[1]):
-                events.append(Event(JOB_FINISHED, job_id, now))
+                events.append(job_event(JOB_FINISHED, key, now))
         await self.publish(*events)
 
     async def _close_cancelled_calls(self) -> None:
         """Close the calls of jobs cancelled while the request to close them was lost."""
         running = await self.store.running()
-        for job_id in {e.job_id for e in running if e.id in self._calls}:
-            executions = await self.store.executions_of(job_id)
+        for key in {e.job_key for e in running if e.id in self._calls}:
+            executions = await self.store.executions_of(key)
             if any(e.state is ExecutionState.CANCELLED for e in executions):
                 await self.cancel_running([e.id for e in executions if e.id in self._calls])
 
@@ -334,8 +335,8 @@ class RegionQueueManager:
     async def _load_announced(self) -> None:
         """Index the queued executions of jobs other replicas stored."""
         while self._announced:
-            job_id = self._announced.pop()
-            for e in await self.store.executions_of(job_id):
+            key = self._announced.pop()
+            for e in await self.store.executions_of(key):
                 if e.state is ExecutionState.QUEUED and e.id not in self.index:
                     self.index.add(e)
 
@@ -350,7 +351,7 @@ class RegionQueueManager:
             self.index.discard(e.id)
         await self.publish(
             *(execution_event(e, at=now) for e in due if e.id in recorded.executions),
-            *(Event(JOB_FINISHED, job_id, now) for job_id in sorted(recorded.finished_jobs)),
+            *(job_event(JOB_FINISHED, key, now) for key in sorted(recorded.finished_jobs)),
         )
 
     def _launch(self, execution: Execution, *, cold: bool) -> None:
@@ -474,7 +475,8 @@ class RegionQueueManager:
                     log.info("%s: %s (%s) -> %s", after.id, outcome.code, outcome.kind, after.state)
                 kind = "retrying" if after.state is ExecutionState.QUEUED else after.state.value
                 events.append(execution_event(after, kind, result.answered_at))
-        events += [Event(JOB_FINISHED, j, self.clock()) for j in sorted(recorded.finished_jobs)]
+        now = self.clock()
+        events += [job_event(JOB_FINISHED, key, now) for key in sorted(recorded.finished_jobs)]
         await self.publish(*events)
         self.wake()
 

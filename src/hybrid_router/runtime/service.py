@@ -20,6 +20,7 @@ from hybrid_router.core.model import (
     ExecutionState,
     ExecutionStatus,
     Job,
+    JobKey,
     JobState,
     JobStatus,
     RegionMode,
@@ -42,6 +43,7 @@ from hybrid_router.runtime.events import (
     RedisBus,
     Subscription,
     execution_event,
+    job_event,
 )
 from hybrid_router.runtime.leadership import Leadership
 from hybrid_router.runtime.manager import RegionQueueManager
@@ -58,19 +60,21 @@ TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_
 ESTIMATE_MAX_QUEUED = 3_000
 # A region's status lists this many of its running executions (the longest-running).
 RUNNING_SHOWN = 100
-# Listing jobs by state reads them from the store this many at a time.
-JOBS_SCAN_PAGE = 500
 # Readers share one estimate, made again at most this often (and only after a round).
 ESTIMATE_MAX_AGE_S = 1.0
+# Jobs read from the store at a time when listing those in one state.
+JOBS_PAGE = 200
 
 
 @dataclass(frozen=True)
 class _Estimate:
-    """Positions (aging included) and estimated starts of every queued execution, as of one
-    scheduling round; `made_at` is when, `round` which (None: read from the store)."""
+    """Positions (aging included) and estimated starts of every queued execution, and
+    estimated ends of every queued or running one, as of one scheduling round; `made_at` is
+    when, `round` which (None: read from the store)."""
 
     places: dict[str, int]
     starts: dict[str, float]
+    ends: dict[str, float]
     made_at: float
     round: tuple[int, int] | None
 
@@ -129,7 +133,7 @@ class RouterService:
             self._new_manager,
             shutdown_grace_s=settings.shutdown_grace_s,
         )
-        self._job_events: dict[str, asyncio.Event] = {}
+        self._job_events: dict[JobKey, asyncio.Event] = {}
         self._follower: asyncio.Task[None] | None = None
         self._estimate: _Estimate | None = None
         self._estimating = asyncio.Lock()
@@ -183,11 +187,19 @@ class RouterService:
         """Canonical region name; raises InvalidRequest(UNKNOWN_REGION)."""
         canonical = self.settings.canonical_region(name)
         if canonical is None:
-            known = ", ".join(self.topology.regions)
-            raise errors.InvalidRequest(
-                f"unknown region {name!r} (known: {known})", code="UNKNOWN_REGION"
-            )
+            raise errors.InvalidRequest(self._unknown_region(name), code="UNKNOWN_REGION")
         return canonical
+
+    def region_named(self, name: str) -> str:
+        """The canonical name of a region addressed as a resource (a path): by any spelling;
+        raises NotFound(REGION_NOT_FOUND), as for anything else a URL names that is not there."""
+        canonical = self.settings.canonical_region(name)
+        if canonical is None:
+            raise errors.NotFound(self._unknown_region(name), code="REGION_NOT_FOUND")
+        return canonical
+
+    def _unknown_region(self, name: str) -> str:
+        return f"unknown region {name!r} (known: {', '.join(self.topology.regions)})"
 
     def canonical_model(self, name: str) -> str:
         """Canonical model name; raises InvalidRequest(UNKNOWN_MODEL)."""
@@ -247,7 +259,7 @@ class RouterService:
                 code="TOO_MANY_EXECUTIONS",
             )
         executions = job.expand()
-        if gate is not None and (request.job_id is None or not await self.store.get_job(job.id)):
+        if gate is not None and (request.job_id is None or not await self.store.get_job(job.key)):
             await gate(job, len(executions))
         # The leader indexes what this process stores itself; until then it is told to expect it.
         # Handed over as the store returns, with no await in between: the store returns
@@ -268,8 +280,10 @@ class RouterService:
                 raise errors.Conflict(
                     f"job {job.id!r} already exists with a different body", code="JOB_CONFLICT"
                 )
-            return await self.job(stored.id, positions=False), False
-        await self.bus.publish(Event("queued", job.id, job.created_at, origin=self.store.node_id))
+            return await self.job(stored.id, owner=stored.owner, positions=False), False
+        await self.bus.publish(
+            job_event("queued", job.key, job.created_at, origin=self.store.node_id)
+        )
         # Without positions: `job()` gives them.
         plain = tuple(ExecutionStatus(e) for e in stored_executions)
         return _job_status(stored, _counts(stored_executions), plain), True
@@ -284,30 +298,40 @@ class RouterService:
         positions: bool = True,
     ) -> JobStatus:
         """A job with its progress counts and its executions (`limit` of them from `offset`;
-        None: all), with queue positions and estimated starts while queued.
+        None: all), with queue positions and estimated starts while queued, estimated ends
+        while queued or running.
 
-        With `owner`, another owner's job is JOB_NOT_FOUND (None: any owner, for admins).
+        `owner` is whose job it is (None, for admins: the one owner having a job of this id).
         """
         job, counts = await self._get(job_id, owner)
-        executions = await self.store.executions_of(job_id, offset=offset, limit=limit)
-        waiting = [e for e in executions if e.state is ExecutionState.QUEUED]
+        executions = await self.store.executions_of(job.key, offset=offset, limit=limit)
+        unfinished = [e for e in executions if not e.state.terminal]
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
-        if waiting and positions:
-            places, starts = await self._places(waiting)
-        statuses = tuple(ExecutionStatus(e, places.get(e.id), starts.get(e.id)) for e in executions)
+        ends: dict[str, float] = {}
+        if unfinished and positions:
+            places, starts, ends = await self._places(unfinished)
+        statuses = tuple(
+            ExecutionStatus(e, places.get(e.id), starts.get(e.id), ends.get(e.id))
+            for e in executions
+        )
         return _job_status(job, counts, statuses)
 
-    async def _places(self, waiting: list[Execution]) -> tuple[dict[str, int], dict[str, float]]:
-        """Queue positions and estimated starts (seconds from now) of these queued executions.
+    async def _places(
+        self, unfinished: list[Execution]
+    ) -> tuple[dict[str, int], dict[str, float], dict[str, float]]:
+        """Queue positions and estimated starts (seconds from now) of the queued executions
+        among these, and estimated ends of all of them.
 
         While the queue is small enough, both come from the shared estimate: positions
         follow the policy exactly (aging included) and starts are estimated by running it
         forward. Past that, each position is one look-up in the queue's index (the leader's
-        in memory, else the store's), and starts are not estimated.
+        in memory, else the store's), and neither starts nor ends are estimated.
         """
+        waiting = [e for e in unfinished if e.state is ExecutionState.QUEUED]
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
+        ends: dict[str, float] = {}
         estimate_ = await self._shared_estimate()
         if estimate_ is not None:
             made_ago = self.clock() - estimate_.made_at
@@ -316,6 +340,9 @@ class RouterService:
                     places[e.id] = estimate_.places[e.id]
                 if e.id in estimate_.starts:
                     starts[e.id] = max(0.0, estimate_.starts[e.id] - made_ago)
+            for e in unfinished:
+                if e.id in estimate_.ends:
+                    ends[e.id] = max(0.0, estimate_.ends[e.id] - made_ago)
         # Queued since the estimate was made (or too many to estimate): from the index.
         missing = [e for e in waiting if e.id not in places]
         manager = self.leadership.manager
@@ -325,7 +352,7 @@ class RouterService:
                     places[e.id] = place
         elif missing:
             places.update(await self.store.positions(missing))
-        return places, starts
+        return places, starts, ends
 
     async def _shared_estimate(self) -> _Estimate | None:
         """The estimate readers share, made again once it is older than a round and than
@@ -360,10 +387,10 @@ class RouterService:
             # On a snapshot, in a thread: tens of milliseconds of policy rounds would
             # otherwise hold up every request and the scheduler's next step.
             durations = replace(self.durations, observed=dict(self.durations.observed))
-            starts = await asyncio.to_thread(
-                estimate.estimate_starts, queued, running, containers, self.topology, now, durations
+            expected = await asyncio.to_thread(
+                estimate.forecast, queued, running, containers, self.topology, now, durations
             )
-            self._estimate = _Estimate(places, starts, now, current)
+            self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
             return self._estimate
 
     async def jobs(
@@ -374,49 +401,39 @@ class RouterService:
         offset: int = 0,
         state: JobState | None = None,
     ) -> list[JobStatus]:
-        """Jobs newest first (only `owner`'s, only those in `state`, when given), with counts
-        but no executions; `offset` and `limit` count the jobs that match."""
+        """Jobs newest first (only `owner`'s when given, only those in `state` when given),
+        with counts but no executions."""
         if state is None:
             rows = await self.store.list_jobs(owner=owner, limit=limit, offset=offset)
             return [_job_status(job, counts) for job, counts in rows]
-        # A job's state follows from its counts, which the stores keep but do not index by
-        # state: the jobs are read newest first, a page at a time, until the page is full.
-        matched: list[JobStatus] = []
-        seen: set[str] = set()
-        skipped = 0
-        scanned = 0
-        while len(matched) < limit:
-            rows = await self.store.list_jobs(owner=owner, limit=JOBS_SCAN_PAGE, offset=scanned)
-            scanned += len(rows)
-            for job, counts in rows:
-                status = _job_status(job, counts)
-                # A job submitted meanwhile shifts the pages: one may be read twice.
-                if status.state is not state or job.id in seen:
-                    continue
-                seen.add(job.id)
-                if skipped < offset:
-                    skipped += 1
-                elif len(matched) < limit:
-                    matched.append(status)
-            if len(rows) < JOBS_SCAN_PAGE:
+        # A job's state follows from its counts, which the store does not index: read the
+        # list page by page and keep the jobs in `state`.
+        matching: list[JobStatus] = []
+        read = 0
+        while len(matching) < offset + limit:
+            rows = await self.store.list_jobs(owner=owner, limit=JOBS_PAGE, offset=read)
+            statuses = (_job_status(job, counts) for job, counts in rows)
+            matching += (s for s in statuses if s.state is state)
+            read += len(rows)
+            if len(rows) < JOBS_PAGE:
                 break
-        return matched
+        return matching[offset : offset + limit]
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobStatus:
         """Cancel queued and running executions; finished ones keep their results."""
-        await self._get(job_id, owner)
+        job, _ = await self._get(job_id, owner)
         now = self.clock()
-        cancelled = await self.store.cancel_queued(job_id, now)
-        remaining = await self.store.executions_of(job_id)
+        cancelled = await self.store.cancel_queued(job.key, now)
+        remaining = await self.store.executions_of(job.key)
         running = tuple(e.id for e in remaining if e.state is ExecutionState.RUNNING)
         events = [execution_event(e) for e in cancelled]
         if running:
             # The leader closes the calls; their `cancelled` events follow from it.
-            events.append(Event(CANCEL_REQUESTED, job_id, now, execution_ids=running))
+            events.append(job_event(CANCEL_REQUESTED, job.key, now, execution_ids=running))
         elif cancelled and all(e.state.terminal for e in remaining):
-            events.append(Event(JOB_FINISHED, job_id, now))
+            events.append(job_event(JOB_FINISHED, job.key, now))
         await self.bus.publish(*events)
-        return await self.job(job_id)
+        return await self.job(job.id, owner=job.owner)
 
     async def wait(
         self, job_id: str, timeout_s: float | None = None, *, owner: str | None = None
@@ -426,12 +443,13 @@ class RouterService:
         Each wake looks at the job's counts only; the executions are read once, at the end.
         """
         deadline = None if timeout_s is None else self.clock() + timeout_s
+        job, _ = await self._get(job_id, owner)
         while True:
-            event = self._job_events.setdefault(job_id, asyncio.Event())
-            _, counts = await self._get(job_id, owner)
+            event = self._job_events.setdefault(job.key, asyncio.Event())
+            _, counts = await self._get(job.id, job.owner)
             remaining = None if deadline is None else deadline - self.clock()
             if _finished(counts) or (remaining is not None and remaining <= 0):
-                return await self.job(job_id, owner=owner)
+                return await self.job(job.id, owner=job.owner)
             # Events may be lost while Redis is away: look again now and then regardless.
             pause = WAIT_RECHECK_S if remaining is None else min(remaining, WAIT_RECHECK_S)
             with contextlib.suppress(TimeoutError):
@@ -442,34 +460,42 @@ class RouterService:
     ) -> AsyncIterator[Event]:
         """A job's events as they happen, ending with job_finished; or every job's events.
 
-        Raises JOB_NOT_FOUND (for another owner's job too) before the first event.
+        Raises JOB_NOT_FOUND (for another owner's job too) before the first event. A job's
+        stream shows its own events only, never those of another owner's job of the same id.
         """
         events = self.bus.subscribe()
         with contextlib.closing(events):
+            key = None
             if job_id is not None:
                 # Subscribed first, so a job finishing meanwhile is seen one way or the other.
                 status = await self.job(job_id, owner=owner)
+                key = status.job.key
                 # Where each execution stands now, then what happens next (possibly repeating
                 # a transition that happened in between: consumers see at least every change).
                 for e in status.executions:
                     kind = "started" if e.execution.state is ExecutionState.RUNNING else None
                     yield execution_event(e.execution, kind, self.clock())
                 if status.state not in (JobState.QUEUED, JobState.RUNNING):
-                    yield Event(JOB_FINISHED, job_id, self.clock(), state=status.state.value)
+                    yield job_event(JOB_FINISHED, key, self.clock(), state=status.state.value)
                     return
             async for event in events:
                 if event.kind == CANCEL_REQUESTED:
                     continue  # between replicas only
-                if job_id is None or event.job_id == job_id:
+                if key is None or event.job_key == key:
                     yield event
-                    if event.kind == JOB_FINISHED and job_id is not None:
+                    if event.kind == JOB_FINISHED and key is not None:
                         return
 
     async def set_region_mode(self, region: str, mode: RegionMode) -> RegionStatus:
         """Pause, drain or reopen a region (by any spelling), for every replica."""
-        name = self.canonical_region(region)
+        name = self.region_named(region)
         await self.store.set_region_mode(name, mode)
         await self.bus.publish(Event(REGION_CHANGED, "", self.clock(), region=name, state=mode))
+        return (await self.queue_status())[name]
+
+    async def region_status(self, region: str) -> RegionStatus:
+        """One region's queue and GPU picture, by any spelling of its name."""
+        name = self.region_named(region)
         return (await self.queue_status())[name]
 
     async def queue_status(self) -> dict[str, RegionStatus]:
@@ -517,32 +543,47 @@ class RouterService:
     async def _get(
         self, job_id: str, owner: str | None = None
     ) -> tuple[Job, dict[ExecutionState, int]]:
-        found = await self.store.job_with_counts(job_id)
-        # Another owner's job answers exactly like a missing one, so ids reveal nothing.
-        if found is None or (owner is not None and found[0].owner != owner):
-            raise errors.NotFound(f"no job with id {job_id!r}", code="JOB_NOT_FOUND")
+        """`owner`'s job of this id; with None (an admin asking), the one owner's having it."""
+        missing = errors.NotFound(f"no job with id {job_id!r}", code="JOB_NOT_FOUND")
+        if owner is None:
+            owners = await self.store.job_owners(job_id)
+            if not owners:
+                raise missing
+            if len(owners) > 1:
+                raise errors.Conflict(
+                    f"jobs of {len(owners)} owners have id {job_id!r} ({', '.join(owners)}):"
+                    " name the owner (?owner=NAME, or the CLI's --owner)",
+                    code="JOB_ID_AMBIGUOUS",
+                )
+            owner = owners[0]
+        # Another owner's job of this id is another job: this owner's may not exist.
+        found = await self.store.job_with_counts(JobKey(owner, job_id))
+        if found is None:
+            raise missing
         return found
 
     async def _follow(self, events: Subscription) -> None:
         """React to every replica's events: wake waiters; as leader, schedule and cancel."""
         with contextlib.closing(events):
             async for event in events:
-                if event.kind in TERMINAL_EVENTS:
-                    self._notify(event.job_id)
+                key = event.job_key
+                if event.kind in TERMINAL_EVENTS and key is not None:
+                    self._notify(key)
                 manager = self.leadership.manager
                 if event.kind == CANCEL_REQUESTED:
                     await self.leadership.cancel_running(list(event.execution_ids))
                 elif manager is None:
                     continue
                 elif event.kind == "queued" and event.origin != self.store.node_id:
-                    manager.announce(event.job_id)
+                    if key is not None:
+                        manager.announce(key)
                 elif event.kind == "cancelled" and event.execution_id is not None:
                     manager.forget([event.execution_id])
                 elif event.kind == REGION_CHANGED:
                     manager.wake()
 
-    def _notify(self, job_id: str) -> None:
-        event = self._job_events.pop(job_id, None)
+    def _notify(self, key: JobKey) -> None:
+        event = self._job_events.pop(key, None)
         if event is not None:
             event.set()
 

@@ -2,6 +2,7 @@
 
 Writes that move an execution between states are compare-and-set on the state the caller
 last saw, so a cancellation racing an admission or a completion never loses either.
+A job is found by its key, (owner, id): two owners may each have a job of the same id.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job, JobKey, RegionMode
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,13 @@ class Recorded:
     # The executions whose compare-and-set matched (the others were left as they were).
     executions: frozenset[str] = frozenset()
     # The jobs this write left with no execution queued or running: they are finished.
-    finished_jobs: frozenset[str] = frozenset()
+    finished_jobs: frozenset[JobKey] = frozenset()
 
 
 class Submitted(NamedTuple):
     """What submit_job did."""
 
-    # The stored job: the one given, or the existing one of that id (then nothing was written).
+    # The stored job: the one given, or the existing one of its key (then nothing was written).
     job: Job
     created: bool
     # As stored, each with its `seq`; empty when nothing was written. Handing these to the
@@ -63,14 +64,18 @@ class Store(Protocol):
     async def submit_job(self, job: Job, executions: Sequence[Execution]) -> Submitted:
         """Store a job and its executions atomically, giving each execution the next `seq`.
 
-        If a job with this id exists, nothing is written and (existing job, False) is returned.
+        If a job with this key (owner, id) exists, nothing is written and (existing job,
+        False) is returned; another owner's job of the same id is no obstacle.
         Submissions that return in one event-loop step return in `seq` order.
         """
 
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, key: JobKey) -> Job | None:
         """The job, or None."""
 
-    async def job_with_counts(self, job_id: str) -> tuple[Job, dict[ExecutionState, int]] | None:
+    async def job_owners(self, job_id: str) -> list[str]:
+        """The owners that have a job of this id, sorted (for admins, who see every owner's)."""
+
+    async def job_with_counts(self, key: JobKey) -> tuple[Job, dict[ExecutionState, int]] | None:
         """The job and the count of its executions per state (zeros included), from one
         maintained record: never a pass over its executions. None if there is no such job."""
 
@@ -80,7 +85,7 @@ class Store(Protocol):
         """Jobs newest first, each with the count of its executions per state."""
 
     async def executions_of(
-        self, job_id: str, *, offset: int = 0, limit: int | None = None
+        self, key: JobKey, *, offset: int = 0, limit: int | None = None
     ) -> list[Execution]:
         """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
 
@@ -119,7 +124,7 @@ class Store(Protocol):
         the truth. `finished_jobs` names the jobs left with nothing queued or running.
         """
 
-    async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
+    async def cancel_queued(self, key: JobKey, now: float) -> list[Execution]:
         """Cancel a job's queued executions atomically; returns them as cancelled."""
 
     async def save_containers(

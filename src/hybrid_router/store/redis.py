@@ -2,12 +2,17 @@
 
 Every key is under `{prefix}:` (P below):
 
-    P:version             layout version, so data written by a newer router is refused
+    P:version             layout version, so data written by a newer router is refused (and
+                          data of an older one upgraded at open: see _upgrade)
     P:seq                 INCR counter: executions' queue order (`seq`), jobs' submission order
-    P:job:{job}           hash: `job` (JSON), `ref` (its index entries, for the purge) and the
-                          count of its executions per state (`queued`, `running`, ...)
-    P:jobx:{job}          zset of the job's execution ids scored by seq: seq is kept only here
+    P:job:{owner}/{job}   hash: `job` (JSON), `ref` (its index entries, for the purge) and the
+                          count of its executions per state (`queued`, `running`, ...). A job
+                          id holds no '/', so "{owner}/{job}" (the job's key below) names one
+                          job, and two owners' jobs of one id are two jobs.
+    P:jobx:{owner}/{job}  zset of the job's execution ids scored by seq: seq is kept only here
+    P:owners:{job}        set of the owners having a job of this id (an admin's look-up)
     P:exec:{execution}    the execution as one JSON object, without seq or default fields
+                          (but always with `owner` and `job_id`, which name its job's keys)
     P:queued              zset of queued execution ids, score seq: `queued()` in seq order
     P:queued:{region}     zset of the region's queued ids in policy order, score
                           -priority * 2**40 + seq (higher priority first, then queue order):
@@ -16,7 +21,7 @@ Every key is under `{prefix}:` (P below):
     P:running             zset of running execution ids, score seq
     P:containers          hash: container id -> JSON
     P:counts              hash: "{state}|{region}" -> number of executions in that state
-    P:jobs                zset of jobs scored by created_at; member "{seq:015d}|{job}", so
+    P:jobs                zset of jobs scored by created_at; member "{seq:015d}|{key}", so
                           jobs created at the same instant list the last submitted first
     P:jobs:owner:{owner}  the same, for one owner's jobs
     P:expiring            zset of finished jobs' `ref`s, score: when their keys expire (ms)
@@ -61,11 +66,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
+from hybrid_router.core.model import (
+    Container,
+    Execution,
+    ExecutionState,
+    Job,
+    JobKey,
+    RegionMode,
+)
 from hybrid_router.errors import (
     ConfigError,
-    Conflict,
-    InvalidRequest,
+    DuplicateExecution,
+    NotStorable,
     StoreFenced,
     StoreUnavailable,
 )
@@ -81,7 +93,7 @@ from hybrid_router.store._codec import (
 from hybrid_router.store._group_commit import GroupCommit, Submission
 from hybrid_router.store.base import Recorded, Submitted
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 # Connections to Redis one process keeps at most.
 MAX_CONNECTIONS = 64
 # The region score -priority * 2**40 + seq stays an exact double (< 2**53) below this.
@@ -115,9 +127,14 @@ local function stored(id)
   return raw and cjson.decode(raw)
 end
 
+-- The key of an execution's job, as its job hash and execution set are named.
+local function job_of(e)
+  return e.owner .. '/' .. e.job_id
+end
+
 local function count(e, state, delta)
   redis.call('HINCRBY', P .. ':counts', state .. '|' .. e.region, delta)
-  redis.call('HINCRBY', P .. ':job:' .. e.job_id, state, delta)
+  redis.call('HINCRBY', P .. ':job:' .. job_of(e), state, delta)
 end
 
 local function enter(e, id, seq, state)
@@ -143,12 +160,12 @@ end
 
 -- Once none of a job's executions is queued or running, none can move again: its keys get
 -- their expiry, and its index entries a date with the purge. True if the job is finished.
-local function retire(job_id)
-  local job = P .. ':job:' .. job_id
+local function retire(key)
+  local job = P .. ':job:' .. key
   local live = redis.call('HMGET', job, 'queued', 'running')
   if (tonumber(live[1]) or 0) > 0 or (tonumber(live[2]) or 0) > 0 then return false end
   local at = now_ms() + RETENTION_MS
-  local ids = P .. ':jobx:' .. job_id
+  local ids = P .. ':jobx:' .. key
   for _, id in ipairs(redis.call('ZRANGE', ids, 0, -1)) do
     redis.call('PEXPIREAT', P .. ':exec:' .. id, at)
   end
@@ -164,25 +181,27 @@ local function move(id, e, raw, state)
   redis.call('SET', P .. ':exec:' .. id, raw)
   if state == e.state then return false end
   leave(e, id, e.state)
-  enter(e, id, redis.call('ZSCORE', P .. ':jobx:' .. e.job_id, id), state)
-  return state ~= 'queued' and state ~= 'running' and retire(e.job_id)
+  enter(e, id, redis.call('ZSCORE', P .. ':jobx:' .. job_of(e), id), state)
+  return state ~= 'queued' and state ~= 'running' and retire(job_of(e))
 end
 
--- What a batched write returns: the ids written and the jobs it finished, as two arrays.
+-- What a batched write returns: the ids written and the keys of the jobs it finished, as
+-- two arrays.
 local function recorded(written, finished)
   local jobs = {}
-  for job_id in pairs(finished) do jobs[#jobs + 1] = job_id end
+  for key in pairs(finished) do jobs[#jobs + 1] = key end
   return {written, jobs}
 end
 """
 
 _SCRIPTS = {
     # ARGV: job id, job JSON, owner, created_at, then (execution id, execution JSON) pairs.
-    # Returns the stored job's JSON if the id exists (writing nothing), else the seq before
-    # the first execution's (theirs follow it one by one).
+    # Returns the stored job's JSON if the owner has a job of that id (writing nothing), else
+    # the seq before the first execution's (theirs follow it one by one).
     "submit": """
 local job_id, job_raw, owner, created_at = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local job = P .. ':job:' .. job_id
+local key = owner .. '/' .. job_id
+local job = P .. ':job:' .. key
 local existing = redis.call('HGET', job, 'job')
 if existing then return existing end
 local seen = {}
@@ -193,18 +212,19 @@ for i = 8, #ARGV, 2 do
   seen[ARGV[i]] = true
 end
 local before = redis.call('INCR', P .. ':seq')
-local member = string.format('%015d|%s', before, job_id)
-redis.call('HSET', job, 'job', job_raw, 'ref', cjson.encode({job_id, member, owner}))
+local member = string.format('%015d|%s', before, key)
+redis.call('HSET', job, 'job', job_raw, 'ref', cjson.encode({key, member, owner, job_id}))
 redis.call('ZADD', P .. ':jobs', created_at, member)
 redis.call('ZADD', P .. ':jobs:owner:' .. owner, created_at, member)
+redis.call('SADD', P .. ':owners:' .. job_id, owner)
 for i = 8, #ARGV, 2 do
   local seq = redis.call('INCR', P .. ':seq')
   redis.call('SET', P .. ':exec:' .. ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', P .. ':jobx:' .. job_id, seq, ARGV[i])
+  redis.call('ZADD', P .. ':jobx:' .. key, seq, ARGV[i])
   local e = cjson.decode(ARGV[i + 1])
   enter(e, ARGV[i], seq, e.state)
 end
-retire(job_id)
+retire(key)
 return before
 """,
     # ARGV: the number of executions, then (execution id, JSON, state) triples, then per
@@ -251,7 +271,7 @@ for _ = 1, n do
   local e = stored(id)
   local on = e and (e.container_id and '=' .. e.container_id or '')
   if e and e.state == 'running' and on == admitted then
-    if move(id, e, ARGV[i + 1], ARGV[i + 2]) then finished[e.job_id] = true end
+    if move(id, e, ARGV[i + 1], ARGV[i + 2]) then finished[job_of(e)] = true end
     written[#written + 1] = id
   end
   i = i + 4
@@ -279,13 +299,13 @@ local written, finished = {}, {}
 for i = 4, #ARGV, 2 do
   local e = stored(ARGV[i])
   if e and e.state == 'queued' then
-    if move(ARGV[i], e, ARGV[i + 1], 'expired') then finished[e.job_id] = true end
+    if move(ARGV[i], e, ARGV[i + 1], 'expired') then finished[job_of(e)] = true end
     written[#written + 1] = ARGV[i]
   end
 end
 return recorded(written, finished)
 """,
-    # ARGV: job id, finished_at as JSON. Returns (seq, cancelled JSON) pairs, flattened.
+    # ARGV: the job's key, finished_at as JSON. Returns (seq, cancelled JSON) pairs, flattened.
     "cancel": """
 local head = '{"state":"queued",'
 local ids = redis.call('ZRANGE', P .. ':jobx:' .. ARGV[4], 0, -1, 'WITHSCORES')
@@ -316,15 +336,20 @@ return 1
 local now = tonumber(ARGV[4]) or now_ms()
 local refs = redis.call('ZRANGEBYSCORE', P .. ':expiring', '-inf', now, 'LIMIT', 0, ARGV[5])
 for _, ref in ipairs(refs) do
-  local job_id, member, owner = unpack(cjson.decode(ref))
-  local job, ids = P .. ':job:' .. job_id, P .. ':jobx:' .. job_id
+  local key, member, owner, job_id = unpack(cjson.decode(ref))
+  job_id = job_id or key  -- a ref written by layout 1, where a job's key was its id
+  local job, ids = P .. ':job:' .. key, P .. ':jobx:' .. key
   redis.call('ZREM', P .. ':jobs', member)
   redis.call('ZREM', P .. ':jobs:owner:' .. owner, member)
-  if redis.call('HGET', job, 'ref') == ref then
+  local current = redis.call('HGET', job, 'ref')
+  if current == ref then
     for _, id in ipairs(redis.call('ZRANGE', ids, 0, -1)) do
       redis.call('DEL', P .. ':exec:' .. id)
     end
     redis.call('DEL', ids, job)
+  end
+  if not current or current == ref then
+    redis.call('SREM', P .. ':owners:' .. job_id, owner)
   end
   redis.call('ZREM', P .. ':expiring', ref)
 end
@@ -362,6 +387,51 @@ return tonumber(redis.call('GET', token)) or redis.call('INCR', token)
 if redis.call('GET', P .. ':leader') ~= ARGV[4] then return 0 end
 redis.call('PEXPIRE', P .. ':leader', ARGV[5])
 return 1
+""",
+    # Layout 1 to 2: jobs were keyed by their id alone. ARGV: the first rank of P:jobs to
+    # look at, how many. Each job there still named by its id alone gets its owner's key
+    # (renamed keys keep their expiry), index members, ref and owners entry, and each of its
+    # executions the `owner` field, appended to the JSON as text (the leading `state` and
+    # `finished_at` stay first). Returns how many ranks it looked at.
+    "upgrade_2": """
+local ranks = redis.call('ZRANGE', P .. ':jobs', ARGV[4], ARGV[4] + ARGV[5] - 1, 'WITHSCORES')
+for i = 1, #ranks, 2 do
+  local member, score = ranks[i], ranks[i + 1]
+  local cut = string.find(member, '|', 1, true)
+  local head, job_id = string.sub(member, 1, cut), string.sub(member, cut + 1)
+  local job = P .. ':job:' .. job_id
+  -- Nil for a job upgraded already (its key holds a '/'), or gone (left for the purge).
+  local raw = not string.find(job_id, '/', 1, true) and redis.call('HGET', job, 'job')
+  if raw then
+    local owner = cjson.decode(raw).owner
+    local key = owner .. '/' .. job_id
+    local renamed = head .. key
+    local old_ref = redis.call('HGET', job, 'ref')
+    local ref = cjson.encode({key, renamed, owner, job_id})
+    local ids = P .. ':jobx:' .. job_id
+    local tail = ',"owner":' .. cjson.encode(owner) .. '}'
+    for _, id in ipairs(redis.call('ZRANGE', ids, 0, -1)) do
+      local e = redis.call('GET', P .. ':exec:' .. id)
+      if e then
+        redis.call('SET', P .. ':exec:' .. id, string.sub(e, 1, -2) .. tail, 'KEEPTTL')
+      end
+    end
+    if redis.call('EXISTS', ids) == 1 then redis.call('RENAME', ids, P .. ':jobx:' .. key) end
+    redis.call('HSET', job, 'ref', ref)
+    redis.call('RENAME', job, P .. ':job:' .. key)
+    for _, index in ipairs({P .. ':jobs', P .. ':jobs:owner:' .. owner}) do
+      redis.call('ZREM', index, member)
+      redis.call('ZADD', index, score, renamed)
+    end
+    local at = old_ref and redis.call('ZSCORE', P .. ':expiring', old_ref)
+    if at then
+      redis.call('ZREM', P .. ':expiring', old_ref)
+      redis.call('ZADD', P .. ':expiring', at, ref)
+    end
+    redis.call('SADD', P .. ':owners:' .. job_id, owner)
+  end
+end
+return #ranks / 2
 """,
     # ARGV: node id.
     "release": """
@@ -461,6 +531,25 @@ class RedisStore:
                 f"Redis store {self.prefix!r} has layout version {version}, newer than this "
                 f"hybrid-router's {LAYOUT_VERSION}: upgrade, or use another prefix"
             )
+        if version < LAYOUT_VERSION:
+            await self._upgrade()
+            await self.client.set(key, LAYOUT_VERSION)
+
+    async def _upgrade(self) -> None:
+        """Lay out data of version 1 as version 2 (jobs keyed by owner and id), a chunk of
+        jobs per script so Redis is never held for long.
+
+        Every replica must run this version from then on (stop them all, upgrade, start):
+        one still on version 1 would go on writing jobs under their id alone. A process that
+        dies part way leaves the version at 1, and the next open carries on: every step
+        skips what is done.
+        """
+        start = 0
+        while True:
+            looked = int(await self._run("upgrade_2", start, _PURGE_CHUNK))
+            if looked < _PURGE_CHUNK:
+                return
+            start += looked
 
     async def close(self) -> None:
         """Give the lease up if held, and close the connections."""
@@ -507,7 +596,7 @@ class RedisStore:
         """
         for e in executions:
             if abs(e.priority) >= PRIORITY_LIMIT:
-                raise InvalidRequest(
+                raise NotStorable(
                     f"priority {e.priority} is out of range: the Redis store orders queues "
                     f"by priorities between {1 - PRIORITY_LIMIT} and {PRIORITY_LIMIT - 1}",
                     code="INVALID_PRIORITY",
@@ -530,10 +619,21 @@ class RedisStore:
         return [_submitted(s, reply) for s, reply in zip(batch, replies, strict=True)]
 
     @_unavailable_on_connection_error
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, key: JobKey) -> Job | None:
         """The job, or None."""
-        raw = await self.client.hget(self._key("job", job_id), "job")
+        raw = await self.client.hget(self._key("job", _job_key(key)), "job")
         return job_from_record(json.loads(raw)) if raw is not None else None
+
+    @_unavailable_on_connection_error
+    async def job_owners(self, job_id: str) -> list[str]:
+        """The owners that have a job of this id, sorted."""
+        owners = cast(set[str], await self.client.smembers(self._key("owners", job_id)))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for owner in sorted(owners):
+                pipe.exists(self._key("job", _job_key(JobKey(owner, job_id))))
+            found: list[int] = await pipe.execute()
+        # Not yet purged from the set: a job whose retention passed.
+        return [owner for owner, n in zip(sorted(owners), found, strict=True) if n]
 
     @_unavailable_on_connection_error
     async def list_jobs(
@@ -555,20 +655,21 @@ class RedisStore:
         return [_with_counts(fields) for fields in hashes if fields]
 
     @_unavailable_on_connection_error
-    async def job_with_counts(self, job_id: str) -> tuple[Job, dict[ExecutionState, int]] | None:
+    async def job_with_counts(self, key: JobKey) -> tuple[Job, dict[ExecutionState, int]] | None:
         """The job and its executions' count per state (zeros included), or None."""
-        fields = await self._hash(self._key("job", job_id))
+        fields = await self._hash(self._key("job", _job_key(key)))
         return _with_counts(fields) if fields else None
 
     @_unavailable_on_connection_error
     async def executions_of(
-        self, job_id: str, *, offset: int = 0, limit: int | None = None
+        self, key: JobKey, *, offset: int = 0, limit: int | None = None
     ) -> list[Execution]:
         """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
         if limit == 0:
             return []
         last = -1 if limit is None else offset + limit - 1
-        return await self._executions(await self._scored(self._key("jobx", job_id), offset, last))
+        index = self._key("jobx", _job_key(key))
+        return await self._executions(await self._scored(index, offset, last))
 
     @_unavailable_on_connection_error
     async def queued(self) -> list[Execution]:
@@ -622,9 +723,9 @@ class RedisStore:
         return _recorded(await self._fenced("finish", *args))
 
     @_unavailable_on_connection_error
-    async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
+    async def cancel_queued(self, key: JobKey, now: float) -> list[Execution]:
         """Cancel a job's queued executions atomically; returns them as cancelled."""
-        flat = await self._run("cancel", job_id, _dumps(now))
+        flat = await self._run("cancel", _job_key(key), _dumps(now))
         return [
             execution_from_record(json.loads(raw), int(seq))
             for seq, raw in zip(flat[::2], flat[1::2], strict=True)
@@ -798,7 +899,17 @@ def _with_counts(fields: dict[str, str]) -> tuple[Job, dict[ExecutionState, int]
 def _recorded(reply: list[list[str]]) -> Recorded:
     """A batched write script's reply: the ids written, the jobs finished."""
     written, finished = reply
-    return Recorded(frozenset(written), frozenset(finished))
+    return Recorded(frozenset(written), frozenset(map(_from_job_key, finished)))
+
+
+def _job_key(key: JobKey) -> str:
+    """How the keys of a job name it: "{owner}/{id}", one job since an id holds no '/'."""
+    return f"{key.owner}/{key.id}"
+
+
+def _from_job_key(text: str) -> JobKey:
+    owner, _, job_id = text.rpartition("/")
+    return JobKey(owner, job_id)
 
 
 def _dumps(value: object) -> str:
@@ -809,7 +920,7 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     """What the submit script's reply says it did."""
     if isinstance(reply, ResponseError):
         if "execution id already stored" in str(reply):
-            return Conflict(str(reply), code="EXECUTION_CONFLICT")
+            return DuplicateExecution(str(reply))
         return reply
     if isinstance(reply, Exception):
         return reply
@@ -831,12 +942,15 @@ def _encode_execution(execution: Execution) -> str:
     """The execution's JSON: `state` first, then `finished_at`, then the other fields.
 
     Fields at their default are left out: a queued execution is a third smaller, which is
-    most of Redis's memory per execution. The cancel script relies on the order to rewrite
-    `state` and `finished_at` without decoding the rest.
+    most of Redis's memory per execution; but never `owner`, which the scripts read to find
+    the job's keys. The cancel script relies on the order to rewrite `state` and
+    `finished_at` without decoding the rest.
     """
     record = execution_record(execution)
     state = record.pop("state")
     ordered = {"finished_at": record.pop("finished_at"), **record}
     defaults = EXECUTION_DEFAULTS
-    compact = {k: v for k, v in ordered.items() if k not in defaults or v != defaults[k]}
+    compact = {
+        k: v for k, v in ordered.items() if k not in defaults or v != defaults[k] or k == "owner"
+    }
     return _dumps({"state": state, **compact})

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sqlite3
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +30,15 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from hybrid_router.core.model import Container, Execution, ExecutionState, Job, RegionMode
-from hybrid_router.errors import ConfigError, StoreUnavailable
+from hybrid_router.core.model import (
+    Container,
+    Execution,
+    ExecutionState,
+    Job,
+    JobKey,
+    RegionMode,
+)
+from hybrid_router.errors import ConfigError, DuplicateExecution, StoreUnavailable
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
     JOB_FIELDS,
@@ -45,31 +53,36 @@ from hybrid_router.store._codec import (
 from hybrid_router.store._group_commit import GroupCommit, Submission
 from hybrid_router.store.base import Recorded, Submitted
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added since version 1, by the version that added them: a file written by an older
-# version gets them on open (every one nullable, so existing rows need no value).
+# version gets them on open (nullable or with a default, so existing rows need no value).
 _ADDED_COLUMNS = {
     2: (("jobs", "deadline_s REAL"), ("executions", "deadline_at REAL")),
+    # Set from the job's owner by _TO_V4.
+    4: (("executions", "owner TEXT NOT NULL DEFAULT 'anonymous'"),),
 }
 # Read connections: the API's reads run side by side on them, and a long one (the leader
 # reading the whole queue) leaves the others free.
 _READERS = 3
 
 _COUNT_NEW = """
-    INSERT INTO job_counts (job_id, state, n) VALUES (NEW.job_id, NEW.state, 1)
-        ON CONFLICT (job_id, state) DO UPDATE SET n = n + 1;
+    INSERT INTO job_counts (owner, job_id, state, n) VALUES (NEW.owner, NEW.job_id, NEW.state, 1)
+        ON CONFLICT (owner, job_id, state) DO UPDATE SET n = n + 1;
     INSERT INTO region_counts (region, state, n) VALUES (NEW.region, NEW.state, 1)
         ON CONFLICT (region, state) DO UPDATE SET n = n + 1;
 """
 _UNCOUNT_OLD = """
-    UPDATE job_counts SET n = n - 1 WHERE job_id = OLD.job_id AND state = OLD.state;
+    UPDATE job_counts SET n = n - 1
+        WHERE owner = OLD.owner AND job_id = OLD.job_id AND state = OLD.state;
     UPDATE region_counts SET n = n - 1 WHERE region = OLD.region AND state = OLD.state;
 """
 
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS jobs (
-        id           TEXT PRIMARY KEY,
+
+def _jobs_table(name: str) -> str:
+    """The jobs table's definition (also the copy that upgrading to version 4 makes)."""
+    return f"""
+    CREATE TABLE IF NOT EXISTS {name} (
+        id           TEXT NOT NULL,
         owner        TEXT NOT NULL,
         priority     INTEGER NOT NULL,
         models       TEXT NOT NULL,  -- JSON arrays
@@ -79,10 +92,18 @@ _SCHEMA = (
         max_tokens   INTEGER NOT NULL,
         max_attempts INTEGER NOT NULL,
         created_at   REAL NOT NULL,
-        deadline_s   REAL
+        deadline_s   REAL,
+        -- A job id is unique among its owner's jobs only.
+        PRIMARY KEY (owner, id)
     )
-    """,
+    """
+
+
+_SCHEMA = (
+    _jobs_table("jobs"),
     "CREATE INDEX IF NOT EXISTS jobs_by_age ON jobs (created_at)",
+    # job_owners(): an admin's look-up of an id across owners.
+    "CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (id)",
     # seq is the rowid with AUTOINCREMENT: SQLite never hands out a value twice, even after
     # deletes or a restart, which is what keeps queue order monotonic.
     """
@@ -90,6 +111,7 @@ _SCHEMA = (
         seq            INTEGER PRIMARY KEY AUTOINCREMENT,
         id             TEXT NOT NULL UNIQUE,
         job_id         TEXT NOT NULL,
+        owner          TEXT NOT NULL,
         region         TEXT NOT NULL,
         model          TEXT NOT NULL,
         question_index INTEGER NOT NULL,
@@ -118,15 +140,16 @@ _SCHEMA = (
     # queued() and running() in seq order.
     "CREATE INDEX IF NOT EXISTS executions_by_state ON executions (state, seq)",
     # A job's executions, a page at a time.
-    "CREATE INDEX IF NOT EXISTS executions_of_job ON executions (job_id, seq)",
+    "CREATE INDEX IF NOT EXISTS executions_of_job ON executions (owner, job_id, seq)",
     # A region's queue in policy order: a position is two range counts on it.
     "CREATE INDEX IF NOT EXISTS executions_in_place ON executions (state, region, priority, seq)",
     """
     CREATE TABLE IF NOT EXISTS job_counts (
+        owner  TEXT NOT NULL,
         job_id TEXT NOT NULL,
         state  TEXT NOT NULL,
         n      INTEGER NOT NULL,
-        PRIMARY KEY (job_id, state)
+        PRIMARY KEY (owner, job_id, state)
     ) WITHOUT ROWID
     """,
     """
@@ -143,9 +166,9 @@ _SCHEMA = (
     """,
     f"""
     CREATE TRIGGER IF NOT EXISTS executions_counted_on_update
-    AFTER UPDATE OF state, job_id, region ON executions
+    AFTER UPDATE OF state, job_id, owner, region ON executions
     WHEN OLD.state IS NOT NEW.state OR OLD.job_id IS NOT NEW.job_id
-        OR OLD.region IS NOT NEW.region
+        OR OLD.owner IS NOT NEW.owner OR OLD.region IS NOT NEW.region
     BEGIN {_UNCOUNT_OLD} {_COUNT_NEW} END
     """,
     f"""
@@ -173,15 +196,33 @@ _SCHEMA = (
 )
 
 
-# Upgrading a version 1 or 2 file: counters from the rows already there, and the indexes
-# version 3 replaced.
-_TO_V3 = (
-    "INSERT INTO job_counts (job_id, state, n)"
-    " SELECT job_id, state, COUNT(*) FROM executions GROUP BY job_id, state",
-    "INSERT INTO region_counts (region, state, n)"
-    " SELECT region, state, COUNT(*) FROM executions GROUP BY region, state",
+# Upgrading a file of version 1 to 3, before _SCHEMA runs: jobs keyed by (owner, id), which
+# SQLite changes only by copying the table; executions told their job's owner; the counters,
+# their triggers and the indexes that version 4 (or 3) changed dropped, for _SCHEMA to make
+# again and _COUNT_ROWS to fill.
+_TO_V4 = (
+    "DROP TRIGGER IF EXISTS executions_counted_on_insert",
+    "DROP TRIGGER IF EXISTS executions_counted_on_update",
+    "DROP TRIGGER IF EXISTS executions_counted_on_delete",
+    "DROP TABLE IF EXISTS job_counts",
+    "DROP TABLE IF EXISTS region_counts",
+    "DROP INDEX IF EXISTS executions_of_job",
     "DROP INDEX IF EXISTS executions_by_job",
     "DROP INDEX IF EXISTS executions_by_region",
+    "UPDATE executions SET owner = jobs.owner FROM jobs WHERE jobs.id = executions.job_id",
+    _jobs_table("jobs_v4"),
+    # rowid kept: it breaks ties in the order of list_jobs.
+    f"INSERT INTO jobs_v4 (rowid, {', '.join(JOB_FIELDS)})"
+    f" SELECT rowid, {', '.join(JOB_FIELDS)} FROM jobs",
+    "DROP TABLE jobs",
+    "ALTER TABLE jobs_v4 RENAME TO jobs",
+)
+# After _SCHEMA, on an upgraded file: the counters from the rows already there.
+_COUNT_ROWS = (
+    "INSERT INTO job_counts (owner, job_id, state, n)"
+    " SELECT owner, job_id, state, COUNT(*) FROM executions GROUP BY owner, job_id, state",
+    "INSERT INTO region_counts (region, state, n)"
+    " SELECT region, state, COUNT(*) FROM executions GROUP BY region, state",
 )
 
 # Every execution column but seq, which the store alone assigns and never rewrites.
@@ -253,8 +294,10 @@ _POSITIONS = """
 """
 # Of the given jobs, those with no execution queued or running.
 _FINISHED_JOBS = """
-    SELECT job_id FROM job_counts WHERE job_id IN (SELECT value FROM json_each(:jobs))
-    GROUP BY job_id HAVING SUM(CASE WHEN state IN ('queued', 'running') THEN n ELSE 0 END) = 0
+    SELECT c.owner, c.job_id FROM json_each(:jobs) AS j JOIN job_counts AS c
+        ON c.owner = j.value ->> 0 AND c.job_id = j.value ->> 1
+    GROUP BY c.owner, c.job_id
+    HAVING SUM(CASE WHEN c.state IN ('queued', 'running') THEN c.n ELSE 0 END) = 0
 """
 
 _T = TypeVar("_T")
@@ -322,14 +365,18 @@ class SQLiteStore:
                 f"SQLite store {self.path} has schema version {version}, newer than "
                 f"this hybrid-router's {SCHEMA_VERSION}: upgrade, or use another file"
             )
-        for statement in _SCHEMA:
-            await tx.execute(statement)
-        if version > 0:  # 0: the file was new, and _SCHEMA made it current
+        # 0: the file is new, and _SCHEMA makes it current.
+        upgrading = 0 < version < SCHEMA_VERSION
+        if upgrading:
             for added in range(version + 1, SCHEMA_VERSION + 1):
                 for table, column in _ADDED_COLUMNS.get(added, ()):
                     await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        if 0 < version < 3:
-            for statement in _TO_V3:
+            for statement in _TO_V4:
+                await tx.execute(statement)
+        for statement in _SCHEMA:
+            await tx.execute(statement)
+        if upgrading:
+            for statement in _COUNT_ROWS:
                 await tx.execute(statement)
         await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -380,17 +427,23 @@ class SQLiteStore:
     async def _write_submissions(self, batch: Sequence[Submission]) -> list[Submitted | Exception]:
         return await self._write(functools.partial(_submit_each, batch=batch))
 
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, key: JobKey) -> Job | None:
         """The job, or None."""
-        rows = await self._fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = await self._fetch("SELECT * FROM jobs WHERE owner = ? AND id = ?", key)
         return _job(rows[0]) if rows else None
 
-    async def job_with_counts(self, job_id: str) -> tuple[Job, dict[ExecutionState, int]] | None:
+    async def job_owners(self, job_id: str) -> list[str]:
+        """The owners that have a job of this id, sorted."""
+        rows = await self._fetch("SELECT owner FROM jobs WHERE id = ? ORDER BY owner", (job_id,))
+        return [row["owner"] for row in rows]
+
+    async def job_with_counts(self, key: JobKey) -> tuple[Job, dict[ExecutionState, int]] | None:
         """The job and its executions' count per state (zeros included), or None."""
         rows = await self._fetch(
             "SELECT jobs.*, c.state AS execution_state, c.n AS n FROM jobs"
-            " LEFT JOIN job_counts AS c ON c.job_id = jobs.id WHERE jobs.id = ?",
-            (job_id,),
+            " LEFT JOIN job_counts AS c ON c.owner = jobs.owner AND c.job_id = jobs.id"
+            " WHERE jobs.owner = ? AND jobs.id = ?",
+            key,
         )
         return _with_counts(rows)[0] if rows else None
 
@@ -408,7 +461,7 @@ class SQLiteStore:
                 LIMIT :limit OFFSET :offset
             )
             SELECT page.*, c.state AS execution_state, c.n AS n
-            FROM page LEFT JOIN job_counts AS c ON c.job_id = page.id
+            FROM page LEFT JOIN job_counts AS c ON c.owner = page.owner AND c.job_id = page.id
             ORDER BY page.created_at DESC, page.pos DESC
             """,
             {"owner": owner, "limit": limit, "offset": offset},
@@ -416,13 +469,13 @@ class SQLiteStore:
         return _with_counts(rows)
 
     async def executions_of(
-        self, job_id: str, *, offset: int = 0, limit: int | None = None
+        self, key: JobKey, *, offset: int = 0, limit: int | None = None
     ) -> list[Execution]:
         """A job's executions in `seq` order: `limit` of them (None: all) from `offset`."""
         rows = await self._fetch(
-            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE job_id = ?"
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE owner = ? AND job_id = ?"
             " ORDER BY seq LIMIT ? OFFSET ?",
-            (job_id, -1 if limit is None else limit, offset),
+            (*key, -1 if limit is None else limit, offset),
         )
         return [_execution(row) for row in rows]
 
@@ -478,25 +531,25 @@ class SQLiteStore:
             await _write_all(tx, matching)
             written = {e.id for e in matching}
             await _save_containers(tx, containers, removed)
-            jobs = {e.job_id for e, _ in results if e.id in written}
+            jobs = {e.job_key for e, _ in results if e.id in written}
             return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
 
         return await self._write(finish)
 
-    async def cancel_queued(self, job_id: str, now: float) -> list[Execution]:
+    async def cancel_queued(self, key: JobKey, now: float) -> list[Execution]:
         """Cancel a job's queued executions atomically; returns them as cancelled."""
 
         async def cancel(tx: aiosqlite.Connection) -> list[Execution]:
             # Read and update under the same write lock: nothing can be admitted in between.
             rows = await tx.execute_fetchall(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions"
-                " WHERE job_id = ? AND state = 'queued' ORDER BY seq",
-                (job_id,),
+                " WHERE owner = ? AND job_id = ? AND state = 'queued' ORDER BY seq",
+                key,
             )
             await tx.execute(
                 "UPDATE executions SET state = 'cancelled', finished_at = ?"
-                " WHERE job_id = ? AND state = 'queued'",
-                (now, job_id),
+                " WHERE owner = ? AND job_id = ? AND state = 'queued'",
+                (now, *key),
             )
             return [
                 replace(_execution(row), state=ExecutionState.CANCELLED, finished_at=now)
@@ -520,7 +573,7 @@ class SQLiteStore:
 
         async def expire(tx: aiosqlite.Connection) -> Recorded:
             written = await _write_where_queued(tx, executions)
-            jobs = {e.job_id for e in executions if e.id in written}
+            jobs = {e.job_key for e in executions if e.id in written}
             return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
 
         return await self._write(expire)
@@ -660,6 +713,8 @@ async def _submit_each(
             if not tx.in_transaction:
                 raise
             await tx.execute("ROLLBACK TO submission")
+            if isinstance(e, sqlite3.IntegrityError):
+                e = await _duplicate(tx, s.executions)
             outcomes.append(e)
         await tx.execute("RELEASE submission")
     return outcomes
@@ -667,7 +722,9 @@ async def _submit_each(
 
 async def _submit(tx: aiosqlite.Connection, job: Job, executions: Sequence[Execution]) -> Submitted:
     # Also finds a job submitted earlier in the same batch: one transaction sees its writes.
-    rows = await tx.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job.id,))
+    rows = await tx.execute_fetchall(
+        "SELECT * FROM jobs WHERE owner = ? AND id = ?", (job.owner, job.id)
+    )
     for row in rows:
         return Submitted(_job(row), False)
     await tx.execute(_INSERT_JOB, _job_params(job))
@@ -680,6 +737,20 @@ async def _submit(tx: aiosqlite.Connection, job: Job, executions: Sequence[Execu
         last = int(next(iter(rows))[0])
     first = last - len(executions) + 1
     return Submitted(job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions)))
+
+
+async def _duplicate(
+    tx: aiosqlite.Connection, executions: Sequence[Execution]
+) -> DuplicateExecution:
+    """The refusal of a submission whose execution ids UNIQUE found already taken, naming them."""
+    ids = [e.id for e in executions]
+    rows = await tx.execute_fetchall(
+        "SELECT id FROM executions WHERE id IN (SELECT value FROM json_each(:ids))",
+        {"ids": json.dumps(ids)},
+    )
+    repeated = {i for i, n in Counter(ids).items() if n > 1}
+    taken = {row["id"] for row in rows} | repeated
+    return DuplicateExecution(f"execution id already stored: {', '.join(sorted(taken))}")
 
 
 async def _write_where_queued(
@@ -726,11 +797,11 @@ async def _save_containers(
     await tx.executemany(_UPSERT_CONTAINER, [_container_params(c) for c in containers])
 
 
-async def _finished_jobs(tx: aiosqlite.Connection, jobs: set[str]) -> frozenset[str]:
+async def _finished_jobs(tx: aiosqlite.Connection, jobs: set[JobKey]) -> frozenset[JobKey]:
     if not jobs:
         return frozenset()
     rows = await tx.execute_fetchall(_FINISHED_JOBS, {"jobs": json.dumps(sorted(jobs))})
-    return frozenset(row["job_id"] for row in rows)
+    return frozenset(JobKey(row["owner"], row["job_id"]) for row in rows)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -740,12 +811,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 def _with_counts(rows: Sequence[sqlite3.Row]) -> list[tuple[Job, dict[ExecutionState, int]]]:
     """Jobs from rows of (job columns, execution_state, n), one row per counted state."""
-    jobs: dict[str, tuple[Job, dict[ExecutionState, int]]] = {}
+    jobs: dict[tuple[str, str], tuple[Job, dict[ExecutionState, int]]] = {}
     for row in rows:
-        if row["id"] not in jobs:
-            jobs[row["id"]] = (_job(row), _zero_counts())
+        key = (row["owner"], row["id"])
+        if key not in jobs:
+            jobs[key] = (_job(row), _zero_counts())
         if row["execution_state"] is not None:
-            jobs[row["id"]][1][ExecutionState(row["execution_state"])] = row["n"]
+            jobs[key][1][ExecutionState(row["execution_state"])] = row["n"]
     return list(jobs.values())
 
 
