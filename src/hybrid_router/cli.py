@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -82,6 +82,16 @@ ApiKeyOption = Annotated[
         show_default=False,
     ),
 ]
+# Job ids are unique per owner: an admin may have to say whose job of an id is meant.
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        metavar="NAME",
+        help="Admins: whose job of this id (when several owners have one).",
+        show_default=False,
+    ),
+]
 
 
 def main() -> None:
@@ -134,23 +144,28 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve the router (options also from HYBRID_ROUTER_HOST / _PORT / _CONFIG)."""
+    """Serve the router (options also from HYBRID_ROUTER_HOST / _PORT / _CONFIG; the whole
+    config from HYBRID_ROUTER_CONFIG_TOML; top-level settings from HYBRID_ROUTER_GPU_LIMIT,
+    HYBRID_ROUTER_STORE__URL, ...)."""
     # Imported here so that client commands start fast and need no server dependencies.
     import uvicorn
 
     from hybrid_router.api import create_app
     from hybrid_router.api.connections import timed_protocol
     from hybrid_router.redaction import Redactor
-    from hybrid_router.settings import ServerSettings, load_settings
+    from hybrid_router.settings import (
+        server_settings,
+        settings_from_environment,
+        unknown_environment_variables,
+    )
 
     try:
-        server = ServerSettings()
-    except ValidationError as exc:
-        _fail(f"bad HYBRID_ROUTER_* environment: {exc}", code=2)
-    try:
-        settings = load_settings(config if config is not None else server.config)
+        server = server_settings()
+        settings = settings_from_environment(config)
     except ConfigError as exc:
         _fail(exc.message, code=2)
+    for name in unknown_environment_variables():
+        err.print(f"[yellow]ignoring {escape(name)}: no setting has that name[/yellow]")
 
     bind = host if host is not None else server.host
     if not settings.users and not insecure and not _is_loopback(bind):
@@ -197,6 +212,11 @@ def serve(
     previous_sigterm = signal.signal(signal.SIGTERM, _stopped_by_signal)
     try:
         uvicorn_server.run(sockets=[sock])
+    except SystemExit:
+        # uvicorn exits (3) from inside run() when the lifespan refused to start; the reason,
+        # kept by the app, is said below in one line (its traceback was left out of the log).
+        if application.state.startup_error is None:
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         sock.close()
@@ -530,13 +550,14 @@ def jobs(
 @app.command("job")
 def job_command(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    owner: OwnerOption = None,
     output: OutputOption = Output.table,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """A job's progress and its executions (summed per region and model when many)."""
     with _router(url, api_key) as router:
-        job = router.get(job_id)
+        job = router.get(job_id, owner=owner)
     if output is Output.json:
         _print_json(job)
     else:
@@ -546,13 +567,14 @@ def job_command(
 @app.command()
 def cancel(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    owner: OwnerOption = None,
     output: OutputOption = Output.table,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Cancel a job's queued and running executions; finished ones keep their results."""
     with _router(url, api_key) as router:
-        job = router.cancel(job_id)
+        job = router.cancel(job_id, owner=owner)
     if output is Output.json:
         _print_json(job)
         return

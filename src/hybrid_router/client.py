@@ -10,6 +10,10 @@ Answers are the API's own pydantic models (`JobOut`, `JobList`, `QueueStatus`, .
 error is raised as the matching `RouterError` subclass (`NotFound` for JOB_NOT_FOUND,
 `RateLimited` with `retry_after_s`, ...), and no answer at all as `Unreachable`.
 
+Job ids are unique per owner: every per-job call takes `owner=`, which an admin names when
+several owners have a job of that id (else `Conflict` JOB_ID_AMBIGUOUS). A handle from
+`submit` names its job's owner itself.
+
 Both clients share one layer: `Api` builds each call as an `httpx.Request` with the function
 that reads its answer, and `wait` is one generator of steps (`_waiting`). The clients only
 send, and drive those steps, each in its own way.
@@ -161,6 +165,11 @@ def _segment(name: str) -> str:
     return quote(name, safe="")
 
 
+def _owned(owner: str | None) -> dict[str, str]:
+    """The query naming whose job of an id is meant (none: the router works it out)."""
+    return {} if owner is None else {"owner": owner}
+
+
 class Api:
     """Every call of the router's API, built as a request with the reader of its answer."""
 
@@ -189,11 +198,16 @@ class Api:
         return self._call(JobAccepted, "POST", "/jobs", json=body)
 
     def get(
-        self, job_id: str, *, executions_limit: int | None = None, executions_offset: int = 0
+        self,
+        job_id: str,
+        *,
+        owner: str | None = None,
+        executions_limit: int | None = None,
+        executions_offset: int = 0,
     ) -> Call[JobOut]:
-        params: dict[str, int] = {}
+        params: dict[str, str | int] = {**_owned(owner)}
         if executions_limit is not None:
-            params = {"executions_limit": executions_limit, "executions_offset": executions_offset}
+            params |= {"executions_limit": executions_limit, "executions_offset": executions_offset}
         return self._call(JobOut, "GET", f"/jobs/{_segment(job_id)}", params=params)
 
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> Call[JobList]:
@@ -202,8 +216,8 @@ class Api:
             params["status"] = status
         return self._call(JobList, "GET", "/jobs", params=params)
 
-    def cancel(self, job_id: str) -> Call[JobOut]:
-        return self._call(JobOut, "DELETE", f"/jobs/{_segment(job_id)}")
+    def cancel(self, job_id: str, *, owner: str | None = None) -> Call[JobOut]:
+        return self._call(JobOut, "DELETE", f"/jobs/{_segment(job_id)}", params=_owned(owner))
 
     def queue_status(self) -> Call[QueueStatus]:
         return self._call(QueueStatus, "GET", "/queue/status")
@@ -217,10 +231,17 @@ class Api:
     def health(self) -> Call[Health]:
         return self._call(Health, "GET", "/health")
 
-    def events(self, job_id: str | None = None, *, idle_s: float = STREAM_IDLE_S) -> httpx.Request:
+    def events(
+        self, job_id: str | None = None, *, owner: str | None = None, idle_s: float = STREAM_IDLE_S
+    ) -> httpx.Request:
         """The event stream of one job, or of every job (admins)."""
-        path = "/events" if job_id is None else f"/jobs/{_segment(job_id)}/events"
-        return self._build("GET", path, timeout=httpx.Timeout(TIMEOUT_S, read=idle_s))
+        timeout = httpx.Timeout(TIMEOUT_S, read=idle_s)
+        if job_id is None:
+            if owner is not None:
+                raise ValueError("owner names whose job of an id: give the job_id too")
+            return self._build("GET", "/events", timeout=timeout)
+        path = f"/jobs/{_segment(job_id)}/events"
+        return self._build("GET", path, params=_owned(owner), timeout=timeout)
 
 
 class SseParser:
@@ -274,6 +295,7 @@ _Step = _Fetch | _Listen | _NextEvent | _Sleep
 def _waiting(
     api: Api,
     job_id: str,
+    owner: str | None,
     timeout_s: float | None,
     on_progress: ProgressCallback | None,
     poll_s: float,
@@ -284,10 +306,10 @@ def _waiting(
     without event streams). Raises TimeoutError after `timeout_s`."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     looked_at = time.monotonic()
-    job: JobOut = yield _Fetch(api.get(job_id))
+    job: JobOut = yield _Fetch(api.get(job_id, owner=owner))
     listening = not finished(job)
     if listening:
-        yield _Listen(api.events(job_id))
+        yield _Listen(api.events(job_id, owner=owner))
     while True:
         if on_progress is not None:
             on_progress(job)
@@ -305,7 +327,7 @@ def _waiting(
         else:
             yield _Sleep(poll_s if remaining is None else min(poll_s, remaining))
         looked_at = time.monotonic()
-        job = yield _Fetch(api.get(job_id))
+        job = yield _Fetch(api.get(job_id, owner=owner))
 
 
 def _take(first: EventOut | None, more: Callable[[], EventOut | None]) -> bool | None:
@@ -371,22 +393,30 @@ class Client:
         return JobHandle(self, self.send(call))
 
     def get(
-        self, job_id: str, *, executions_limit: int | None = None, executions_offset: int = 0
+        self,
+        job_id: str,
+        *,
+        owner: str | None = None,
+        executions_limit: int | None = None,
+        executions_offset: int = 0,
     ) -> JobOut:
-        """The job with its executions (a page of them with `executions_limit`)."""
-        return self.send(
-            self.api.get(
-                job_id, executions_limit=executions_limit, executions_offset=executions_offset
-            )
+        """The job with its executions (a page of them with `executions_limit`); `owner`'s
+        job of that id when named."""
+        call = self.api.get(
+            job_id,
+            owner=owner,
+            executions_limit=executions_limit,
+            executions_offset=executions_offset,
         )
+        return self.send(call)
 
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> JobList:
         """Jobs newest first (only those in `status` when given)."""
         return self.send(self.api.list(status=status, limit=limit, offset=offset))
 
-    def cancel(self, job_id: str) -> JobOut:
+    def cancel(self, job_id: str, *, owner: str | None = None) -> JobOut:
         """Cancel the job's queued and running executions."""
-        return self.send(self.api.cancel(job_id))
+        return self.send(self.api.cancel(job_id, owner=owner))
 
     def queue_status(self) -> QueueStatus:
         """Every region's queue and GPUs, and the account's."""
@@ -407,12 +437,13 @@ class Client:
         self,
         job_id: str,
         *,
+        owner: str | None = None,
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> JobOut:
         """Follow the job until it has finished; the job with every result. `on_progress`
         sees the job each time it is looked at. Raises TimeoutError after `timeout_s`."""
-        steps = _waiting(self.api, job_id, timeout_s, on_progress, self.poll_s)
+        steps = _waiting(self.api, job_id, owner, timeout_s, on_progress, self.poll_s)
         listener = _ThreadListener(self)
         try:
             answer: Any = None
@@ -436,10 +467,10 @@ class Client:
         finally:
             listener.close()
 
-    def events(self, job_id: str | None = None) -> Iterator[EventOut]:
+    def events(self, job_id: str | None = None, *, owner: str | None = None) -> Iterator[EventOut]:
         """The job's events as they happen, ending after job_finished; without `job_id`,
         every job's (admins), until the loop stops."""
-        response = self._open(self.api.events(job_id))
+        response = self._open(self.api.events(job_id, owner=owner))
         with contextlib.closing(response):
             parser = SseParser()
             try:
@@ -521,20 +552,27 @@ class JobHandle:
     def job_id(self) -> str:
         return self.accepted.job_id
 
+    @property
+    def owner(self) -> str:
+        """Whose job: named on every call, so an admin's handle never meets JOB_ID_AMBIGUOUS."""
+        return self.accepted.owner
+
     def wait(
         self, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None
     ) -> JobOut:
         """The job once finished, with every result."""
-        return self.client.wait(self.job_id, timeout_s=timeout_s, on_progress=on_progress)
+        return self.client.wait(
+            self.job_id, owner=self.owner, timeout_s=timeout_s, on_progress=on_progress
+        )
 
     def get(self) -> JobOut:
-        return self.client.get(self.job_id)
+        return self.client.get(self.job_id, owner=self.owner)
 
     def cancel(self) -> JobOut:
-        return self.client.cancel(self.job_id)
+        return self.client.cancel(self.job_id, owner=self.owner)
 
     def events(self) -> Iterator[EventOut]:
-        return self.client.events(self.job_id)
+        return self.client.events(self.job_id, owner=self.owner)
 
 
 class AsyncClient:
@@ -578,11 +616,20 @@ class AsyncClient:
         return AsyncJobHandle(self, await self.send(call))
 
     async def get(
-        self, job_id: str, *, executions_limit: int | None = None, executions_offset: int = 0
+        self,
+        job_id: str,
+        *,
+        owner: str | None = None,
+        executions_limit: int | None = None,
+        executions_offset: int = 0,
     ) -> JobOut:
-        """The job with its executions (a page of them with `executions_limit`)."""
+        """The job with its executions (a page of them with `executions_limit`); `owner`'s
+        job of that id when named."""
         call = self.api.get(
-            job_id, executions_limit=executions_limit, executions_offset=executions_offset
+            job_id,
+            owner=owner,
+            executions_limit=executions_limit,
+            executions_offset=executions_offset,
         )
         return await self.send(call)
 
@@ -590,9 +637,9 @@ class AsyncClient:
         """Jobs newest first (only those in `status` when given)."""
         return await self.send(self.api.list(status=status, limit=limit, offset=offset))
 
-    async def cancel(self, job_id: str) -> JobOut:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobOut:
         """Cancel the job's queued and running executions."""
-        return await self.send(self.api.cancel(job_id))
+        return await self.send(self.api.cancel(job_id, owner=owner))
 
     async def queue_status(self) -> QueueStatus:
         """Every region's queue and GPUs, and the account's."""
@@ -613,12 +660,13 @@ class AsyncClient:
         self,
         job_id: str,
         *,
+        owner: str | None = None,
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> JobOut:
         """Follow the job until it has finished; the job with every result. `on_progress`
         sees the job each time it is looked at. Raises TimeoutError after `timeout_s`."""
-        steps = _waiting(self.api, job_id, timeout_s, on_progress, self.poll_s)
+        steps = _waiting(self.api, job_id, owner, timeout_s, on_progress, self.poll_s)
         events: asyncio.Queue[EventOut | None] = asyncio.Queue()
         reader: asyncio.Task[None] | None = None
         try:
@@ -660,10 +708,12 @@ class AsyncClient:
         finally:
             into.put_nowait(None)
 
-    def events(self, job_id: str | None = None) -> AsyncIterator[EventOut]:
+    def events(
+        self, job_id: str | None = None, *, owner: str | None = None
+    ) -> AsyncIterator[EventOut]:
         """The job's events as they happen, ending after job_finished; without `job_id`,
         every job's (admins), until the loop stops."""
-        return self._stream(self.api.events(job_id), job_id=job_id)
+        return self._stream(self.api.events(job_id, owner=owner), job_id=job_id)
 
     async def _stream(
         self, request: httpx.Request, *, job_id: str | None
@@ -708,17 +758,24 @@ class AsyncJobHandle:
     def job_id(self) -> str:
         return self.accepted.job_id
 
+    @property
+    def owner(self) -> str:
+        """Whose job: named on every call, so an admin's handle never meets JOB_ID_AMBIGUOUS."""
+        return self.accepted.owner
+
     async def wait(
         self, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None
     ) -> JobOut:
         """The job once finished, with every result."""
-        return await self.client.wait(self.job_id, timeout_s=timeout_s, on_progress=on_progress)
+        return await self.client.wait(
+            self.job_id, owner=self.owner, timeout_s=timeout_s, on_progress=on_progress
+        )
 
     async def get(self) -> JobOut:
-        return await self.client.get(self.job_id)
+        return await self.client.get(self.job_id, owner=self.owner)
 
     async def cancel(self) -> JobOut:
-        return await self.client.cancel(self.job_id)
+        return await self.client.cancel(self.job_id, owner=self.owner)
 
     def events(self) -> AsyncIterator[EventOut]:
-        return self.client.events(self.job_id)
+        return self.client.events(self.job_id, owner=self.owner)

@@ -1,7 +1,9 @@
 """ASGI entry for running the router under uvicorn (or any ASGI server) directly.
 
 Nothing is read at import: settings come from the environment (HYBRID_ROUTER_CONFIG names the
-TOML file; unset means the built-in default) when the app is first asked for. Either
+TOML file, or HYBRID_ROUTER_CONFIG_TOML holds its text; unset means the built-in default;
+HYBRID_ROUTER_GPU_LIMIT, HYBRID_ROUTER_STORE__URL, ... set single keys over it) when the app
+is first asked for. Either
 
     uvicorn --factory hybrid_router.main:create
 
@@ -19,14 +21,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from hybrid_router.api import create_app
-from hybrid_router.settings import ServerSettings, load_settings
+from hybrid_router.settings import settings_from_environment
 
 _app: FastAPI | None = None
 
 
 def create() -> FastAPI:
-    """A new app from HYBRID_ROUTER_CONFIG (or the built-in config); uvicorn's --factory."""
-    return create_app(load_settings(ServerSettings().config))
+    """A new app from the environment's config (see settings_from_environment); uvicorn's
+    --factory."""
+    return create_app(settings_from_environment())
 
 
 def __getattr__(name: str) -> FastAPI:

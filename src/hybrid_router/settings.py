@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from limits import RateLimitItem, parse_many
 from pydantic import (
@@ -15,10 +16,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from hybrid_router.core.model import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -28,8 +30,11 @@ from hybrid_router.core.model import (
     Region,
 )
 from hybrid_router.errors import ConfigError
+from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
+from hybrid_router.store.redis_connect import check_url as check_redis_url
 
 DEFAULT_CONFIG = "default_config.toml"
+ENV_PREFIX = "HYBRID_ROUTER_"
 
 # strict: TOML is typed, so `gpu_limit = "3"` or `gpu_limit = true` is a mistake worth reporting
 # rather than coercing. extra="forbid": a typo'd key is an error naming it, not silently ignored.
@@ -44,7 +49,8 @@ class StoreConfig(BaseModel):
 
     model_config = _STRICT
 
-    url: str = "sqlite:///hybrid-router.db"
+    # Validated even when left out, so the default's relative path is resolved too.
+    url: str = Field(default="sqlite:///hybrid-router.db", validate_default=True)
     # Redis only: how long finished jobs are kept, and the leader lease's time to live.
     retention_s: float = Field(default=7 * 86400, gt=0, allow_inf_nan=False)
     lease_ttl_s: float = Field(default=5.0, ge=1, le=60, allow_inf_nan=False)
@@ -267,44 +273,209 @@ class Settings(BaseModel):
 
 
 class ServerSettings(BaseSettings):
-    """Where `serve` listens and which config file it reads (env HYBRID_ROUTER_*)."""
+    """Where `serve` listens and where its config comes from (env HYBRID_ROUTER_*)."""
 
-    model_config = SettingsConfigDict(env_prefix="HYBRID_ROUTER_", frozen=True)
+    # An empty variable is one not set, as platforms' environment panels tend to mean it.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # The config file's path, or the whole file's text: for platforms where settings come
+    # from an environment panel and a file on disk is awkward. At most one of the two.
     config: Path | None = None
+    config_toml: str | None = None
+
+
+# Top-level settings that are tables of named entries stay in the TOML: a variable holding
+# JSON for them would be a second, worse config language.
+_TABLES = ("regions", "models", "providers", "users")
+# The client commands' own variables: known, so not reported as typos.
+_CLIENT_VARIABLES = ("URL", "API_KEY")
+
+
+def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s fields, each optional (None: not set) and with its own constraints."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name in _TABLES:
+            continue
+        annotation: Any = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            # Not strict, unlike the TOML: a variable's value is always text.
+            annotation = create_model(
+                f"{annotation.__name__}FromEnvironment",
+                __config__=ConfigDict(extra="forbid"),
+                **_optional_fields(annotation),
+            )
+        elif info.metadata:
+            annotation = Annotated[annotation, *info.metadata]
+        fields[name] = (annotation | None, None)
+    return fields
+
+
+class _FromEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_ignore_empty=True, frozen=True
+    )
+
+
+def _environment_settings() -> type[BaseSettings]:
+    """A settings class reading HYBRID_ROUTER_GPU_LIMIT, HYBRID_ROUTER_STORE__URL, ...: every
+    top-level setting of the config file but its tables, and `[store]`'s keys one by one."""
+    return create_model(
+        "EnvironmentSettings", __base__=_FromEnvironment, **_optional_fields(Settings)
+    )
+
+
+def environment_variables() -> dict[str, str]:
+    """Each variable that may set a config key -> that key, e.g. HYBRID_ROUTER_STORE__URL ->
+    store.url."""
+    names: dict[str, str] = {}
+    for name, info in Settings.model_fields.items():
+        if name in _TABLES:
+            continue
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for inner in annotation.model_fields:
+                names[f"{ENV_PREFIX}{name}__{inner}".upper()] = f"{name}.{inner}"
+        else:
+            names[f"{ENV_PREFIX}{name}".upper()] = name
+    return names
+
+
+def unknown_environment_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """HYBRID_ROUTER_* variables set that nothing reads: most likely typos."""
+    env = os.environ if env is None else env
+    known = set(environment_variables())
+    known |= {f"{ENV_PREFIX}{name}".upper() for name in ServerSettings.model_fields}
+    known |= {f"{ENV_PREFIX}{name}" for name in _CLIENT_VARIABLES}
+    return sorted(
+        name
+        for name in env
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        # The test suite's own (tests/store/conftest.py).
+        and not name.upper().startswith(f"{ENV_PREFIX}TEST_")
+    )
+
+
+def server_settings() -> ServerSettings:
+    """HYBRID_ROUTER_HOST / _PORT / _CONFIG / _CONFIG_TOML; ConfigError naming a bad one."""
+    try:
+        return ServerSettings()
+    except ValidationError as exc:
+        raise ConfigError(_environment_report(exc)) from None
+
+
+def settings_from_environment(path: Path | None = None) -> Settings:
+    """The config `serve` runs: the file `path`, else HYBRID_ROUTER_CONFIG_TOML's text or
+    HYBRID_ROUTER_CONFIG's file, else the built-in one; with HYBRID_ROUTER_* settings
+    (HYBRID_ROUTER_GPU_LIMIT, HYBRID_ROUTER_STORE__URL, ...) over what it says.
+
+    Read when called, never at import. ConfigError names the variable or key at fault.
+    """
+    server = server_settings()
+    if path is None and server.config is not None and server.config_toml is not None:
+        raise ConfigError(
+            f"set {ENV_PREFIX}CONFIG (a file) or {ENV_PREFIX}CONFIG_TOML (its text), not both"
+        )
+    if path is None and server.config_toml is not None:
+        source, text = f"{ENV_PREFIX}CONFIG_TOML", server.config_toml
+    else:
+        source, text = _config_text(path if path is not None else server.config)
+    data = _parse_toml(source, text)
+    try:
+        overrides = _environment_settings()().model_dump(exclude_none=True)
+    except ValidationError as exc:
+        raise ConfigError(_environment_report(exc)) from None
+    except SettingsError as exc:
+        # pydantic-settings parses a variable named for a whole table as JSON.
+        raise ConfigError(
+            f"invalid {ENV_PREFIX}* environment: {exc}; set one key per variable, "
+            f"e.g. {ENV_PREFIX}STORE__URL"
+        ) from None
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base = data.get(key)
+            data[key] = {**(base if isinstance(base, dict) else {}), **value}
+        else:
+            data[key] = value
+    given = {key: var for var, key in environment_variables().items() if _is_set(var)}
+    return settings_from_mapping(data, source=source, from_environment=given)
+
+
+def _is_set(variable: str) -> bool:
+    return any(name.upper() == variable and value for name, value in os.environ.items())
+
+
+def _environment_report(exc: ValidationError) -> str:
+    """One line per bad variable, named as the user set it; never its value (a secret?)."""
+    lines = []
+    for err in exc.errors():
+        variable = ENV_PREFIX + "__".join(str(part) for part in err["loc"]).upper()
+        if err["type"] in ("model_type", "dict_type"):
+            problem = f"is a table: set one key per variable, e.g. {variable}__URL"
+        else:
+            problem = _describe(err)
+        lines.append(f"  {variable}: {problem}")
+    return f"invalid {ENV_PREFIX}* environment:\n" + "\n".join(lines)
+
+
+def _config_text(path: Path | None) -> tuple[str, str]:
+    """(where it came from, the TOML text) of a config file, or of the built-in one."""
+    if path is None:
+        source = f"<built-in {DEFAULT_CONFIG}>"
+        return source, resources.files("hybrid_router").joinpath(DEFAULT_CONFIG).read_text("utf-8")
+    source = str(path)
+    try:
+        return source, Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text: {exc}") from None
+
+
+def _parse_toml(source: str, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
 
 
 def load_settings(path: Path | None) -> Settings:
     """Read and validate a config file, or the built-in default when `path` is None."""
-    if path is None:
-        source = f"<built-in {DEFAULT_CONFIG}>"
-        text = resources.files("hybrid_router").joinpath(DEFAULT_CONFIG).read_text("utf-8")
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{source}: not UTF-8 text: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    return settings_from_mapping(data, source=source)
+    source, text = _config_text(path)
+    return settings_from_mapping(_parse_toml(source, text), source=source)
 
 
-def settings_from_mapping(data: dict[str, Any], *, source: str = "config") -> Settings:
-    """Validate parsed TOML; every problem becomes one `key.path: message` line."""
+def settings_from_mapping(
+    data: dict[str, Any],
+    *,
+    source: str = "config",
+    from_environment: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate parsed TOML; every problem becomes one `key.path: message` line.
+
+    `from_environment` maps keys set by variables to those variables, so that a problem
+    with one names the variable too.
+    """
+    origins = from_environment or {}
+
+    def named(key: str) -> str:
+        variable = origins.get(key)
+        return key if variable is None else f"{key} (from {variable})"
+
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{format_key(err['loc'])}: {_describe(err)}" for err in exc.errors()]
+        lines = [f"{named(format_key(err['loc']))}: {_describe(err)}" for err in exc.errors()]
         raise ConfigError(_report(source, lines)) from None
     except ConfigError as exc:
-        raise ConfigError(_report(source, exc.message.splitlines())) from None
+        lines = []
+        for line in exc.message.splitlines():
+            key, sep, rest = line.partition(": ")
+            lines.append(f"{named(key)}{sep}{rest}")
+        raise ConfigError(_report(source, lines)) from None
 
 
 def format_key(loc: tuple[int | str, ...]) -> str:
@@ -448,9 +619,18 @@ def _store_problems(url: str) -> list[str]:
         if url == "sqlite:///":
             return ["store.url: sqlite URL has no path (sqlite:///PATH)"]
         return []
-    if url.startswith(("redis://", "rediss://")):
+    scheme = url.partition("://")[0].lower()
+    if scheme in REDIS_SCHEMES:
+        try:
+            check_redis_url(url)
+        except ConfigError as exc:
+            return [f"store.url: {exc.message}"]
         return []
-    return [f"store.url: unsupported '{url}' (use sqlite:///PATH or redis://HOST:PORT/DB)"]
+    # Only the scheme: the rest of the url may hold a password.
+    return [
+        f"store.url: unsupported scheme '{scheme}' (use sqlite:///PATH, redis://HOST:PORT/DB, "
+        "rediss://... for TLS or redis+sentinel://HOST:PORT/MASTER)"
+    ]
 
 
 def _absolute_store_url(url: str) -> str:

@@ -10,6 +10,7 @@ from typer.testing import CliRunner, Result
 
 from hybrid_router import __version__
 from hybrid_router.cli import app
+from tests.client.conftest import OWNER_KEYS
 
 MODELS = "llama3.2-1b,mistral-7b,qwen2.5-1.5b"
 Cli = Callable[..., Result]
@@ -127,6 +128,44 @@ def test_errors_name_the_problem_and_exit_1(cli: Cli) -> None:
     assert unknown.exit_code == 1 and "REGION_NOT_FOUND" in unknown.stderr
     nowhere = cli("status", "--url", "http://127.0.0.1:9")
     assert nowhere.exit_code == 1 and "cannot reach hybrid-router" in nowhere.stderr
+
+
+def test_an_admin_names_the_owner_of_an_id_several_owners_have(
+    owners_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRID_ROUTER_URL", owners_url)
+    monkeypatch.setenv("HYBRID_ROUTER_API_KEY", OWNER_KEYS["root"])
+    runner = CliRunner()
+
+    ambiguous = runner.invoke(app, ["job", "same"])
+    assert ambiguous.exit_code == 1, ambiguous.output
+    message = " ".join(ambiguous.stderr.split())
+    assert message.startswith("JOB_ID_AMBIGUOUS: jobs of 2 owners have id 'same' (alice, bob)")
+    assert "--owner" in message
+
+    bobs = runner.invoke(app, ["job", "same", "--owner", "bob"])
+    assert bobs.exit_code == 0, bobs.output
+    assert "(6/6 succeeded" in bobs.stdout and "] q2" in bobs.stdout, bobs.stdout  # bob's 3rd
+    as_json = json.loads(runner.invoke(app, ["job", "same", "--owner", "bob", "-o", "json"]).stdout)
+    assert as_json["owner"] == "bob" and as_json["questions"] == 3
+
+    cancelled = runner.invoke(app, ["cancel", "same", "--owner", "alice"])
+    assert cancelled.exit_code == 0 and "2 succeeded before" in cancelled.stdout, cancelled.output
+    assert runner.invoke(app, ["cancel", "same"]).exit_code == 1
+
+    # The admin's own "same" makes three owners; --wait follows the one just accepted.
+    submitted = runner.invoke(
+        app, ["submit", "--models", "llama3.2-1b", "--regions", "US", "-q", "x",
+              "--job-id", "same", "--wait"],
+    )  # fmt: skip
+    assert submitted.exit_code == 0 and "(1/1 succeeded" in submitted.stdout, submitted.output
+
+    alice = runner.invoke(
+        app, ["job", "same", "--owner", "bob"], env={"HYBRID_ROUTER_API_KEY": OWNER_KEYS["alice"]}
+    )
+    assert alice.exit_code == 1 and "ADMIN_ONLY" in alice.stderr, alice.output
+    help_text = " ".join(runner.invoke(app, ["cancel", "--help"]).stdout.split())
+    assert "--owner NAME Admins: whose job of this id (when several owners have one)." in help_text
 
 
 def test_version_help_and_completion() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from hybrid_router import errors
 from hybrid_router.client import AsyncClient, Client, JobOut
-from tests.client.conftest import serve_router
+from tests.client.conftest import OWNER_KEYS, TWO_MODELS, owners, serve_router, submit_same
 
 MODELS = ["llama3.2-1b", "mistral-7b"]
 QUESTION = "Is the sky blue?"
@@ -122,6 +122,56 @@ def test_keys_and_limits_are_raised_as_their_errors(tmp_path: Path) -> None:
                 alice.submit(MODELS, ["US"], [QUESTION])
             assert limited.value.code == "RATE_LIMITED"
             assert limited.value.retry_after_s is not None and limited.value.retry_after_s > 0
+
+
+def test_an_admin_names_whose_job_of_an_id_several_owners_have(tmp_path: Path) -> None:
+    with serve_router(tmp_path, users=owners()) as url:
+        alices = submit_same(url, "alice", questions=1)  # through alice's handle
+        assert alices.owner == "alice" and alices.status == "succeeded"
+        assert submit_same(url, "bob", questions=3).progress.succeeded == 6
+
+        with Client(url, api_key=OWNER_KEYS["root"]) as root:
+            for call in (root.get, root.cancel, root.wait):
+                with pytest.raises(errors.Conflict) as ambiguous:
+                    call("same")
+                assert ambiguous.value.code == "JOB_ID_AMBIGUOUS"
+                assert "alice, bob" in ambiguous.value.message
+            assert root.get("same", owner="alice") == alices
+            assert root.wait("same", owner="bob", timeout_s=5).progress.total == 6
+            kinds = [e.kind for e in root.events("same", owner="bob")]
+            assert kinds.count("succeeded") == 6 and kinds[-1] == "job_finished", kinds
+            assert root.cancel("same", owner="alice").progress.succeeded == 2
+            with pytest.raises(ValueError, match="give the job_id too"):
+                next(root.events(owner="bob"))  # every job's stream has no owner to name
+
+            # The admin's own job of that id: its handle names its owner on every call.
+            handle = root.submit(TWO_MODELS, ["EU"], [QUESTION], job_id="same")
+            assert handle.owner == "root"
+            assert handle.wait(timeout_s=30).owner == "root"
+            assert handle.get().owner == "root"
+
+        with Client(url, api_key=OWNER_KEYS["alice"]) as alice:
+            assert alice.get("same", owner="alice") == alices
+            with pytest.raises(errors.Forbidden) as forbidden:
+                alice.get("same", owner="bob")
+            assert forbidden.value.code == "ADMIN_ONLY"
+
+
+async def test_the_async_clients_handle_names_its_jobs_owner(owners_url: str) -> None:
+    async with AsyncClient(owners_url, api_key=OWNER_KEYS["root"]) as root:
+        handle = await root.submit(TWO_MODELS, ["US"], [QUESTION], job_id="same")
+        assert handle.owner == "root"
+        kinds = [event.kind async for event in handle.events()]
+        assert kinds.count("succeeded") == 2 and kinds[-1] == "job_finished", kinds
+        assert (await handle.wait(timeout_s=30)).owner == "root"
+        assert (await handle.get()).regions == ["US"]
+        with pytest.raises(errors.Conflict) as ambiguous:
+            await root.get("same")
+        assert ambiguous.value.code == "JOB_ID_AMBIGUOUS"
+        bobs = await root.wait("same", owner="bob", timeout_s=5)
+        assert bobs.owner == "bob" and bobs.progress.total == 6
+        events = [e.kind async for e in root.events("same", owner="alice")]
+        assert events.count("succeeded") == 2, events
 
 
 def test_a_router_that_is_not_there_is_unreachable(tmp_path: Path) -> None:

@@ -378,15 +378,10 @@ class Procs:
         self._wait_ready(router, "/ready")
         return router
 
-    def redis(self, port: int, directory: Path) -> RedisServer:
+    def redis(self, port: int, directory: Path, *options: str) -> RedisServer:
         """Start a private `redis-server` on `port` keeping its data in `directory` (loading
-        what a previous one saved there), and wait until it answers PING."""
-        program = shutil.which("redis-server")
-        if program is None:
-            message = "redis-server is not on PATH"
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true: {message}", pytrace=False)
-            pytest.skip(message)
+        what a previous one saved there), and wait until it answers PING. `options` are more
+        of redis-server's own (`--replicaof HOST PORT`, ...)."""
         directory.mkdir(parents=True, exist_ok=True)
         popen, log = self._spawn(
             "redis",
@@ -397,9 +392,27 @@ class Procs:
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
-            program=program,
+            *options,
+            program=_redis_server(),
         )  # fmt: skip
-        server = RedisServer(f"redis:{port}", popen, log, port)
+        return self._redis_ready(RedisServer(f"redis:{port}", popen, log, port))
+
+    def sentinel(self, port: int, directory: Path, master: str, master_port: int) -> RedisServer:
+        """Start a Redis Sentinel on `port` watching `master` at 127.0.0.1:`master_port`,
+        with timeouts low enough that a failover takes about a second."""
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "sentinel.conf"  # Sentinel rewrites its config file as it learns
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {master} 127.0.0.1 {master_port} 1\n"
+            f"sentinel down-after-milliseconds {master} 1000\n"
+            f"sentinel failover-timeout {master} 2000\n",
+            encoding="utf-8",
+        )
+        popen, log = self._spawn("sentinel", str(config), "--sentinel", program=_redis_server())
+        return self._redis_ready(RedisServer(f"sentinel:{port}", popen, log, port))
+
+    def _redis_ready(self, server: RedisServer) -> RedisServer:
         self.started.append(server)
 
         def ready() -> bool:
@@ -420,6 +433,21 @@ class Procs:
             capture_output=True,
             text=True,
             env=env,
+            cwd=self.tmp_path,
+            timeout=within_s,
+            check=False,
+        )
+
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, within_s: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `hybrid-router ARGS` to its end (a `serve` expected to refuse to start, ...),
+        with `env` added to the test's environment; its output as text."""
+        return subprocess.run(
+            [str(HYBRID_ROUTER), *args],
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
             cwd=self.tmp_path,
             timeout=within_s,
             check=False,
@@ -466,6 +494,17 @@ class Procs:
                 return False
 
         wait_until(ready, within_s=READY_WITHIN_S, what=f"{process.name} {path}")
+
+
+def _redis_server() -> str:
+    """The `redis-server` program: missing, it skips the test, or fails it in CI."""
+    program = shutil.which("redis-server")
+    if program is None:
+        message = "redis-server is not on PATH"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    return program
 
 
 def _die_with_parent() -> None:

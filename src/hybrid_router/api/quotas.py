@@ -20,12 +20,14 @@ from limits import RateLimitItem
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from redis.asyncio import ConnectionPool
+from redis.asyncio import Redis
 
 from hybrid_router.api.auth import User
 from hybrid_router.core.model import Job, JobStatus
 from hybrid_router.errors import Forbidden, RateLimited, StoreUnavailable
 from hybrid_router.runtime.service import JobRequest, RouterService
+from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
+from hybrid_router.store.redis_connect import redis_client
 
 # Jobs read per query when counting a user's queued executions.
 _PAGE = 200
@@ -37,7 +39,7 @@ def rate_limit_storage_uri(store_url: str) -> str:
     On Redis every replica shares one count per user; in memory (the SQLite store, one
     process) the counts start afresh when the router restarts.
     """
-    if urlparse(store_url).scheme in ("redis", "rediss"):
+    if urlparse(store_url).scheme in REDIS_SCHEMES:
         return f"async+{store_url}"
     return "async+memory://"
 
@@ -47,13 +49,16 @@ class Quotas:
 
     def __init__(self, storage_uri: str, *, clock: Callable[[], float] = time.time) -> None:
         options: dict[str, Any] = {"wrap_exceptions": True}
-        self._pool: ConnectionPool | None = None
+        self._redis: Redis | None = None
         if "redis" in urlparse(storage_uri).scheme:
             # redis-py is already a dependency (the store uses it); `limits` defaults to coredis.
             options["implementation"] = "redispy"
-            # Our own pool, handed to redis-py's client, so that aclose() can close it.
-            self._pool = ConnectionPool.from_url(storage_uri.removeprefix("async+"))
-            options["connection_pool"] = self._pool
+            # Our own client's pool, handed to `limits`, so that aclose() can close it, and
+            # connected as the store is (TLS, Sentinel): `limits` itself then only needs to
+            # know it talks to a Redis.
+            self._redis = redis_client(storage_uri.removeprefix("async+"))
+            options["connection_pool"] = self._redis.connection_pool
+            storage_uri = "async+redis://"
         storage = storage_from_string(storage_uri, **cast(dict[str, float | str | bool], options))
         self._limiter = MovingWindowRateLimiter(storage)
         self._clock = clock
@@ -62,8 +67,8 @@ class Quotas:
 
     async def aclose(self) -> None:
         """Close the connections to the rate counters (Redis); in memory there are none."""
-        if self._pool is not None:
-            await self._pool.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def submit(
         self, service: RouterService, request: JobRequest, user: User

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hybrid_router.core.model import Execution, JobKey
+from hybrid_router.store.redis_connect import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class RedisBus:
 
     def __init__(self, url: str, channel: str, node_id: str) -> None:
         # Its own connections, with short timeouts: a publish must never hang a request.
-        self._client = aioredis.from_url(
+        self._client = redis_client(
             url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=None
         )
         self._channel = channel

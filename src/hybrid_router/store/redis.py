@@ -44,7 +44,7 @@ characters (benchmarks/redis_memory.py); the prompt, stored with each execution,
 varies most.
 
 Scripts build key names from the prefix, which Redis allows outside Redis Cluster only: one
-Redis (with replicas or Sentinel if wanted), not a cluster.
+Redis (with replicas or Sentinel if wanted, see store.redis_connect for the urls), not a cluster.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ from hybrid_router.store._codec import (
 )
 from hybrid_router.store._group_commit import GroupCommit, Submission
 from hybrid_router.store.base import Recorded, Submitted
+from hybrid_router.store.redis_connect import redis_client
 
 LAYOUT_VERSION = 2
 # Connections to Redis one process keeps at most.
@@ -509,16 +510,15 @@ class RedisStore:
             # answer, so calls work again once it is back.
             # A blocking pool: under a burst, a call waits for a free connection (within the
             # same timeout) instead of failing with "Too many connections" and a 503.
-            pool = aioredis.BlockingConnectionPool.from_url(
+            self._client = redis_client(
                 self.url,
                 max_connections=MAX_CONNECTIONS,
-                timeout=2.0,
+                pool_timeout=2.0,
                 decode_responses=True,
                 socket_connect_timeout=2.0,
                 socket_timeout=2.0,
                 retry=Retry(NoBackoff(), 0),
             )
-            self._client = aioredis.Redis.from_pool(pool)
             self._scripts = {
                 name: self._client.register_script(_PREAMBLE + body)
                 for name, body in _SCRIPTS.items()
