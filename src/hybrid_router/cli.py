@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 from pydantic import BaseModel
@@ -40,6 +40,9 @@ from hybrid_router.api.schemas import ExecutionOut, JobOut, QueueStatus, RegionQ
 from hybrid_router.client import DEFAULT_URL, Client, JobHandle, JobOptions
 from hybrid_router.core.model import JobState
 from hybrid_router.errors import ConfigError, RateLimited, RouterError, Unauthenticated, Unreachable
+
+if TYPE_CHECKING:
+    from hybrid_router.redaction import Redactor
 
 app = typer.Typer(
     help="GPU-limit-aware region queues in front of serverless GPU providers.",
@@ -149,6 +152,7 @@ def serve(
 
     from hybrid_router.api import create_app
     from hybrid_router.api.connections import timed_protocol
+    from hybrid_router.redaction import Redactor
     from hybrid_router.settings import (
         server_settings,
         settings_from_environment,
@@ -193,7 +197,7 @@ def serve(
             port=bind_port,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
             http=timed_protocol(settings.http),
-            log_config=_log_config(application),
+            log_config=_log_config(application, Redactor.from_settings(settings)),
         )
     )
     log = logging.getLogger("hybrid_router")
@@ -814,13 +818,20 @@ class _StartupErrorFilter(logging.Filter):
         return not (refused and record.getMessage().startswith("Traceback"))
 
 
-def _log_config(application: Any) -> dict[str, Any]:
-    """uvicorn's logging, plus the router's own loggers and the startup-traceback filter."""
+def _log_config(application: Any, redactor: Redactor) -> dict[str, Any]:
+    """uvicorn's logging, plus the router's own loggers, secrets masked in every line, and
+    the startup-traceback filter."""
     from uvicorn.config import LOGGING_CONFIG
 
+    from hybrid_router.redaction import RedactingFilter
+
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"startup_error": {"()": _StartupErrorFilter, "application": application}}
-    config["handlers"]["default"]["filters"] = ["startup_error"]
+    config["filters"] = {
+        "startup_error": {"()": _StartupErrorFilter, "application": application},
+        "redact": {"()": RedactingFilter, "redactor": redactor},
+    }
+    config["handlers"]["default"]["filters"] = ["redact", "startup_error"]
+    config["handlers"]["access"]["filters"] = ["redact"]
     config["loggers"]["hybrid_router"] = {
         "handlers": ["default"],
         "level": "INFO",

@@ -6,7 +6,7 @@ RouterError
 ├── Forbidden (403)               code: PRIORITY_NOT_ALLOWED, JOB_TOO_LARGE, ADMIN_ONLY
 ├── NotFound (404)                code: JOB_NOT_FOUND, REGION_NOT_FOUND
 ├── Conflict (409)                code: JOB_CONFLICT, REGION_DRAINING
-├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE
+├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE, TOO_MANY_EXECUTIONS
 ├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
 ├── ExecutionFailed (502)         code: the execution's failure (PROVIDER_ERROR, ...), CANCELLED
 ├── StoreError                    what the stores raise, in their own terms

@@ -22,7 +22,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from hybrid_router.core.model import ModelSpec, ProviderKind, ProviderSpec, Region
+from hybrid_router.core.model import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ModelSpec,
+    ProviderKind,
+    ProviderSpec,
+    Region,
+)
 from hybrid_router.errors import ConfigError
 from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
 from hybrid_router.store.redis_connect import check_url as check_redis_url
@@ -109,6 +115,7 @@ class ProviderConfig(BaseModel):
     scaledown_window_s: float = Field(default=120.0, ge=0, allow_inf_nan=False)
     max_inputs: int = Field(default=1, gt=0)
     max_containers: int | None = Field(default=None, gt=0)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, gt=0)
     # Only meaningful for kind "simulated"; None so that setting them elsewhere can be reported.
     time_scale: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     seed: int | None = None
@@ -183,6 +190,9 @@ class Settings(BaseModel):
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # A job expands into questions x models x regions executions: a few KB of body could
+    # otherwise queue tens of thousands. Typical jobs have tens.
+    max_executions_per_job: int = Field(default=5_000, gt=0)
     http: HttpConfig = Field(default_factory=HttpConfig)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise
     # stand between the scheduler and the event loop at every step of every call.
@@ -255,6 +265,7 @@ class Settings(BaseModel):
                 scaledown_window_s=cfg.scaledown_window_s,
                 max_inputs=cfg.max_inputs,
                 max_containers=cfg.max_containers,
+                max_response_bytes=cfg.max_response_bytes,
                 time_scale=1.0 if cfg.time_scale is None else cfg.time_scale,
                 seed=0 if cfg.seed is None else cfg.seed,
             )

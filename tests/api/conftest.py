@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import tomllib
@@ -17,6 +18,7 @@ import uvicorn
 
 from hybrid_router.api import create_app
 from hybrid_router.settings import settings_from_mapping
+from tests.store.conftest import REDIS_URL, redis_prefix
 
 TIME_SCALE = 0.002  # production timings 500x faster: a 7B call takes 0.3 s
 
@@ -34,10 +36,10 @@ def default_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a started app; the app's lifespan runs around the test."""
-    app = create_app(settings_from_mapping(default_config(tmp_path)))
+@contextlib.asynccontextmanager
+async def started(config: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app `config` describes, started; its lifespan runs around the block."""
+    app = create_app(settings_from_mapping(config))
     # httpx's ASGITransport does not run the lifespan: run it here, as uvicorn would.
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -61,3 +63,23 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a started app on SQLite."""
+    async with started(default_config(tmp_path)) as c:
+        yield c
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def any_store_client(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a started app, once on SQLite and once on Redis (a prefix of its own)."""
+    config = default_config(tmp_path)
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "redis":
+            prefix = await stack.enter_async_context(redis_prefix())
+            config["store"]["url"] = f"{REDIS_URL}?prefix={prefix}"
+        yield await stack.enter_async_context(started(config))

@@ -15,6 +15,7 @@ from hybrid_router.api import create_app
 from hybrid_router.settings import settings_from_mapping
 
 from .conftest import default_config
+from .test_endpoints import ISO
 
 
 @pytest.fixture
@@ -71,6 +72,8 @@ async def test_a_job_streams_its_events_as_they_happen(base_url: str) -> None:
     }
     # Live, not replayed: most transitions arrive one by one after the stream opened.
     assert len(seen) > 5
+    # Timestamps as everywhere else in the API.
+    assert all(ISO.match(str(data["at"])) for _, data in seen), seen
 
 
 async def test_a_finished_job_streams_job_finished_at_once(base_url: str) -> None:
@@ -92,3 +95,13 @@ async def test_events_of_an_unknown_job_are_a_404(base_url: str) -> None:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get("/jobs/nope/events")
     assert response.status_code == 404 and response.json()["code"] == "JOB_NOT_FOUND"
+
+
+async def test_head_of_an_event_stream_answers_its_headers_and_ends(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        await client.post("/regions/US/pause")  # the job stays queued: its stream stays open
+        job = {"job_id": "held", "models": ["llama3.2-1b"], "regions": ["US"], "prompt": "hi"}
+        await client.post("/jobs", json=job)
+        head = await client.head("/jobs/held/events")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/event-stream")

@@ -226,3 +226,15 @@ async def test_inference_wait_must_be_a_boolean(client: httpx.AsyncClient) -> No
         "/inference?wait=perhaps", json={"model": "llama3.2-1b", "prompt": "hi"}
     )
     assert_error(response, 422, "VALIDATION_ERROR", "query.wait")
+
+
+async def test_whole_numbers_written_with_a_fraction_are_integers(
+    client: httpx.AsyncClient,
+) -> None:
+    # JSON Schema's integer: 3.0 is one; 1.5, "3" and true are not (see above).
+    response = await client.post(
+        "/jobs", json=body(priority=3.0, max_attempts=2.0, max_tokens=64.0)
+    )
+    assert response.status_code == 202, response.text
+    job = (await client.get(f"/jobs/{response.json()['job_id']}")).json()
+    assert job["priority"] == 3

@@ -11,7 +11,7 @@ from hybrid_router import __version__
 from hybrid_router.api import events, health, inference, jobs, metrics, openai, queue, regions
 from hybrid_router.api.auth import Authenticator, authenticate
 from hybrid_router.api.errors import ERROR_RESPONSES, install_error_handlers
-from hybrid_router.api.middleware import BodyLimit, ReadConcurrencyLimit
+from hybrid_router.api.middleware import BodyLimit, HeadAsGet, ReadConcurrencyLimit
 from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
 from hybrid_router.errors import RouterError
 from hybrid_router.runtime.service import RouterService
@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     app.state.quotas = Quotas(rate_limit_storage_uri(settings.store_url))
     install_error_handlers(app)
     app.add_middleware(ReadConcurrencyLimit, max_concurrent=settings.max_concurrent_reads)
+    app.add_middleware(HeadAsGet)
     # Outermost (added last): a body still on its way holds no read slot.
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.http.body_timeout_s

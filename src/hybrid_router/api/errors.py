@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from hybrid_router.api.schemas import ErrorBody, FieldError, OpenAIErrorBody
 from hybrid_router.errors import ExecutionFailed, RateLimited, RouterError, Unauthenticated
@@ -34,6 +35,7 @@ OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status in (400, 401, 403, 404, 409, 413, 429, 502, 503)
 }
 
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HTTP_CODES = {
     400: "BAD_REQUEST",
     404: "NOT_FOUND",
@@ -131,15 +133,40 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} not allowed on {request.url.path}"
+        # Starlette names the methods of the first route matching the path only.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    elif isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's answer to a JSON body that is not UTF-8: for the client, malformed JSON.
+        position = exc.__cause__.start
+        return error_response(
+            400,
+            "INVALID_JSON",
+            f"malformed JSON body: not valid UTF-8 at byte {position}",
+            path=request.url.path,
+        )
     else:
         message = str(exc.detail)
     return error_response(
-        exc.status_code, code, message, headers=exc.headers, path=request.url.path
+        exc.status_code, code, message, headers=headers or None, path=request.url.path
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path (HEAD wherever GET)."""
+    routes = request.app.router.routes
+    methods = {
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")  # see middleware.HeadAsGet
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

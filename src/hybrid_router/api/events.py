@@ -11,6 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from hybrid_router.api.auth import AdminDep, UserDep
 from hybrid_router.api.deps import ServiceDep
 from hybrid_router.api.jobs import OwnerQuery
+from hybrid_router.api.schemas import EventOut
 from hybrid_router.core.model import JobKey
 from hybrid_router.runtime.events import Event
 
@@ -41,4 +42,5 @@ async def all_events(service: ServiceDep, admin: AdminDep) -> AsyncIterator[Serv
 
 
 def _sse(event: Event) -> ServerSentEvent:
-    return ServerSentEvent(event=event.kind, raw_data=event.to_json())
+    data = EventOut.from_event(event).model_dump_json(exclude_none=True)
+    return ServerSentEvent(event=event.kind, raw_data=data)

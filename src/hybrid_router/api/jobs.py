@@ -13,8 +13,9 @@ from hybrid_router.core.model import JobState
 
 router = APIRouter(tags=["jobs"])
 
-# Far beyond any job's size, and small enough for every store's integer types.
-MAX_EXECUTIONS_PAGE_OFFSET = 10_000_000
+# Far beyond any job's size or any store's number of jobs, and small enough for every
+# store's integer types (SQLite's and Redis's are 64-bit: a larger offset was a 500).
+MAX_OFFSET = 10_000_000
 
 # Job ids are unique per owner: an admin may have to say whose job of an id is meant.
 OwnerQuery = Annotated[
@@ -48,7 +49,7 @@ async def list_jobs(
     service: ServiceDep,
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     state: Annotated[
         JobState | None, Query(alias="status", description="Only jobs in this state.")
     ] = None,
@@ -63,9 +64,9 @@ async def get_job(
     job_id: str,
     service: ServiceDep,
     user: UserDep,
-    executions_offset: Annotated[int, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET)] = 0,
+    executions_offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     executions_limit: Annotated[
-        int | None, Query(ge=0, le=MAX_EXECUTIONS_PAGE_OFFSET, description="None: every one")
+        int | None, Query(ge=0, le=MAX_OFFSET, description="None: every one")
     ] = None,
     owner: OwnerQuery = None,
 ) -> JobOut:

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the request body's limits (size, time), and how many reads run at once."""
+"""Pure ASGI middleware: the request body's limits (size, time), how many reads run at once,
+and HEAD."""
 
 from __future__ import annotations
 
@@ -117,3 +118,33 @@ def _counted_read(scope: Scope) -> bool:
         return False
     path: str = scope["path"]
     return not (path.endswith("/events") or path in ("/health", "/ready"))
+
+
+class HeadAsGet:
+    """Answers HEAD on every GET route as GET would, headers and status, without the body.
+
+    FastAPI routes answer only the methods they declare; HTTP expects HEAD wherever GET
+    is (probes and caches use it). Handled here rather than per route, so the OpenAPI
+    document keeps one operation per route and no route can forget it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal answered
+            if answered:
+                return  # the rest of a body (an event stream's, say) goes nowhere
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body":
+                answered = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

@@ -82,7 +82,9 @@ async def chat_completions(
     ] = None,
 ) -> ChatCompletion | Response:
     """Queue the chat as a job of one execution owned by the caller; answer once it ran."""
-    job = await chat.job_request(service, body.to_request(x_hybrid_router_region, owner=user.name))
+    # An empty header names no region, as if it were not sent.
+    region = x_hybrid_router_region or None
+    job = await chat.job_request(service, body.to_request(region, owner=user.name))
     accepted, _ = await quotas.submit(service, job, user)
     job_id = accepted.job.id
     if body.stream:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -31,6 +32,7 @@ from hybrid_router.core.model import (
 if TYPE_CHECKING:
     # Only for the server's conversions: the client imports these models without the server.
     from hybrid_router.runtime.chat import ChatAnswer, ChatRequest
+    from hybrid_router.runtime.events import Event
     from hybrid_router.runtime.service import JobRequest
 
 # Job ids end up in URLs and log lines: no slashes, no leading dot, so `../x` cannot pass.
@@ -44,7 +46,19 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 # At least one non-blank character: an empty prompt would only fail later, at the provider.
 Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
-MaxTokens = Annotated[int, Field(ge=1, le=32768)]
+
+
+def _whole_number(value: object) -> object:
+    # JSON has one number type: 3.0 is the integer 3 to JSON Schema and to most encoders;
+    # strict mode still refuses 1.5, "3" and true.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# After the bounds: placed before them, the bounds leave the OpenAPI document.
+WholeNumber = BeforeValidator(_whole_number)
+MaxTokens = Annotated[int, Field(ge=1, le=32768), WholeNumber]
 
 
 def iso(ts: float | None) -> str | None:
@@ -94,10 +108,18 @@ class OpenAIErrorBody(BaseModel):
 # ---------------------------------------------------------------------------- jobs
 
 
+def _given(name: str, json_type: str) -> dict[str, Any]:
+    """The JSON schema of "`name` is present and not null"."""
+    return {"required": [name], "properties": {name: {"type": json_type}}}
+
+
 class JobCreate(BaseModel):
     """POST /jobs: questions x models x regions, one execution each."""
 
-    model_config = _REQUEST
+    # The document says what the validator below checks, so clients and fuzzers know.
+    model_config = _REQUEST | ConfigDict(
+        json_schema_extra={"oneOf": [_given("questions", "array"), _given("prompt", "string")]}
+    )
 
     job_id: str | None = Field(
         default=None,
@@ -110,8 +132,10 @@ class JobCreate(BaseModel):
     prompt: Text | None = Field(default=None, description="A single question (or `questions`).")
     temperature: Temperature = 0.7
     max_tokens: MaxTokens = 256
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
-    max_attempts: int = Field(default=3, ge=1, le=20)
+    priority: Annotated[int, Field(ge=-1000, le=1000), WholeNumber] = Field(
+        default=0, description="Higher runs first."
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=20), WholeNumber] = 3
     deadline_s: float | None = Field(
         default=None,
         gt=0,
@@ -313,7 +337,11 @@ class JobList(BaseModel):
 class InferenceCreate(BaseModel):
     """POST /inference: the original single-request endpoint, now queued."""
 
-    model_config = _REQUEST
+    model_config = _REQUEST | ConfigDict(
+        json_schema_extra={
+            "not": {"allOf": [_given("region", "string"), _given("region_preference", "string")]}
+        }
+    )
 
     model: Name
     prompt: Text
@@ -528,7 +556,8 @@ class EventOut(BaseModel):
 
     kind: str = Field(description="queued, started, retrying, succeeded, ..., job_finished")
     job_id: str
-    at: float = Field(description="When it happened, epoch seconds")
+    owner: str | None = None
+    at: str = Field(description="When it happened, ISO-8601 UTC like every timestamp")
     execution_id: str | None = None
     region: str | None = None
     model: str | None = None
@@ -536,6 +565,11 @@ class EventOut(BaseModel):
     state: str | None = None
     error_code: str | None = None
     message: str | None = None
+
+    @classmethod
+    def from_event(cls, event: Event) -> EventOut:
+        """From a bus event (whose `at` is epoch seconds, as replicas exchange it)."""
+        return cls.model_validate(event.to_dict() | {"at": _iso(event.at)})
 
 
 # ---------------------------------------------------------------------------- openai
@@ -551,7 +585,8 @@ class ChatMessageIn(BaseModel):
 
     # `developer` is OpenAI's newer name for `system`.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str = Field(description="Text, or a list of text parts (joined).")
+    # Not empty: a message that says nothing leaves nothing to answer.
+    content: str = Field(min_length=1, description="Text, or a list of text parts (joined).")
 
     @field_validator("content", mode="before")
     @classmethod
@@ -586,15 +621,9 @@ class ChatCompletionCreate(BaseModel):
     max_completion_tokens: MaxTokens | None = Field(default=None, description="As max_tokens.")
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
-    tools: list[dict[str, Any]] | None = Field(default=None, description="Not supported.")
-
-    @model_validator(mode="after")
-    def _answerable(self) -> ChatCompletionCreate:
-        if self.tools:
-            raise ValueError("tools are not supported by this router")
-        if not any(m.to_message().content.strip() for m in self.messages):
-            raise ValueError("every message is empty")
-        return self
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, max_length=0, description="Not supported: none or an empty list."
+    )
 
     def to_request(self, region: str | None, *, owner: str) -> ChatRequest:
         """The chat for the service; `region` from the request's header, if any."""

@@ -32,6 +32,10 @@ class ProviderKind(enum.StrEnum):
     SIMULATED = "simulated"
 
 
+# Far above the longest answer (32768 tokens, even JSON-escaped), far below what would hurt.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ProviderSpec:
     """A deployment serving some models in one region (Modal's words, on purpose)."""
@@ -49,6 +53,8 @@ class ProviderSpec:
     scaledown_window_s: float = 120.0
     max_inputs: int = 1
     max_containers: int | None = None
+    # A reply longer than this fails the call for good: it is neither read nor stored whole.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # Simulated providers only: how much faster than production the simulation runs.
     time_scale: float = 1.0
     seed: int = 0

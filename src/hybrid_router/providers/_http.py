@@ -16,6 +16,7 @@ import httpx
 
 from hybrid_router.core.model import Completion, Failure, FailureKind, ProviderSpec
 from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+from hybrid_router.redaction import Redactor
 
 # Only connecting has its own bound: reading may legitimately take minutes (Modal holds a
 # request up to 150 s before its 303), and the whole call is bounded by `deadline` anyway.
@@ -28,7 +29,6 @@ _TIMEOUTS = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
 DEFAULT_MAX_CONNECTIONS = 64
 _EXCERPT_CHARS = 300
 _APP_STOPPED = "app for invoked web endpoint is stopped"
-REDACTED = "[redacted]"
 
 
 @asynccontextmanager
@@ -173,9 +173,7 @@ class HttpProvider(abc.ABC):
         """The call itself, as the provider's protocol makes it."""
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        return Redactor(self._secrets)(text)
 
     def _redact_json(self, value: object) -> object:
         if isinstance(value, str):
@@ -216,7 +214,7 @@ class HttpProvider(abc.ABC):
                     follow_redirects=False,
                 ) as response,
             ):
-                body = await response.aread()
+                body = await self._read_capped(response)
         except (httpx.RequestError, httpx.InvalidURL) as exc:
             raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
         return Reply(
@@ -225,6 +223,25 @@ class HttpProvider(abc.ABC):
             body,
             time.monotonic() - started,
         )
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The reply's body, or RESPONSE_TOO_LARGE as soon as it passes max_response_bytes
+        (declared or as it arrives, decoded): leaving the stream drops the connection."""
+        limit = self.spec.max_response_bytes
+        too_large = Failure(
+            "RESPONSE_TOO_LARGE",
+            f"{self.spec.name}: reply larger than {limit} bytes (max_response_bytes)",
+            FailureKind.PERMANENT,
+        )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ProviderFailure(too_large)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise ProviderFailure(too_large)
+        return bytes(body)
 
     def _url(self, raw: str) -> httpx.URL:
         """`raw` parsed, or a PROVIDER_BAD_URL failure."""

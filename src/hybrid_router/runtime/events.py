@@ -60,10 +60,14 @@ class Event:
         """The job it is about, if any."""
         return None if self.owner is None else JobKey(self.owner, self.job_id)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (`at` in epoch seconds)."""
         # Not dataclasses.asdict: it deep-copies every value, for two events per execution.
         values = ((name, getattr(self, name)) for name in _EVENT_FIELDS)
-        return json.dumps({k: v for k, v in values if v is not None and v != ()})
+        return {k: v for k, v in values if v is not None and v != ()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> Event:

@@ -39,6 +39,7 @@ from hybrid_router.core.policy import Topology
 from hybrid_router.core.queue_index import QueueIndex
 from hybrid_router.errors import StoreFenced, StoreUnavailable
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
+from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import JOB_FINISHED, execution_event, job_event
 from hybrid_router.store.base import Store
 
@@ -83,6 +84,7 @@ class RegionQueueManager:
         durations: Durations,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -91,6 +93,7 @@ class RegionQueueManager:
         self.publish = publish
         self.clock = clock
         self.rng = rng or random.Random()
+        self.redactor = redactor or Redactor()
         self.lock = asyncio.Lock()
         self.durations = durations
         self._wakeup = asyncio.Event()
@@ -399,6 +402,9 @@ class RegionQueueManager:
             log.exception("provider %s raised", execution.provider)
             outcome = Failure("PROVIDER_BUG", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
         self._cancelling.discard(execution.id)
+        if outcome is not None:
+            # Where a provider's words enter the router: nothing secret goes further.
+            outcome = self.redactor.outcome(outcome)
         answered_at = self.clock()
         if isinstance(outcome, Completion):
             self.durations.observe(

@@ -34,6 +34,7 @@ from hybrid_router.core.retry import RetryPolicy
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.base import Provider
 from hybrid_router.providers.simulated import SimulatedCloud
+from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import (
     CANCEL_REQUESTED,
     JOB_FINISHED,
@@ -124,8 +125,10 @@ class RouterService:
         *,
         bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
+        redactor: Redactor | None = None,
     ) -> None:
         self.settings = settings
+        self.redactor = redactor or Redactor.from_settings(settings)
         self.store = store
         self.providers = providers
         self.bus: EventBus = bus or LocalBus()
@@ -160,6 +163,7 @@ class RouterService:
             publish=self.bus.publish,
             durations=self.durations,
             clock=self.clock,
+            redactor=self.redactor,
         )
 
     async def start(self) -> None:
@@ -263,6 +267,15 @@ class RouterService:
             deadline_s=request.deadline_s,
             created_at=self.clock(),
         )
+        size = len(job.questions) * len(models) * len(regions)
+        if size > self.settings.max_executions_per_job:
+            raise errors.PayloadTooLarge(
+                f"the job expands into {size} executions ({len(job.questions)} questions x "
+                f"{len(models)} models x {len(regions)} regions), more than the "
+                f"{self.settings.max_executions_per_job} a job may have "
+                "(max_executions_per_job): split it",
+                code="TOO_MANY_EXECUTIONS",
+            )
         executions = job.expand()
         if gate is not None and (request.job_id is None or not await self.store.get_job(job.key)):
             await gate(job, len(executions))
@@ -699,7 +712,9 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
     bus: EventBus = LocalBus()
     if isinstance(store, RedisStore):
         bus = RedisBus(store.url, f"{store.prefix}:events", store.node_id)
-    return RouterService(settings, store, providers, bus=bus)
+    return RouterService(
+        settings, store, providers, bus=bus, redactor=Redactor.from_settings(settings, env)
+    )
 
 
 def _counts(executions: Iterable[Execution]) -> dict[ExecutionState, int]:
