@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from hybrid_router.core.health import HealthRules
 from hybrid_router.core.model import ModelSpec, ProviderKind, ProviderSpec, Region
 from hybrid_router.errors import ConfigError
 from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
@@ -114,6 +115,19 @@ class ProviderConfig(BaseModel):
     seed: int | None = None
 
 
+class ProviderHealthConfig(BaseModel):
+    """`[provider_health]`: when a failing provider is skipped for a sibling (core.health)."""
+
+    model_config = _STRICT
+
+    failures: int = Field(default=3, gt=0)
+    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    cooldown_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    def rules(self) -> HealthRules:
+        return HealthRules(self.failures, self.window_s, self.cooldown_s)
+
+
 class UserConfig(BaseModel):
     """`[users.NAME]`: one API key, its role and its limits."""
 
@@ -182,6 +196,7 @@ class Settings(BaseModel):
     regions: dict[str, RegionConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    provider_health: ProviderHealthConfig = Field(default_factory=ProviderHealthConfig)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     http: HttpConfig = Field(default_factory=HttpConfig)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger
@@ -74,12 +74,14 @@ def forecast(
     topology: Topology,
     now: float,
     duration: Durations,
+    cooling: Mapping[str, float] | None = None,
 ) -> Forecast:
     """When each queued execution is expected to start, and each queued or running one to
     finish, in seconds from `now`.
 
-    Assumes every call succeeds after its expected duration, cold or warm. Executions whose
-    start lies beyond MAX_STEPS policy rounds are left out (unknown).
+    Assumes every call succeeds after its expected duration, cold or warm, and providers
+    cooling down (`cooling`, see core.health) stay down until their cooldowns end.
+    Executions whose start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
     pending = QueueIndex(queued)
     live = {c.id: c for c in containers}
@@ -94,7 +96,7 @@ def forecast(
     t = now
     for _ in range(MAX_STEPS):
         # Lane heads only: each step costs what it admits, not the length of the queue.
-        decision = decide_indexed(pending, live.values(), topology, t)
+        decision = decide_indexed(pending, live.values(), topology, t, cooling=cooling)
         for admission in decision.admissions:
             e = admission.execution
             starts[e.id] = t - now

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import ledger, policy, retry
 from hybrid_router.core.estimate import Durations
+from hybrid_router.core.health import HealthBoard
 from hybrid_router.core.model import (
     Completion,
     Container,
@@ -81,6 +82,7 @@ class RegionQueueManager:
         retry_policy: retry.RetryPolicy,
         publish: Callable[..., Awaitable[None]],
         durations: Durations,
+        health: HealthBoard | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -93,6 +95,8 @@ class RegionQueueManager:
         self.rng = rng or random.Random()
         self.lock = asyncio.Lock()
         self.durations = durations
+        # Which providers answer: a failing one is skipped for a sibling while it cools down.
+        self.health = health or HealthBoard()
         self._wakeup = asyncio.Event()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
@@ -300,7 +304,12 @@ class RegionQueueManager:
             modes = await self.store.region_modes()
             closed = frozenset(r for r, mode in modes.items() if not mode.admits)
             decision = policy.decide_indexed(
-                self.index, self.ledger.values(), self.topology, now, closed
+                self.index,
+                self.ledger.values(),
+                self.topology,
+                now,
+                closed,
+                self.health.cooling(now),
             )
             self.rounds += 1
             if decision.admissions and self._admitting:
@@ -399,6 +408,7 @@ class RegionQueueManager:
             outcome = Failure("PROVIDER_BUG", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
         self._cancelling.discard(execution.id)
         answered_at = self.clock()
+        self.health.record(provider.spec.name, outcome, answered_at)
         if isinstance(outcome, Completion):
             self.durations.observe(
                 execution.region, execution.model, answered_at - started, cold=cold

@@ -14,15 +14,18 @@ from dataclasses import dataclass, replace
 from hybrid_router import errors
 from hybrid_router.core import estimate, ledger, policy
 from hybrid_router.core.estimate import Durations
+from hybrid_router.core.health import HealthBoard
 from hybrid_router.core.model import (
     Container,
     Execution,
     ExecutionState,
     ExecutionStatus,
+    HealthState,
     Job,
     JobKey,
     JobState,
     JobStatus,
+    ProviderStatus,
     RegionMode,
     RegionStatus,
     job_state,
@@ -125,6 +128,7 @@ class RouterService:
         )
         # The scheduler's moving averages outlive any one term as leader.
         self.durations = Durations.seeded(self.topology)
+        self.health = HealthBoard(settings.provider_health.rules())
         self.leadership = Leadership(
             store,
             self._new_manager,
@@ -143,6 +147,7 @@ class RouterService:
             retry_policy=RetryPolicy(self.settings.retry_base_s, self.settings.retry_max_s),
             publish=self.bus.publish,
             durations=self.durations,
+            health=self.health,
             clock=self.clock,
         )
 
@@ -366,16 +371,25 @@ class RouterService:
                 queued: list[Execution] = list(manager.index)
                 running: list[Execution] = list(manager.running.values())
                 containers = list(manager.ledger.values())
+                cooling = manager.health.cooling(now)
             else:
                 queued = await self.store.queued()
                 running = await self.store.running()
                 containers = await self.store.containers()
+                cooling = {}
             places = policy.positions(queued, now, self.topology.priority_aging_s)
             # On a snapshot, in a thread: tens of milliseconds of policy rounds would
             # otherwise hold up every request and the scheduler's next step.
             durations = replace(self.durations, observed=dict(self.durations.observed))
             expected = await asyncio.to_thread(
-                estimate.forecast, queued, running, containers, self.topology, now, durations
+                estimate.forecast,
+                queued,
+                running,
+                containers,
+                self.topology,
+                now,
+                durations,
+                cooling,
             )
             self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
             return self._estimate
@@ -502,6 +516,15 @@ class RouterService:
         by_region: dict[str, list[Execution]] = {}
         for e in running:
             by_region.setdefault(e.region, []).append(e)
+        # Only the leader makes calls, so only it knows how its providers answer.
+        providers: dict[str, list[ProviderStatus]] = {}
+        for spec in self.topology.providers.values():
+            health = (
+                self.health.status(spec.name, now)
+                if manager is not None
+                else ProviderStatus(spec.name, HealthState.UNKNOWN)
+            )
+            providers.setdefault(spec.region, []).append(health)
         shared = self.topology.shared
         containers = ledger.held(all_containers, now, shared)
         use = ledger.usage(containers, now, shared)
@@ -524,6 +547,7 @@ class RouterService:
                 gpu_limit=region.gpu_limit,
                 max_running=region.max_running,
                 mode=modes.get(name, RegionMode.OPEN),
+                providers=tuple(providers.get(name, ())),
             )
         return result
 
