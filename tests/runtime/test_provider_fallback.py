@@ -24,7 +24,7 @@ MODEL = "llama3.2-1b"
 COOLDOWN_S = 1.0
 
 
-def config(tmp_path: Path, ports: tuple[int, int]) -> dict[str, Any]:
+def config(tmp_path: Path, ports: tuple[int, int], scaledown_s: float) -> dict[str, Any]:
     return {
         "gpu_limit": 10,
         "retry_base_s": 0.02,
@@ -41,7 +41,7 @@ def config(tmp_path: Path, ports: tuple[int, int]) -> dict[str, Any]:
                 "models": [MODEL],
                 "url": f"http://127.0.0.1:{port}/US",
                 "timeout_s": 5,
-                "scaledown_window_s": 120 * TIME_SCALE,
+                "scaledown_window_s": scaledown_s,
             }
             for name, port in zip(("first", "second"), ports, strict=True)
         },
@@ -64,13 +64,22 @@ class Provider:
         return 0 if self._cloud is None else len(self._cloud.stats()["arrivals"])  # type: ignore[arg-type]
 
 
+Setup = tuple[httpx.AsyncClient, Provider, Provider]
+
+
 @pytest.fixture
-async def setup(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[httpx.AsyncClient, Provider, Provider]]:
+def scaledown_s() -> float:
+    """The router's scaledown window: the emulator's, unless a test parametrizes another."""
+    return 120 * TIME_SCALE
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, scaledown_s: float) -> AsyncIterator[Setup]:
+    """The router's API and its two providers, neither started."""
     async with AsyncExitStack() as stack:
         first, second = Provider(stack), Provider(stack)
-        app = create_app(settings_from_mapping(config(tmp_path, (first.port, second.port))))
+        ports = (first.port, second.port)
+        app = create_app(settings_from_mapping(config(tmp_path, ports, scaledown_s)))
         await stack.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app)
         client = await stack.enter_async_context(
@@ -102,7 +111,7 @@ async def health(client: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def test_executions_run_on_the_sibling_while_the_first_refuses_then_on_the_first_again(
-    setup: tuple[httpx.AsyncClient, Provider, Provider],
+    setup: Setup,
 ) -> None:
     client, first, second = setup
     await second.start()  # the first refuses connections: nothing listens on its port
@@ -126,8 +135,23 @@ async def test_executions_run_on_the_sibling_while_the_first_refuses_then_on_the
     assert await health(client) == {"first": "healthy", "second": "healthy"}
 
 
+@pytest.mark.parametrize("scaledown_s", [60.0])
+async def test_refused_calls_hold_no_gpu_so_the_sibling_gets_the_region_at_once(
+    setup: Setup, scaledown_s: float
+) -> None:
+    # A refused call never reached the provider: no container of it holds a GPU for the
+    # scaledown window (here a minute), or the region's 3 GPUs would be gone to the first.
+    client, _, second = setup
+    await second.start()
+    job = await finished(client, await submit(client, 6))
+    assert job["status"] == "succeeded"
+    assert {e["provider"] for e in job["executions"]} == {"second"}
+    region = (await client.get("/queue/status/US")).json()
+    assert region["gpus_warm"] <= 3
+
+
 async def test_with_both_providers_down_executions_wait_then_run_when_one_returns(
-    setup: tuple[httpx.AsyncClient, Provider, Provider],
+    setup: Setup,
 ) -> None:
     client, _, second = setup
     job_id = await submit(client, 4)

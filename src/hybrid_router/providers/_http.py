@@ -29,6 +29,8 @@ DEFAULT_MAX_CONNECTIONS = 64
 _EXCERPT_CHARS = 300
 _APP_STOPPED = "app for invoked web endpoint is stopped"
 REDACTED = "[redacted]"
+# Failures before a byte of the request went out: the provider started nothing for it.
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)
 
 
 @asynccontextmanager
@@ -199,8 +201,13 @@ class HttpProvider(abc.ABC):
         *,
         headers: Mapping[str, str],
         payload: object | None = None,
+        follow_up: bool = False,
     ) -> Reply:
-        """Send one request and read its reply in full; transport errors become failures."""
+        """Send one request and read its reply in full; transport errors become failures.
+
+        `follow_up`: a request after the call's first (a poll), which reached the provider
+        whatever becomes of this one.
+        """
         started = time.monotonic()
         try:
             # A stream read inside `async with` is closed however this ends, cancellation
@@ -218,7 +225,8 @@ class HttpProvider(abc.ABC):
             ):
                 body = await response.aread()
         except (httpx.RequestError, httpx.InvalidURL) as exc:
-            raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
+            reached = follow_up or not isinstance(exc, _NOTHING_SENT)
+            raise ProviderFailure(transport_failure(self.spec.name, exc), reached=reached) from exc
         return Reply(
             response.status_code,
             response.headers.get("location"),
@@ -231,7 +239,7 @@ class HttpProvider(abc.ABC):
         try:
             return httpx.URL(raw)
         except httpx.InvalidURL as exc:
-            raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
+            raise ProviderFailure(transport_failure(self.spec.name, exc), reached=False) from exc
 
     def _json_object(self, reply: Reply) -> dict[str, object]:
         """The reply body as a JSON object, or a PROVIDER_BAD_RESPONSE failure."""

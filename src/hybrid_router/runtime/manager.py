@@ -65,6 +65,8 @@ class _Result:
     outcome: Completion | Failure | None
     answered_at: float
     spec: ProviderSpec
+    # False when the call never got to the provider: nothing there holds a GPU for it.
+    reached: bool = True
     recorded: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -384,6 +386,7 @@ class RegionQueueManager:
         )
         started = self.clock()
         outcome: Completion | Failure | None
+        reached = True
         assert execution.started_at is not None
         slack = self._launch_slack_s
         if slack is not None and started - execution.started_at > slack:
@@ -399,6 +402,7 @@ class RegionQueueManager:
             outcome = await provider.run(request)
         except ProviderFailure as failure:
             outcome = failure.failure
+            reached = failure.reached
         except asyncio.CancelledError:
             if execution.id not in self._cancelling:
                 raise  # shutdown: left running, recovered as after a crash
@@ -413,7 +417,7 @@ class RegionQueueManager:
             self.durations.observe(
                 execution.region, execution.model, answered_at - started, cold=cold
             )
-        await self._settle(_Result(execution, outcome, answered_at, provider.spec))
+        await self._settle(_Result(execution, outcome, answered_at, provider.spec, reached))
 
     async def _settle(self, result: _Result) -> None:
         """Hand the outcome to the recorder and wait until it is written (or dropped because
@@ -510,6 +514,8 @@ class RegionQueueManager:
                 assert execution.started_at is not None
                 until = execution.started_at + spec.timeout_s + scaledown
                 container = ledger.abandon(container, execution.id, max(until, now + scaledown))
+            elif not result.reached:
+                container = ledger.unsent(container, execution.id)
             else:
                 answered.append(result)
         changed = {container_id}
