@@ -7,9 +7,10 @@ Each run starts a fresh `hybrid-router emulate-modal` (the account, 5 GPUs) and 
 then `hybrid-router serve` on it: with SQLite one router, which is killed with SIGKILL at random
 moments and started again on the same file; with `--store redis` two replicas on one key
 prefix (lease TTL 1 s, so a failover takes a second or two), of which the leader is killed and
-replaced by a new standby. Jobs of every model in every region (3 regions of 3 GPUs, below the
-account's 5 in sum) go in in waves, one before the first kill and one after each restart.
-After the last kill the run waits for every job to finish, then checks:
+replaced by a new standby. Jobs of every model in every region (3 regions of 3 GPUs on an
+account of 5, so the account's limit binds) go in in waves, one before the first kill and one
+after each restart; each kill comes at a random moment 0.1-1.2 s after the wave before it.
+After the last wave the run waits for every job to finish, then checks:
 
 - lost: executions accepted (202) that no job view shows, and failed ones (the emulator never
   fails a call, and a crash spends no attempt: a failed execution is one the crash cost);
@@ -138,12 +139,16 @@ class Cluster:
             return None
         return role
 
-    def leader(self, within_s: float = 30.0) -> Process:
-        """The leader, once every router answers /ready (a standby too)."""
+    def wait_ready(self) -> None:
+        """Until every router answers /ready (a standby too)."""
         for router in self.routers:
             if router.pid not in self.ready:
                 wait_ready(router, "/ready")
                 self.ready.add(router.pid)
+
+    def leader(self, within_s: float = 30.0) -> Process:
+        """The leader, once every router is ready."""
+        self.wait_ready()
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             for router in self.routers:
@@ -197,13 +202,16 @@ class Cluster:
         in_flight, completed = asyncio.run(_in_flight(store_url))
         self.routers.remove(victim)
         if not self.routers:
-            self.routers.append(start_router(self.config, self.tmp))
-            self.ready.add(self.routers[0].pid)
+            self._start_one()
         recovery = self._recovery(completed, killed_at, total)
         if len(self.routers) < self.replicas:
-            # The next standby starts while the survivor leads: awaited at the next kill.
-            self.routers.append(start_router(self.config, self.tmp, wait=False))
+            self._start_one()  # a standby again for the survivor, before the next kill
         return in_flight, recovery
+
+    def _start_one(self) -> None:
+        router = start_router(self.config, self.tmp)
+        self.routers.append(router)
+        self.ready.add(router.pid)
 
     def _recovery(self, completed_at_kill: int, killed_at: float, total: int) -> float:
         while time.monotonic() - killed_at < 60:
