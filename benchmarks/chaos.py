@@ -9,7 +9,8 @@ moments and started again on the same file; with `--store redis` two replicas on
 prefix (lease TTL 1 s, so a failover takes a second or two), of which the leader is killed and
 replaced by a new standby. Jobs of every model in every region (3 regions of 3 GPUs on an
 account of 5, so the account's limit binds) go in in waves, one before the first kill and one
-after each restart; each kill comes at a random moment 0.1-1.2 s after the wave before it.
+after each restart; each kill comes at a random moment of the load (once a random number of
+the executions submitted so far have completed, a tenth to nine tenths, and 0-0.1 s more).
 After the last wave the run waits for every job to finish, then checks:
 
 - lost: executions accepted (202) that no job view shows, and failed ones (the emulator never
@@ -128,8 +129,9 @@ class Cluster:
         self.client = httpx.Client(timeout=10.0)
 
     def close(self) -> None:
+        """Kill every router: what they leave in the store no longer matters."""
         for router in self.routers:
-            router.stop()
+            _kill(router)
         self.client.close()
 
     def role(self, router: Process) -> str | None:
@@ -201,17 +203,23 @@ class Cluster:
         killed_at = time.monotonic()
         in_flight, completed = asyncio.run(_in_flight(store_url))
         self.routers.remove(victim)
-        if not self.routers:
-            self._start_one()
+        # On SQLite the restart, on Redis a standby again for the survivor (started while
+        # the survivor takes over: awaited before the next wave, so before the next kill).
+        self.routers.append(start_router(self.config, self.tmp, wait=False))
+        if len(self.routers) == 1:
+            self.wait_ready()
         recovery = self._recovery(completed, killed_at, total)
-        if len(self.routers) < self.replicas:
-            self._start_one()  # a standby again for the survivor, before the next kill
+        self.wait_ready()
         return in_flight, recovery
 
-    def _start_one(self) -> None:
-        router = start_router(self.config, self.tmp)
-        self.routers.append(router)
-        self.ready.add(router.pid)
+    def until_completed(self, n: int, within_s: float = 60.0) -> None:
+        """Until `n` executions have completed: a moment of the load to kill at."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            done = self.completed()
+            if done is not None and done >= n:
+                return
+            time.sleep(0.01)
 
     def _recovery(self, completed_at_kill: int, killed_at: float, total: int) -> float:
         while time.monotonic() - killed_at < 60:
@@ -238,6 +246,12 @@ async def _in_flight(store_url: str) -> tuple[set[str], int]:
         if state in (ExecutionState.SUCCEEDED, ExecutionState.FAILED)
     )
     return running, done
+
+
+def _kill(process: Process) -> None:
+    if process.popen.poll() is None:
+        process.popen.kill()
+        process.popen.wait()
 
 
 def job_bodies(run: int, wave: int, jobs: int, questions: int) -> list[dict[str, Any]]:
@@ -276,7 +290,9 @@ def one_run(number: int, args: argparse.Namespace, rng: random.Random) -> Run:
             in_flight: Counter[str] = Counter()
             result.executions += cluster.submit(waves[0])
             for wave in waves[1:]:
-                time.sleep(rng.uniform(0.1, 1.2))  # a random moment of the load
+                submitted = result.executions
+                cluster.until_completed(rng.randint(submitted // 10, submitted * 9 // 10))
+                time.sleep(rng.uniform(0.0, 0.1))
                 flying, recovery = cluster.kill_and_restart(store_url, result.executions)
                 in_flight.update(flying)
                 result.in_flight += len(flying)
@@ -300,7 +316,7 @@ def one_run(number: int, args: argparse.Namespace, rng: random.Random) -> Run:
         finally:
             if cluster is not None:
                 cluster.close()
-            emulator.stop()
+            _kill(emulator)
             asyncio.run(cleanup_store(store_url))
     result.seconds = time.monotonic() - started
     return result
