@@ -163,7 +163,7 @@ class HttpProvider(abc.ABC):
             completion = await self._call(request)
         except ProviderFailure as exc:
             failure = dataclasses.replace(exc.failure, message=self._redact(exc.failure.message))
-            raise ProviderFailure(failure) from exc.__cause__
+            raise ProviderFailure(failure, reached=exc.reached) from exc.__cause__
         return dataclasses.replace(
             completion,
             response=self._redact(completion.response),
