@@ -1,8 +1,9 @@
 """What the HTTP benchmarks share: configs, the router and the emulator as subprocesses, stores.
 
 Not a benchmark itself. The scripts beside it import it (`python benchmarks/X.py` puts this
-folder on the import path). Servers listen on 127.0.0.1, on ports 18100-18199; Redis stores
-live in DB 15 under a prefix of their own, deleted by `cleanup_store`.
+folder on the import path). Servers listen on 127.0.0.1, on ports 18100-18199 (or the range
+in $BENCH_PORTS, such as 18480-18549); Redis stores live in DB 15 under a prefix of their
+own, deleted by `cleanup_store`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from hybrid_router.core.model import Job
 from hybrid_router.store import store_from_url
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
-PORTS = range(18100, 18200)
+_LOW, _, _HIGH = os.environ.get("BENCH_PORTS", "18100-18199").partition("-")
+PORTS = range(int(_LOW), int(_HIGH) + 1)
 BIN = Path(sys.executable).parent
 REGION = "US"
 MODEL = "llama3.2-1b"
@@ -37,16 +39,26 @@ MODEL = "llama3.2-1b"
 SMALL_MODEL_S = 37.5
 
 
+# Ports given out already: a process started without waiting may not listen on its port yet.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port of 18100-18199 nobody listens on now."""
+    """A port of PORTS nobody listens on now, and not given out before by this process
+    (while a port is free again it is given out again once all the others have been)."""
+    if all(port in _GIVEN for port in PORTS):
+        _GIVEN.clear()
     for port in PORTS:
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
-    raise SystemExit("no free port in 18100-18199")
+    raise SystemExit(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def store_url(kind: str, tmp: Path) -> str:
@@ -210,8 +222,11 @@ def start_router(config: dict[str, Any], tmp: Path, *, wait: bool = True) -> Pro
     return process
 
 
-def start_emulator(tmp: Path, *, gpu_limit: int = 100_000, time_scale: float = 1e-6) -> Process:
-    """`hybrid-router emulate-modal` on a free port (no token: it accepts any caller)."""
+def start_emulator(
+    tmp: Path, *, gpu_limit: int = 100_000, time_scale: float = 1e-6, wait: bool = True
+) -> Process:
+    """`hybrid-router emulate-modal` on a free port (no token: it accepts any caller); waits
+    for it to answer unless told not."""
     port = free_port()
     log = tmp / f"emulator-{port}.log"
     env = {k: v for k, v in os.environ.items() if k != "MODAL_API_TOKEN"}
@@ -225,7 +240,8 @@ def start_emulator(tmp: Path, *, gpu_limit: int = 100_000, time_scale: float = 1
         "--poll-after-s", "1",
     ]  # fmt: skip
     process = Process(_spawn(args, log, env), f"http://127.0.0.1:{port}", log)
-    wait_ready(process, "/stats")
+    if wait:
+        wait_ready(process, "/stats")
     return process
 
 

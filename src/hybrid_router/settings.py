@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from hybrid_router.core.health import HealthRules
 from hybrid_router.core.model import (
     DEFAULT_MAX_RESPONSE_BYTES,
     ModelSpec,
@@ -121,6 +122,19 @@ class ProviderConfig(BaseModel):
     seed: int | None = None
 
 
+class ProviderHealthConfig(BaseModel):
+    """`[provider_health]`: when a failing provider is skipped for a sibling (core.health)."""
+
+    model_config = _STRICT
+
+    failures: int = Field(default=3, gt=0)
+    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    cooldown_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    def rules(self) -> HealthRules:
+        return HealthRules(self.failures, self.window_s, self.cooldown_s)
+
+
 class UserConfig(BaseModel):
     """`[users.NAME]`: one API key, its role and its limits."""
 
@@ -189,6 +203,7 @@ class Settings(BaseModel):
     regions: dict[str, RegionConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    provider_health: ProviderHealthConfig = Field(default_factory=ProviderHealthConfig)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     # A job expands into questions x models x regions executions: a few KB of body could
     # otherwise queue tens of thousands. Typical jobs have tens.

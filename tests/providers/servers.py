@@ -32,10 +32,11 @@ STOPPING: list[threading.Thread] = []
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on a free port of 127.0.0.1, in its own thread and
-    event loop (as a real provider would be); yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+async def serve(app: Any, port: int = 0) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (on a free port unless `port` is given),
+    in its own thread and event loop (as a real provider would be); yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-server")
     thread.start()
     try:

@@ -226,6 +226,21 @@ async def test_connection_refused_is_unavailable(kit: Kit) -> None:
 
     assert failed.value.failure.kind is FailureKind.UNAVAILABLE
     assert failed.value.failure.code == "PROVIDER_UNAVAILABLE"
+    assert not failed.value.reached  # nothing was sent: no container holds a GPU for it
+
+
+async def test_a_poll_refused_after_the_call_reached_the_provider_counts_as_reached(
+    kit: Kit,
+) -> None:
+    async def start(request: Request) -> Response:
+        return RedirectResponse(f"http://127.0.0.1:{free_port()}/result", status_code=303)
+
+    url = await kit.serve(Starlette(routes=[Route("/", start, methods=["POST"])]))
+    with pytest.raises(ProviderFailure) as failed:
+        await kit.modal(url).run(request())
+
+    assert failed.value.failure.kind is FailureKind.UNAVAILABLE
+    assert failed.value.reached  # the call runs there: its container holds a GPU
 
 
 async def test_connection_dropped_mid_call_is_transient(kit: Kit) -> None:
@@ -245,6 +260,7 @@ async def test_connection_dropped_mid_call_is_transient(kit: Kit) -> None:
 
     assert failed.value.failure.kind is FailureKind.TRANSIENT
     assert failed.value.failure.code == "PROVIDER_ERROR"
+    assert failed.value.reached
 
 
 async def test_timeout_counts_from_the_call_start_across_polls(kit: Kit) -> None:

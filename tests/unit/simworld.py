@@ -33,6 +33,7 @@ class PromiseBroken(AssertionError):
 class CloudContainer:
     """A container as the provider sees it: the truth the router's ledger must bound."""
 
+    provider: str
     region: str
     model: str
     gpus: int
@@ -50,14 +51,18 @@ class Cloud:
     calls: dict[int, tuple[CloudContainer, float]] = field(default_factory=dict)
     next_call: int = 0
 
-    def call(self, e: Execution, gpus: int, max_inputs: int, ends: float, now: float) -> None:
+    def call(
+        self, e: Execution, provider: str, gpus: int, max_inputs: int, ends: float, now: float
+    ) -> None:
         self.expire(now)
         free = [
             c
             for c in self.containers
-            if c.region == e.region and c.model == e.model and c.busy < max_inputs
+            if c.provider == provider and c.model == e.model and c.busy < max_inputs
         ]
-        container = self.rng.choice(free) if free else CloudContainer(e.region, e.model, gpus)
+        container = (
+            self.rng.choice(free) if free else CloudContainer(provider, e.region, e.model, gpus)
+        )
         if not free:
             self.containers.append(container)
         container.busy += 1
@@ -70,7 +75,7 @@ class Cloud:
                 del self.calls[call]
                 container.busy -= 1
                 if not container.busy:
-                    container.warm_until = ends + scaledown_s[container.region]
+                    container.warm_until = ends + scaledown_s[container.provider]
         self.expire(now)
 
     def expire(self, now: float) -> None:
@@ -90,6 +95,9 @@ class World:
     crash_rate: float = 0.0
     failure_rate: float = 0.0
     capacity_rate: float = 0.0
+    # How often, per step, a provider starts cooling down (core.health), for a while.
+    cooling_rate: float = 0.0
+    cooling: dict[str, float] = field(default_factory=dict)
     now: float = 0.0
     seq: int = 0
     executions: dict[str, Execution] = field(default_factory=dict)
@@ -122,8 +130,15 @@ class World:
     def step(self, until: float | None) -> float | None:
         """Decide at `now`, then advance to the next event (no later than `until`)."""
         self._expire()
-        decision = decide(self.queued(), self.containers.values(), self.topology, self.now)
-        incremental = decide_indexed(self.index, self.containers.values(), self.topology, self.now)
+        if self.rng.random() < self.cooling_rate:
+            provider = self.rng.choice(sorted(self.topology.providers))
+            self.cooling[provider] = self.now + self.rng.uniform(0.2, 3.0)
+        self.cooling = {p: until for p, until in self.cooling.items() if until > self.now}
+        containers = self.containers.values()
+        decision = decide(self.queued(), containers, self.topology, self.now, cooling=self.cooling)
+        incremental = decide_indexed(
+            self.index, containers, self.topology, self.now, cooling=self.cooling
+        )
         if incremental != decision:
             raise PromiseBroken(f"at {self.now}: indexed {incremental} != full scan {decision}")
         self._expire_overdue()
@@ -139,7 +154,7 @@ class World:
         if not candidates:
             return None
         self.now = max(self.now, min(candidates))
-        scaledown = {p.region: p.scaledown_window_s for p in self.topology.providers.values()}
+        scaledown = {p.name: p.scaledown_window_s for p in self.topology.providers.values()}
         self.cloud.advance(self.now, scaledown)
         for execution_id, at in sorted(self.finishing.items(), key=lambda kv: kv[1]):
             if at <= self.now:
@@ -157,7 +172,9 @@ class World:
         duration = self.rng.uniform(0.1, provider.timeout_s)
         self.finishing[execution.id] = self.now + duration
         gpus = self.topology.gpus(execution.model)
-        self.cloud.call(execution, gpus, provider.max_inputs, self.now + duration, self.now)
+        self.cloud.call(
+            execution, provider.name, gpus, provider.max_inputs, self.now + duration, self.now
+        )
 
     def _finish(self, execution_id: str) -> None:
         del self.finishing[execution_id]

@@ -38,20 +38,28 @@ def topologies(draw: st.DrawFn) -> Topology:
     models = {m: ModelSpec(m, gpus=draw(st.integers(1, smallest))) for m in MODELS}
     providers = {}
     for name in regions:
-        spec = ProviderSpec(
-            name=f"p-{name}",
-            kind=ProviderKind.SIMULATED,
-            region=name,
-            models=MODELS,
-            timeout_s=draw(st.floats(0.5, 5.0)),
-            scaledown_window_s=draw(st.floats(0.0, 5.0)),
-            # One input per container, the deployments this router is built for. With more,
-            # the ledger's rules are conservative but not proven: the provider model can
-            # still beat them after a crash (see the closing note of this change).
-            max_inputs=1,
-            max_containers=draw(st.sampled_from([None, None, 1, 2])),
-        )
-        providers[spec.name] = spec
+        # A second provider in the region, serving some of the models, is its fallback while
+        # the first cools down (and shares the region's GPUs with it).
+        for n in range(draw(st.integers(1, 2))):
+            served = (
+                MODELS
+                if n == 0
+                else draw(st.lists(st.sampled_from(MODELS), min_size=1, unique=True))
+            )
+            spec = ProviderSpec(
+                name=f"p{n}-{name}",
+                kind=ProviderKind.SIMULATED,
+                region=name,
+                models=tuple(served),
+                timeout_s=draw(st.floats(0.5, 5.0)),
+                scaledown_window_s=draw(st.floats(0.0, 5.0)),
+                # One input per container, the deployments this router is built for. With more,
+                # the ledger's rules are conservative but not proven: the provider model can
+                # still beat them after a crash (see the closing note of this change).
+                max_inputs=1,
+                max_containers=draw(st.sampled_from([None, None, 1, 2])),
+            )
+            providers[spec.name] = spec
     aging = draw(st.sampled_from([None, 3.0]))
     return Topology(gpu_limit, regions, models, providers, priority_aging_s=aging)
 
@@ -98,6 +106,7 @@ def test_random_workloads_keep_every_promise(data: st.DataObject, seed: int) -> 
         crash_rate=data.draw(st.sampled_from([0.0, 0.05])),
         failure_rate=data.draw(st.sampled_from([0.0, 0.2])),
         capacity_rate=data.draw(st.sampled_from([0.0, 0.1])),
+        cooling_rate=data.draw(st.sampled_from([0.0, 0.1])),
     )
     run_world(world, jobs)  # limits and lane order are checked at every step
 

@@ -133,6 +133,16 @@ def test_connection_timeouts_must_be_positive(tmp_path: Path) -> None:
     assert "http.header_timeout_s" in message
 
 
+def test_provider_health_has_defaults_and_is_validated(tmp_path: Path) -> None:
+    rules = load_settings(write(tmp_path, BASE)).provider_health.rules()
+    assert (rules.failures, rules.window_s, rules.cooldown_s) == (3, 60.0, 30.0)
+    custom = BASE.replace("[store]", "[provider_health]\nfailures = 1\ncooldown_s = 5\n\n[store]")
+    rules = load_settings(write(tmp_path, custom)).provider_health.rules()
+    assert (rules.failures, rules.window_s, rules.cooldown_s) == (1, 60.0, 5.0)
+    message = config_error(tmp_path, custom.replace("failures = 1", "failures = 0"))
+    assert "  provider_health.failures: " in message
+
+
 def test_unknown_region_names_the_key_and_the_known_regions(tmp_path: Path) -> None:
     message = config_error(tmp_path, BASE.replace('region = "us-east"', 'region = "XX"'))
     assert "providers.modal-us.region: unknown region 'XX' (known: US, EU, ASIA)" in message

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from hybrid_router.api.deps import ServiceDep
+from hybrid_router.core.model import HealthState
 
 router = APIRouter(tags=["health"])
 
@@ -38,6 +39,19 @@ async def metrics(service: ServiceDep) -> Response:
         labels,
         registry=registry,
     )
+    provider_labels = ["provider", "region"]
+    healthy = Gauge(
+        "hybrid_router_provider_healthy",
+        "1 unless the provider is cooling down after repeated failures (leader only)",
+        provider_labels,
+        registry=registry,
+    )
+    provider_failures = Gauge(
+        "hybrid_router_provider_recent_failures",
+        "The provider's failures in the health window, short of a cooldown (leader only)",
+        provider_labels,
+        registry=registry,
+    )
     leader = Gauge(
         "hybrid_router_leader", "1 if this replica runs the scheduler", registry=registry
     )
@@ -50,5 +64,12 @@ async def metrics(service: ServiceDep) -> Response:
         gpus.labels(name, "warm").set(region.gpus_warm)
         limit.labels(name).set(region.gpu_limit)
         admitting.labels(name).set(1 if region.mode.admits else 0)
+        for provider in region.providers:
+            if provider.state is HealthState.UNKNOWN:
+                continue
+            healthy.labels(provider.name, name).set(
+                0 if provider.state is HealthState.COOLING else 1
+            )
+            provider_failures.labels(provider.name, name).set(provider.recent_failures)
     leader.set(1 if service.role == "leader" else 0)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

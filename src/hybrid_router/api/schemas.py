@@ -26,6 +26,7 @@ from hybrid_router.core.model import (
     ExecutionStatus,
     JobState,
     JobStatus,
+    ProviderStatus,
     RegionStatus,
 )
 
@@ -458,6 +459,27 @@ class RunningExecution(BaseModel):
     provider: str | None
 
 
+class ProviderHealth(BaseModel):
+    """A provider of the region and how it has been answering."""
+
+    name: str
+    state: str = Field(
+        description="healthy; cooling (failing: skipped while another provider of the region"
+        " serves the model); probation (back from a cooldown); unknown (a standby replica)"
+    )
+    cooling_until: str | None = Field(description="When its cooldown ends, while cooling")
+    recent_failures: int = Field(description="Failures in the window, short of a cooldown")
+
+    @classmethod
+    def from_status(cls, status: ProviderStatus) -> ProviderHealth:
+        return cls(
+            name=status.name,
+            state=status.state.value,
+            cooling_until=iso(status.cooling_until),
+            recent_failures=status.recent_failures,
+        )
+
+
 class RegionQueue(BaseModel):
     """One region: the seed's status fields plus the GPU picture."""
 
@@ -475,6 +497,9 @@ class RegionQueue(BaseModel):
     running_count: int = Field(description="Executions running in the region")
     running: list[RunningExecution] = Field(
         description="The longest-running executions, at most 100 (running_count has them all)"
+    )
+    providers: list[ProviderHealth] = Field(
+        default_factory=list, description="The region's providers and their health"
     )
 
     @classmethod
@@ -513,6 +538,7 @@ class RegionQueue(BaseModel):
                 )
                 for e in running
             ],
+            providers=[ProviderHealth.from_status(p) for p in status.providers],
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger
@@ -74,12 +74,14 @@ def forecast(
     topology: Topology,
     now: float,
     duration: Durations,
+    cooling: Mapping[str, float] | None = None,
 ) -> Forecast:
     """When each queued execution is expected to start, and each queued or running one to
     finish, in seconds from `now`.
 
-    Assumes every call succeeds after its expected duration, cold or warm. Executions whose
-    start lies beyond MAX_STEPS policy rounds are left out (unknown).
+    Assumes every call succeeds after its expected duration, cold or warm, and providers
+    cooling down (`cooling`, see core.health) stay down until their cooldowns end.
+    Executions whose start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
     pending = QueueIndex(queued)
     live = {c.id: c for c in containers}
@@ -94,7 +96,7 @@ def forecast(
     t = now
     for _ in range(MAX_STEPS):
         # Lane heads only: each step costs what it admits, not the length of the queue.
-        decision = decide_indexed(pending, live.values(), topology, t)
+        decision = decide_indexed(pending, live.values(), topology, t, cooling=cooling)
         for admission in decision.admissions:
             e = admission.execution
             starts[e.id] = t - now
@@ -131,6 +133,7 @@ def probe_starts(
     topology: Topology,
     now: float,
     duration: Durations,
+    cooling: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Seconds from `now` until each probe would start were it queued now, behind the
     executions queued; each probe alone (probes do not compete with one another).
@@ -142,7 +145,9 @@ def probe_starts(
     containers = list(containers)
     result: dict[str, float] = {}
     for probe in probes:
-        starts = forecast([*queued, probe], running, containers, topology, now, duration).starts
+        starts = forecast(
+            [*queued, probe], running, containers, topology, now, duration, cooling
+        ).starts
         if probe.id in starts:
             result[probe.id] = starts[probe.id]
     return result

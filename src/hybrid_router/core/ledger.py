@@ -103,6 +103,14 @@ def warm_siblings(
     ]
 
 
+def unsent(container: Container, execution_id: str) -> Container:
+    """The container after a call that never reached the provider (connecting failed): as
+    before it was booked. Nothing ran, so its warm window is neither started nor extended;
+    opened for that call alone, it now holds no GPU and expires."""
+    in_flight = tuple(e for e in container.in_flight if e != execution_id)
+    return replace(container, in_flight=in_flight)
+
+
 def abandon(container: Container, execution_id: str, until: float) -> Container:
     """The container after the router gave up on a call the provider may still be running.
 

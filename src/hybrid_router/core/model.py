@@ -284,6 +284,25 @@ class JobStatus:
     executions: tuple[ExecutionStatus, ...] = ()
 
 
+class HealthState(enum.StrEnum):
+    """A provider's health as the scheduler sees it (core.health)."""
+
+    HEALTHY = "healthy"
+    COOLING = "cooling"  # skipped while a sibling in its region serves the model
+    PROBATION = "probation"  # back from a cooldown; its next failure cools it down again
+    UNKNOWN = "unknown"  # asked a standby replica, which makes no calls
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """One provider's health, shown with its region's queue."""
+
+    name: str
+    state: HealthState
+    cooling_until: float | None = None
+    recent_failures: int = 0  # failures inside the window that have not cooled it down yet
+
+
 @dataclass(frozen=True)
 class RegionStatus:
     """One region's queue and GPU picture (the seed's status fields plus GPUs)."""
@@ -299,3 +318,4 @@ class RegionStatus:
     gpu_limit: int
     max_running: int | None = None
     mode: RegionMode = RegionMode.OPEN
+    providers: tuple[ProviderStatus, ...] = ()

@@ -11,6 +11,10 @@ model, else opens a container if its GPUs fit the region's and the global limit,
   reuse idle ones either, so the oldest waiting head gets the first GPU that frees anywhere.
 
 Busy containers' spare input slots stay usable throughout: they free no GPU by waiting.
+
+A provider cooling down (core.health) is skipped, its containers included, while another
+provider of the region serving the model is not; when every one of them cools down, they are
+all used as if healthy, so the execution's own backoff paces the retries (promise 5).
 """
 
 from __future__ import annotations
@@ -118,10 +122,12 @@ class _Round:
         topology: Topology,
         now: float,
         closed: frozenset[str],
+        cooling: Mapping[str, float],
     ) -> None:
         self.topology = topology
         self.now = now
         self.closed = closed
+        self.cooling = frozenset(name for name, until in cooling.items() if until > now)
         shared = topology.shared
         self.live = {c.id: c for c in ledger.held(containers, now, shared)}
         use = ledger.usage(self.live.values(), now, shared)
@@ -137,6 +143,8 @@ class _Round:
         for c in self.live.values():
             if not c.in_flight:
                 self.wake(c.warm_until)
+        for until in cooling.values():
+            self.wake(until)  # a provider back from its cooldown may take what waits
 
     def wake(self, at: float | None) -> None:
         if at is not None and at > self.now and (self.wake_at is None or at < self.wake_at):
@@ -150,6 +158,13 @@ class _Round:
         """Whether executions of `model` in `region` can still start this round."""
         return self.region_open(region) and model not in self.walks[region].blocked_models
 
+    def usable(self, providers: list[ProviderSpec]) -> list[ProviderSpec]:
+        """The providers not cooling down, or all of them when every one is."""
+        if not self.cooling:
+            return providers
+        healthy = [p for p in providers if p.name not in self.cooling]
+        return healthy or providers
+
     def decision(self) -> Decision:
         return Decision(tuple(self.admissions), self.wake_at)
 
@@ -160,7 +175,7 @@ class _Round:
             return  # expired, not waiting: it blocks no one
         if not self.lane_open(e.region, e.model):
             return
-        providers = topology.providers_for(e.region, e.model)
+        providers = self.usable(topology.providers_for(e.region, e.model))
         if not providers:
             return  # refused at submission; never blocks anyone
         region = topology.regions[e.region]
@@ -190,7 +205,7 @@ class _Round:
                 opener = _provider_with_room(live.values(), providers, e.model)
             if opener is None:
                 walk.blocked_models.add(e.model)
-                if not _model_up(live.values(), e.region, e.model):
+                if not _model_up(live.values(), providers, e.model):
                     walk.waiting_for_gpu = True
                     if region_fits and not global_fits:
                         self.global_binds = True
@@ -216,14 +231,16 @@ def decide(
     topology: Topology,
     now: float,
     closed: frozenset[str] = frozenset(),
+    cooling: Mapping[str, float] | None = None,
 ) -> Decision:
     """The admissions that keep every promise at `now`, and when to decide again.
 
     The reference: it walks every queued execution. Regions in `closed` (paused or
     draining) admit nothing and block no one elsewhere. Executions past their deadline are
-    never admitted: the caller expires them.
+    never admitted: the caller expires them. `cooling`: providers cooling down, each with the
+    instant its cooldown ends (core.health).
     """
-    round_ = _Round(containers, topology, now, closed)
+    round_ = _Round(containers, topology, now, closed, cooling or {})
     for e in _interleaved(queued, topology, now):
         if e.deadline_at is not None:
             round_.wake(e.deadline_at)
@@ -237,6 +254,7 @@ def decide_indexed(
     topology: Topology,
     now: float,
     closed: frozenset[str] = frozenset(),
+    cooling: Mapping[str, float] | None = None,
 ) -> Decision:
     """Exactly `decide` over the indexed executions, touching lane heads only.
 
@@ -246,8 +264,8 @@ def decide_indexed(
     the order changes with time rather than with writes, so the full scan decides.
     """
     if topology.priority_aging_s:
-        return decide(index, containers, topology, now, closed)
-    round_ = _Round(containers, topology, now, closed)
+        return decide(index, containers, topology, now, closed, cooling)
+    round_ = _Round(containers, topology, now, closed, cooling or {})
     round_.wake(index.next_deadline(now))
     Lane = tuple[tuple[int, int], str, Iterator[Execution], Execution]
     turns: list[tuple[int, int, list[Lane], str]] = []
@@ -379,8 +397,9 @@ def _new_container_id(e: Execution, now: float, live: Mapping[str, Container]) -
     return container_id
 
 
-def _model_up(live: Iterable[Container], region: str, model: str) -> bool:
-    return any(c.region == region and c.model == model and not c.orphan for c in live)
+def _model_up(live: Iterable[Container], providers: list[ProviderSpec], model: str) -> bool:
+    names = {p.name for p in providers}
+    return any(c.provider in names and c.model == model and not c.orphan for c in live)
 
 
 def _started(execution: Execution, container: Container, now: float) -> Execution:

@@ -29,6 +29,8 @@ _TIMEOUTS = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
 DEFAULT_MAX_CONNECTIONS = 64
 _EXCERPT_CHARS = 300
 _APP_STOPPED = "app for invoked web endpoint is stopped"
+# Failures before a byte of the request went out: the provider started nothing for it.
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)
 
 
 @asynccontextmanager
@@ -161,7 +163,7 @@ class HttpProvider(abc.ABC):
             completion = await self._call(request)
         except ProviderFailure as exc:
             failure = dataclasses.replace(exc.failure, message=self._redact(exc.failure.message))
-            raise ProviderFailure(failure) from exc.__cause__
+            raise ProviderFailure(failure, reached=exc.reached) from exc.__cause__
         return dataclasses.replace(
             completion,
             response=self._redact(completion.response),
@@ -197,8 +199,13 @@ class HttpProvider(abc.ABC):
         *,
         headers: Mapping[str, str],
         payload: object | None = None,
+        follow_up: bool = False,
     ) -> Reply:
-        """Send one request and read its reply in full; transport errors become failures."""
+        """Send one request and read its reply in full; transport errors become failures.
+
+        `follow_up`: a request after the call's first (a poll), which reached the provider
+        whatever becomes of this one.
+        """
         started = time.monotonic()
         try:
             # A stream read inside `async with` is closed however this ends, cancellation
@@ -216,7 +223,8 @@ class HttpProvider(abc.ABC):
             ):
                 body = await self._read_capped(response)
         except (httpx.RequestError, httpx.InvalidURL) as exc:
-            raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
+            reached = follow_up or not isinstance(exc, _NOTHING_SENT)
+            raise ProviderFailure(transport_failure(self.spec.name, exc), reached=reached) from exc
         return Reply(
             response.status_code,
             response.headers.get("location"),
@@ -248,7 +256,7 @@ class HttpProvider(abc.ABC):
         try:
             return httpx.URL(raw)
         except httpx.InvalidURL as exc:
-            raise ProviderFailure(transport_failure(self.spec.name, exc)) from exc
+            raise ProviderFailure(transport_failure(self.spec.name, exc), reached=False) from exc
 
     def _json_object(self, reply: Reply) -> dict[str, object]:
         """The reply body as a JSON object, or a PROVIDER_BAD_RESPONSE failure."""

@@ -36,11 +36,14 @@ class InferenceRequest:
 
 
 class ProviderFailure(Exception):
-    """A call failed; `failure` says how (see FailureKind) and why."""
+    """A call failed; `failure` says how (see FailureKind) and why. `reached` is False only
+    when the request certainly never got to the provider (connecting failed), so no
+    container there was started or kept warm by it."""
 
-    def __init__(self, failure: Failure) -> None:
+    def __init__(self, failure: Failure, *, reached: bool = True) -> None:
         super().__init__(f"{failure.code}: {failure.message}")
         self.failure = failure
+        self.reached = reached
 
 
 class Provider(Protocol):

@@ -100,7 +100,10 @@ class ModalProvider(HttpProvider):
                     origin.port,
                 )
                 reply = await self._send(
-                    "GET", url, headers=self._headers(request, with_token=same_origin)
+                    "GET",
+                    url,
+                    headers=self._headers(request, with_token=same_origin),
+                    follow_up=True,
                 )
         return self._completion(reply, time.monotonic() - started)
 

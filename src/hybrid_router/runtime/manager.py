@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import ledger, policy, retry
 from hybrid_router.core.estimate import Durations
+from hybrid_router.core.health import HealthBoard
 from hybrid_router.core.model import (
     Completion,
     Container,
@@ -65,6 +66,8 @@ class _Result:
     outcome: Completion | Failure | None
     answered_at: float
     spec: ProviderSpec
+    # False when the call never got to the provider: nothing there holds a GPU for it.
+    reached: bool = True
     recorded: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -82,6 +85,7 @@ class RegionQueueManager:
         retry_policy: retry.RetryPolicy,
         publish: Callable[..., Awaitable[None]],
         durations: Durations,
+        health: HealthBoard | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         redactor: Redactor | None = None,
@@ -96,6 +100,8 @@ class RegionQueueManager:
         self.redactor = redactor or Redactor()
         self.lock = asyncio.Lock()
         self.durations = durations
+        # Which providers answer: a failing one is skipped for a sibling while it cools down.
+        self.health = health or HealthBoard()
         self._wakeup = asyncio.Event()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
@@ -304,7 +310,12 @@ class RegionQueueManager:
             modes = await self.store.region_modes()
             closed = frozenset(r for r, mode in modes.items() if not mode.admits)
             decision = policy.decide_indexed(
-                self.index, self.ledger.values(), self.topology, now, closed
+                self.index,
+                self.ledger.values(),
+                self.topology,
+                now,
+                closed,
+                self.health.cooling(now),
             )
             self.rounds += 1
             if decision.admissions and self._admitting:
@@ -379,6 +390,7 @@ class RegionQueueManager:
         )
         started = self.clock()
         outcome: Completion | Failure | None
+        reached = True
         assert execution.started_at is not None
         slack = self._launch_slack_s
         if slack is not None and started - execution.started_at > slack:
@@ -394,6 +406,7 @@ class RegionQueueManager:
             outcome = await provider.run(request)
         except ProviderFailure as failure:
             outcome = failure.failure
+            reached = failure.reached
         except asyncio.CancelledError:
             if execution.id not in self._cancelling:
                 raise  # shutdown: left running, recovered as after a crash
@@ -406,11 +419,12 @@ class RegionQueueManager:
             # Where a provider's words enter the router: nothing secret goes further.
             outcome = self.redactor.outcome(outcome)
         answered_at = self.clock()
+        self.health.record(provider.spec.name, outcome, answered_at)
         if isinstance(outcome, Completion):
             self.durations.observe(
                 execution.region, execution.model, answered_at - started, cold=cold
             )
-        await self._settle(_Result(execution, outcome, answered_at, provider.spec))
+        await self._settle(_Result(execution, outcome, answered_at, provider.spec, reached))
 
     async def _settle(self, result: _Result) -> None:
         """Hand the outcome to the recorder and wait until it is written (or dropped because
@@ -507,6 +521,8 @@ class RegionQueueManager:
                 assert execution.started_at is not None
                 until = execution.started_at + spec.timeout_s + scaledown
                 container = ledger.abandon(container, execution.id, max(until, now + scaledown))
+            elif not result.reached:
+                container = ledger.unsent(container, execution.id)
             else:
                 answered.append(result)
         changed = {container_id}

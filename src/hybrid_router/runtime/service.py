@@ -16,15 +16,18 @@ from dataclasses import dataclass, replace
 from hybrid_router import errors
 from hybrid_router.core import estimate, ledger, policy
 from hybrid_router.core.estimate import Durations
+from hybrid_router.core.health import HealthBoard
 from hybrid_router.core.model import (
     Container,
     Execution,
     ExecutionState,
     ExecutionStatus,
+    HealthState,
     Job,
     JobKey,
     JobState,
     JobStatus,
+    ProviderStatus,
     RegionMode,
     RegionStatus,
     job_state,
@@ -91,6 +94,8 @@ class _Snapshot:
     running: list[Execution]
     containers: list[Container]
     durations: Durations
+    # Providers cooling down after failures, with when each may be tried again.
+    cooling: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class RouterService:
         )
         # The scheduler's moving averages outlive any one term as leader.
         self.durations = Durations.seeded(self.topology)
+        self.health = HealthBoard(settings.provider_health.rules())
         self.leadership = Leadership(
             store,
             self._new_manager,
@@ -162,6 +168,7 @@ class RouterService:
             retry_policy=RetryPolicy(self.settings.retry_base_s, self.settings.retry_max_s),
             publish=self.bus.publish,
             durations=self.durations,
+            health=self.health,
             clock=self.clock,
             redactor=self.redactor,
         )
@@ -393,7 +400,7 @@ class RouterService:
             if fresh:
                 return cached
             now = self.clock()
-            snapshot = await self._snapshot()
+            snapshot = await self._snapshot(now)
             places = policy.positions(snapshot.queued, now, self.topology.priority_aging_s)
             # In a thread: tens of milliseconds of policy rounds would otherwise hold up
             # every request and the scheduler's next step.
@@ -405,24 +412,27 @@ class RouterService:
                 self.topology,
                 now,
                 snapshot.durations,
+                snapshot.cooling,
             )
             self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
             return self._estimate
 
-    async def _snapshot(self) -> _Snapshot:
+    async def _snapshot(self, now: float) -> _Snapshot:
         """What estimates run on: the leader's own view, else the store's, and a copy of
         the observed durations (the estimate runs in a thread while calls go on)."""
         manager = self.leadership.manager
+        cooling: Mapping[str, float] = {}
         if manager is not None:
             queued: list[Execution] = list(manager.index)
             running: list[Execution] = list(manager.running.values())
             containers = list(manager.ledger.values())
+            cooling = manager.health.cooling(now)
         else:
             queued = await self.store.queued()
             running = await self.store.running()
             containers = await self.store.containers()
         durations = replace(self.durations, observed=dict(self.durations.observed))
-        return _Snapshot(queued, running, containers, durations)
+        return _Snapshot(queued, running, containers, durations, cooling)
 
     async def soonest_region(self, model: str) -> str:
         """The region where an execution of `model` queued now is estimated to start
@@ -475,6 +485,7 @@ class RouterService:
             self.topology,
             now,
             snapshot.durations,
+            snapshot.cooling,
         )
         return min(candidates, key=lambda r: starts.get(probes[r].id, math.inf))
 
@@ -614,6 +625,15 @@ class RouterService:
         by_region: dict[str, list[Execution]] = {}
         for e in running:
             by_region.setdefault(e.region, []).append(e)
+        # Only the leader makes calls, so only it knows how its providers answer.
+        providers: dict[str, list[ProviderStatus]] = {}
+        for spec in self.topology.providers.values():
+            health = (
+                self.health.status(spec.name, now)
+                if manager is not None
+                else ProviderStatus(spec.name, HealthState.UNKNOWN)
+            )
+            providers.setdefault(spec.region, []).append(health)
         shared = self.topology.shared
         containers = ledger.held(all_containers, now, shared)
         use = ledger.usage(containers, now, shared)
@@ -636,6 +656,7 @@ class RouterService:
                 gpu_limit=region.gpu_limit,
                 max_running=region.max_running,
                 mode=modes.get(name, RegionMode.OPEN),
+                providers=tuple(providers.get(name, ())),
             )
         return result
 
