@@ -155,6 +155,19 @@ def test_orphans_of_a_crash_hold_their_gpu_and_are_not_reused() -> None:
     assert decision.admissions == () and decision.wake_at == 150
 
 
+def test_a_call_never_takes_the_place_of_another_providers_orphan() -> None:
+    # Two providers in US; the second's orphan may still run its lost call. Booking the new
+    # call there would send it to the second provider, which then opens a container of its
+    # own while the first's idle one stays warm: one GPU more than the ledger counts.
+    topo = topology(region_limit=3)
+    second = replace(topo.providers["p-US"], name="q-US")
+    topo = replace(topo, providers={**topo.providers, "q-US": second})
+    idle = warm("a", 150, cid="idle")
+    orphan = replace(warm("a", 120, cid="orphan"), provider="q-US", orphan=True)
+    decision = decide([execution(1, "a")], [idle, orphan], topo, 100)
+    assert [a.container.id for a in decision.admissions] == ["idle"]
+
+
 def test_aging_lets_an_old_low_priority_execution_pass_a_new_high_one() -> None:
     topo = replace(topology(region_limit=1), priority_aging_s=10.0)
     old_low = replace(execution(1, "a"), queued_at=0.0)

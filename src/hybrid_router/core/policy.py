@@ -358,7 +358,10 @@ def _free_slot(
     used): the entries left idle then expire no earlier than the provider's own do. An
     orphan whose lost call may have ended is a container the provider may pick too: when it
     expires before that idle one, the call is booked on the orphan, and the idle one keeps
-    its later expiry. (Releases keep idle siblings warm as well: ledger.warm_siblings.)
+    its later expiry. Only an orphan of the same provider: the call goes to the idle one's
+    provider, which picks among its own containers, never another's (another provider's
+    orphan may still be running its lost call). (Releases keep idle siblings warm as well:
+    ledger.warm_siblings.)
     """
     max_inputs = {p.name: p.max_inputs for p in providers}
     pool = [c for c in live if c.provider in max_inputs and c.model == model]
@@ -366,7 +369,12 @@ def _free_slot(
     if idle and may_reuse_idle:
         target = min(idle, key=lambda c: (c.warm_until, c.id))
         orphans = [
-            c for c in pool if c.orphan and not c.in_flight and c.warm_until < target.warm_until
+            c
+            for c in pool
+            if c.provider == target.provider
+            and c.orphan
+            and not c.in_flight
+            and c.warm_until < target.warm_until
         ]
         return min(orphans, key=lambda c: (c.warm_until, c.id)) if orphans else target
     busy = [

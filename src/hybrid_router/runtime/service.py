@@ -459,8 +459,8 @@ class RouterService:
         sizes = manager.index.sizes() if manager is not None else await self.store.queue_sizes()
         if sum(sizes.values()) > ESTIMATE_MAX_QUEUED:
             return min(candidates, key=lambda r: sizes.get(r, 0))
-        snapshot = await self._snapshot()
         now = self.clock()
+        snapshot = await self._snapshot(now)
         # Behind everything queued or running now, as a new submission would be.
         seq = 1 + max((e.seq for e in (*snapshot.queued, *snapshot.running)), default=0)
         probes = {
