@@ -122,6 +122,7 @@ def every_field(execution: Execution) -> Execution:
         container_id="c-old",
         response="an earlier answer",
         inference_time=12.5,
+        tokens_generated=42,
         error=Failure("PROVIDER_BUSY", "429 from provider", FailureKind.CAPACITY),
     )
 

@@ -244,6 +244,9 @@ class ExecutionOut(BaseModel):
     provider: str | None
     response: str | None
     inference_time: float | None
+    tokens_generated: int | None = Field(
+        default=None, description="Tokens the provider generated, when it says."
+    )
     error: ExecutionError | None
 
     @classmethod
@@ -267,6 +270,7 @@ class ExecutionOut(BaseModel):
             provider=e.provider,
             response=e.response,
             inference_time=e.inference_time,
+            tokens_generated=e.tokens_generated,
             error=_error(e),
         )
 
@@ -703,7 +707,9 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = Field(
-        default=None, description="Token counts; null: the router does not keep them yet."
+        default=None,
+        description="Token counts; null when the provider reported none. Providers that count "
+        "only the tokens they generate (Modal endpoints) leave prompt_tokens at 0.",
     )
     hybrid_router: RouterDetails
 
@@ -715,6 +721,15 @@ class ChatCompletion(BaseModel):
             created=int(answer.created_at),
             model=answer.model,
             choices=[ChatChoice(message=AssistantMessage(content=answer.text))],
+            usage=(
+                None
+                if answer.tokens_generated is None
+                else Usage(
+                    prompt_tokens=0,
+                    completion_tokens=answer.tokens_generated,
+                    total_tokens=answer.tokens_generated,
+                )
+            ),
             hybrid_router=RouterDetails(
                 job_id=answer.job_id,
                 region=answer.region,

@@ -221,6 +221,7 @@ class Execution:
     container_id: str | None = None
     response: str | None = None
     inference_time: float | None = None
+    tokens_generated: int | None = None  # as the provider counted them, when it did
     error: Failure | None = None
 
     @property

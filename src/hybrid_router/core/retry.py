@@ -64,6 +64,7 @@ def succeeded(execution: Execution, completion: Completion, now: float) -> Execu
         container_id=None,
         response=completion.response,
         inference_time=completion.inference_time,
+        tokens_generated=completion.tokens_generated,
         error=None,
     )
 

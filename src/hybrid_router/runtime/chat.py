@@ -47,6 +47,7 @@ class ChatAnswer:
     text: str
     attempts: int
     queue_wait_s: float | None
+    tokens_generated: int | None = None
 
 
 async def job_request(service: RouterService, request: ChatRequest) -> JobRequest:
@@ -126,6 +127,7 @@ def answer(status: JobStatus) -> ChatAnswer:
             text=e.response,
             attempts=e.attempts,
             queue_wait_s=None if e.started_at is None else max(0.0, e.started_at - e.queued_at),
+            tokens_generated=e.tokens_generated,
         )
     if e.error is not None:
         tries = f"{e.attempts} attempt{'s' if e.attempts != 1 else ''}"

@@ -53,13 +53,14 @@ from hybrid_router.store._codec import (
 from hybrid_router.store._group_commit import GroupCommit, Submission
 from hybrid_router.store.base import Recorded, Submitted
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Columns added since version 1, by the version that added them: a file written by an older
 # version gets them on open (nullable or with a default, so existing rows need no value).
 _ADDED_COLUMNS = {
     2: (("jobs", "deadline_s REAL"), ("executions", "deadline_at REAL")),
     # Set from the job's owner by _TO_V4.
     4: (("executions", "owner TEXT NOT NULL DEFAULT 'anonymous'"),),
+    5: (("executions", "tokens_generated INTEGER"),),
 }
 # Read connections: the API's reads run side by side on them, and a long one (the leader
 # reading the whole queue) leaves the others free.
@@ -131,6 +132,7 @@ _SCHEMA = (
         container_id   TEXT,
         response       TEXT,
         inference_time REAL,
+        tokens_generated INTEGER,
         error_code     TEXT,
         error_message  TEXT,
         error_kind     TEXT,
