@@ -348,6 +348,11 @@ def _router(url: str, api_key: str | None) -> Iterator[Client]:
         _fail(f"{exc.code}: {exc.message}{hint}")
 
 
+def _count(n: int, noun: str) -> str:
+    """`1 question`, `3 questions`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _print_json(model: BaseModel) -> None:
     # Not through rich: it would wrap long lines and colour the text.
     print(model.model_dump_json(indent=2))
@@ -429,9 +434,10 @@ def submit(
             verb = "queued" if accepted.status == "queued" else accepted.status
             out.print(
                 f"job [bold]{escape(accepted.job_id)}[/bold] {verb}: "
-                f"{accepted.executions} executions ({accepted.questions} questions x "
-                f"{len(accepted.models)} models x {len(accepted.regions)} regions: "
-                f"{', '.join(accepted.regions)})"
+                f"{_count(accepted.executions, 'execution')} "
+                f"({_count(accepted.questions, 'question')} x "
+                f"{_count(len(accepted.models), 'model')} x "
+                f"{_count(len(accepted.regions), 'region')}: {', '.join(accepted.regions)})"
             )
         if not wait:
             return
