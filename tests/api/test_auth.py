@@ -193,6 +193,29 @@ async def test_a_user_cannot_see_or_cancel_another_users_job(router: httpx.Async
     assert bobs["owner"] == "bob" and bobs["progress"]["cancelled"] == 0
 
 
+async def test_queue_status_shows_a_user_only_their_own_job_ids(
+    router: httpx.AsyncClient,
+) -> None:
+    # A 7B call (3 s at the default config's speed): running while the queues are read.
+    body = {"job_id": "bob-secret", "models": ["mistral-7b"], "regions": ["EU"], "prompt": "x"}
+    assert (await router.post("/jobs", json=body, headers=key_of("bob"))).status_code == 202
+    for _ in range(200):
+        eu = (await router.get("/queue/status/EU", headers=key_of("root"))).json()
+        if eu["running"]:
+            break
+        await asyncio.sleep(0.02)
+    assert eu["current_job"]["job_id"] == "bob-secret"
+
+    for read in ("/queue/status/EU", "/queue/status"):
+        for who, shown in (("alice", "(another owner's)"), ("bob", "bob-secret")):
+            answer = (await router.get(read, headers=key_of(who))).json()
+            region = answer if read.endswith("EU") else answer["queues"]["EU"]
+            assert region["current_job"]["job_id"] == shown
+            assert [(r["job_id"], "secret" in r["execution_id"]) for r in region["running"]] == [
+                (shown, who == "bob")
+            ]
+
+
 async def test_an_admin_sees_and_cancels_every_job(router: httpx.AsyncClient) -> None:
     await router.post("/jobs", json={**ONE, "job_id": "a1"}, headers=key_of("alice"))
     await router.post(

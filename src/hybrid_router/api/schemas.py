@@ -443,6 +443,11 @@ class InferenceQueued(BaseModel):
 # ---------------------------------------------------------------------------- queues
 
 
+# What a user sees in place of the id of another owner's job (or execution): ids are each
+# owner's own, and no answer tells one user what another has used.
+ANOTHER_OWNERS = "(another owner's)"
+
+
 class CurrentJob(BaseModel):
     """The seed's `current_job`: the oldest running execution of a region."""
 
@@ -507,16 +512,24 @@ class RegionQueue(BaseModel):
     )
 
     @classmethod
-    def from_status(cls, status: RegionStatus) -> RegionQueue:
-        """From the service's region status."""
+    def from_status(cls, status: RegionStatus, viewer: str | None = None) -> RegionQueue:
+        """From the service's region status, as `viewer` may see it (None: an admin, who
+        sees every job's id; a user sees only their own, the others' masked)."""
         running = sorted(status.running, key=lambda e: (e.started_at or 0.0, e.seq))
         oldest = running[0] if running else None
+
+        def job_of(e: Execution) -> str:
+            return e.job_id if viewer is None or e.owner == viewer else ANOTHER_OWNERS
+
+        def id_of(e: Execution) -> str:
+            return e.id if viewer is None or e.owner == viewer else ANOTHER_OWNERS
+
         return cls(
             region=status.region,
             queue_size=status.queue_size,
             processing=status.running_count > 0 or bool(running),
             current_job=CurrentJob(
-                job_id=oldest.job_id,
+                job_id=job_of(oldest),
                 model=oldest.model,
                 region=oldest.region,
                 queued_at=iso(oldest.queued_at),
@@ -534,8 +547,8 @@ class RegionQueue(BaseModel):
             running_count=max(status.running_count, len(running)),
             running=[
                 RunningExecution(
-                    execution_id=e.id,
-                    job_id=e.job_id,
+                    execution_id=id_of(e),
+                    job_id=job_of(e),
                     model=e.model,
                     started_at=iso(e.started_at),
                     provider=e.provider,
@@ -562,10 +575,13 @@ class QueueStatus(BaseModel):
     timestamp: str
 
     @classmethod
-    def from_statuses(cls, statuses: dict[str, RegionStatus], gpu_limit: int) -> QueueStatus:
-        """From the service's region statuses and the account-wide `gpu_limit`."""
+    def from_statuses(
+        cls, statuses: dict[str, RegionStatus], gpu_limit: int, viewer: str | None = None
+    ) -> QueueStatus:
+        """From the service's region statuses and the account-wide `gpu_limit`, as `viewer`
+        may see them (see RegionQueue.from_status)."""
         return cls(
-            queues={name: RegionQueue.from_status(s) for name, s in statuses.items()},
+            queues={name: RegionQueue.from_status(s, viewer) for name, s in statuses.items()},
             account=AccountGpus(
                 gpus_in_use=sum(s.gpus_in_use for s in statuses.values()),
                 gpus_warm=sum(s.gpus_warm for s in statuses.values()),
