@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 
 from hybrid_router.core.model import Completion, Failure, FailureKind, ProviderSpec
 from hybrid_router.providers.base import InferenceRequest, ProviderFailure
@@ -21,7 +21,7 @@ from hybrid_router.redaction import Redactor
 # Only connecting has its own bound: reading may legitimately take minutes (Modal holds a
 # request up to 150 s before its 303), and the whole call is bounded by `deadline` anyway.
 CONNECT_TIMEOUT_S = 10.0
-_TIMEOUTS = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
+_TIMEOUTS = httpx2.Timeout(None, connect=CONNECT_TIMEOUT_S)
 # Requests in flight to one provider at once when its spec does not bound them
 # (max_containers x max_inputs); the others wait on a semaphore. httpcore's pool looks at
 # every waiting request and every connection on each change, so thousands queued in it cost
@@ -30,7 +30,7 @@ DEFAULT_MAX_CONNECTIONS = 64
 _EXCERPT_CHARS = 300
 _APP_STOPPED = "app for invoked web endpoint is stopped"
 # Failures before a byte of the request went out: the provider started nothing for it.
-_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)
+_NOTHING_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.UnsupportedProtocol)
 
 
 @asynccontextmanager
@@ -75,16 +75,16 @@ def status_failure(provider: str, status: int, body: bytes) -> Failure:
     return Failure("PROVIDER_ERROR", message, FailureKind.TRANSIENT)
 
 
-def transport_failure(provider: str, exc: httpx.RequestError | httpx.InvalidURL) -> Failure:
+def transport_failure(provider: str, exc: httpx2.RequestError | httpx2.InvalidURL) -> Failure:
     """Classify a failure to talk to the provider at all, or to read what it sent."""
     reason = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
         # Refused, unreachable or unresolvable: the provider is down, not the request wrong.
         message = f"{provider}: cannot connect: {reason}"
         return Failure("PROVIDER_UNAVAILABLE", message, FailureKind.UNAVAILABLE)
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+    if isinstance(exc, httpx2.UnsupportedProtocol | httpx2.InvalidURL):
         return Failure("PROVIDER_BAD_URL", f"{provider}: {reason}", FailureKind.PERMANENT)
-    if isinstance(exc, httpx.DecodingError):
+    if isinstance(exc, httpx2.DecodingError):
         message = f"{provider}: undecodable reply: {reason}"
         return Failure("PROVIDER_BAD_RESPONSE", message, FailureKind.TRANSIENT)
     message = f"{provider}: connection failed during the call: {reason}"
@@ -132,7 +132,7 @@ class HttpProvider(abc.ABC):
     """Client ownership, headers and sending, shared by the HTTP providers."""
 
     def __init__(
-        self, spec: ProviderSpec, token: str | None, client: httpx.AsyncClient | None = None
+        self, spec: ProviderSpec, token: str | None, client: httpx2.AsyncClient | None = None
     ) -> None:
         self.spec = spec
         self._token = token
@@ -142,9 +142,9 @@ class HttpProvider(abc.ABC):
         connections = DEFAULT_MAX_CONNECTIONS
         if spec.max_containers is not None:
             connections = spec.max_containers * spec.max_inputs
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._client = (
-            client if client is not None else httpx.AsyncClient(timeout=_TIMEOUTS, limits=limits)
+            client if client is not None else httpx2.AsyncClient(timeout=_TIMEOUTS, limits=limits)
         )
         self._slots = asyncio.Semaphore(connections)
 
@@ -195,7 +195,7 @@ class HttpProvider(abc.ABC):
     async def _send(
         self,
         method: str,
-        url: httpx.URL | str,
+        url: httpx2.URL | str,
         *,
         headers: Mapping[str, str],
         payload: object | None = None,
@@ -222,7 +222,7 @@ class HttpProvider(abc.ABC):
                 ) as response,
             ):
                 body = await self._read_capped(response)
-        except (httpx.RequestError, httpx.InvalidURL) as exc:
+        except (httpx2.RequestError, httpx2.InvalidURL) as exc:
             reached = follow_up or not isinstance(exc, _NOTHING_SENT)
             raise ProviderFailure(transport_failure(self.spec.name, exc), reached=reached) from exc
         return Reply(
@@ -232,7 +232,7 @@ class HttpProvider(abc.ABC):
             time.monotonic() - started,
         )
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
+    async def _read_capped(self, response: httpx2.Response) -> bytes:
         """The reply's body, or RESPONSE_TOO_LARGE as soon as it passes max_response_bytes
         (declared or as it arrives, decoded): leaving the stream drops the connection."""
         limit = self.spec.max_response_bytes
@@ -251,11 +251,11 @@ class HttpProvider(abc.ABC):
                 raise ProviderFailure(too_large)
         return bytes(body)
 
-    def _url(self, raw: str) -> httpx.URL:
+    def _url(self, raw: str) -> httpx2.URL:
         """`raw` parsed, or a PROVIDER_BAD_URL failure."""
         try:
-            return httpx.URL(raw)
-        except httpx.InvalidURL as exc:
+            return httpx2.URL(raw)
+        except httpx2.InvalidURL as exc:
             raise ProviderFailure(transport_failure(self.spec.name, exc), reached=False) from exc
 
     def _json_object(self, reply: Reply) -> dict[str, object]:

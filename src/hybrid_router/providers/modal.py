@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-import httpx
+import httpx2
 
 from hybrid_router.core.model import Completion, ProviderSpec
 from hybrid_router.providers._http import (
@@ -51,7 +51,7 @@ class ModalProvider(HttpProvider):
         self,
         spec: ProviderSpec,
         token: str | None,
-        client: httpx.AsyncClient | None = None,
+        client: httpx2.AsyncClient | None = None,
         *,
         proxy_auth: ProxyAuth | None = None,
     ) -> None:
@@ -88,7 +88,7 @@ class ModalProvider(HttpProvider):
                     raise bad_response(self.spec.name, "303 without a Location")
                 try:
                     url = url.join(reply.location)
-                except httpx.InvalidURL:
+                except httpx2.InvalidURL:
                     raise bad_response(self.spec.name, "303 to an invalid Location") from None
                 if reply.elapsed_s < pause:
                     await asyncio.sleep(pause - reply.elapsed_s)
