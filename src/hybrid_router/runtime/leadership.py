@@ -93,6 +93,10 @@ class Leadership:
                 log.warning("won the lease but could not start scheduling: %s", exc.message)
                 await manager.stop(0)
                 return False
+            except asyncio.CancelledError:
+                # Stopped while starting: its tasks would otherwise run on, owned by no one.
+                await manager.stop(0)
+                raise
             self.manager = manager
             log.info("this replica now leads the scheduling")
         return acquired
