@@ -9,7 +9,9 @@ temp dir, or Redis DB 15 under a prefix of its own) with one region, one model a
 that never bind (100,000 GPUs, 10,000 inputs per container), whose provider is either
 `simulated` (in-process, time scale 1e-6: a call takes microseconds) or `http` (a Modal-shaped
 `hybrid-router emulate-modal` subprocess at the same time scale, called over HTTP). Sixteen
-concurrent clients (httpx.AsyncClient) submit N no-op executions, as jobs of 100 (`jobs`:
+concurrent clients (keep-alive connections of a minimal HTTP/1.1 client, as wrk's: httpx
+costs 2 ms of CPU a request, which on two cores would cap the rate it measures) submit N
+no-op executions, as jobs of 100 (`jobs`:
 100 questions x 1 model x 1 region) or as single-execution jobs (`single`); the script polls
 `GET /queue/status/US` until `completed` reaches N (twice a second, then 20 times a second
 once 95% are done, so the poll takes little from the drain it measures yet marks its end).
@@ -92,18 +94,22 @@ def bodies(n: int, shape: str) -> list[dict[str, object]]:
     ]
 
 
-async def submit_all(client: httpx.AsyncClient, items: list[dict[str, object]]) -> float:
-    """POST every body with CLIENTS concurrent clients; jobs accepted (202) per second."""
+async def submit_all(url: str, items: list[dict[str, object]]) -> float:
+    """POST every body over CLIENTS keep-alive connections; jobs accepted (202) per second."""
     pending = iter(items)
     accepted = 0
 
     async def one_client() -> None:
         nonlocal accepted
-        for body in pending:
-            reply = await client.post("/jobs", json=body)
-            if reply.status_code != 202:
-                raise RuntimeError(f"POST /jobs answered {reply.status_code}: {reply.text[:200]}")
-            accepted += 1
+        client = h.KeepAlive(url)
+        try:
+            for body in pending:
+                status, reply = await client.post_json("/jobs", body)
+                if status != 202:
+                    raise RuntimeError(f"POST /jobs answered {status}: {reply[:200]!r}")
+                accepted += 1
+        finally:
+            await client.aclose()
 
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
@@ -121,13 +127,9 @@ async def completed(client: httpx.AsyncClient) -> tuple[int, int]:
 async def drain_router(url: str, n: int, shape: str, timeout_s: float) -> Run:
     """Submit n executions to the router at `url` and time until all have succeeded."""
     items = bodies(n, shape)
-    limits = httpx.Limits(max_connections=CLIENTS + 4, max_keepalive_connections=CLIENTS + 4)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client,
-        httpx.AsyncClient(base_url=url, timeout=timeout_s) as poller,
-    ):
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as poller:
         start = time.perf_counter()
-        submitting = asyncio.create_task(submit_all(client, items))
+        submitting = asyncio.create_task(submit_all(url, items))
         done = failed = 0
         next_progress = start + PROGRESS_S
         while True:

@@ -197,6 +197,7 @@ def serve(
             port=bind_port,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
             http=timed_protocol(settings.http),
+            access_log=settings.http.access_log,
             log_config=_log_config(application, Redactor.from_settings(settings)),
         )
     )

@@ -5,7 +5,7 @@ RouterError
 ├── Unauthenticated (401)         code: UNAUTHENTICATED, INVALID_API_KEY
 ├── Forbidden (403)               code: PRIORITY_NOT_ALLOWED, JOB_TOO_LARGE, ADMIN_ONLY
 ├── NotFound (404)                code: JOB_NOT_FOUND, REGION_NOT_FOUND
-├── Conflict (409)                code: JOB_CONFLICT, REGION_DRAINING
+├── Conflict (409)                code: JOB_CONFLICT
 ├── PayloadTooLarge (413)         code: PAYLOAD_TOO_LARGE, TOO_MANY_EXECUTIONS
 ├── RateLimited (429)             code: RATE_LIMITED (with retry_after_s), QUOTA_EXCEEDED
 ├── ExecutionFailed (502)         code: the execution's failure (PROVIDER_ERROR, ...), CANCELLED
@@ -13,6 +13,7 @@ RouterError
 │   ├── StoreUnavailable (503)    code: STORE_UNAVAILABLE, NOT_READY
 │   ├── StoreFenced (503)         code: NOT_LEADER (a stale leader's write was refused)
 │   ├── NotStorable (422)         code: INVALID_PRIORITY (a value the store cannot hold)
+│   ├── RegionDraining (409)      code: REGION_DRAINING (a submission to a draining region)
 │   └── DuplicateExecution (409)  code: EXECUTION_CONFLICT (an execution id already stored)
 ├── ConfigError                   a bad config file, reported at start
 └── Unreachable                   the Python client could not reach the router
@@ -78,6 +79,18 @@ class DuplicateExecution(StoreError):
 
     status_code = 409
     code = "EXECUTION_CONFLICT"
+
+
+class RegionDraining(StoreError):
+    """A submission named a region that is draining: nothing was written. Checked in the
+    submission's own write, so no submission stored after a drain began can slip past it."""
+
+    status_code = 409
+    code = "REGION_DRAINING"
+
+    def __init__(self, region: str) -> None:
+        super().__init__(f"region {region!r} is draining and accepts no new work until resumed")
+        self.region = region
 
 
 class ExecutionFailed(RouterError):

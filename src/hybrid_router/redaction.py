@@ -48,6 +48,10 @@ _NAMED_LOOSELY = re.compile(
 )
 
 
+# Every pattern above needs one of these words: text without any (most log lines) skips them.
+_CREDENTIAL_WORDS = ("bearer", "basic", "authorization", "key", "password", "token", "secret")
+
+
 class Redactor:
     """Masks the given secrets, and credential-looking values, in text."""
 
@@ -77,8 +81,11 @@ class Redactor:
         """`text` with every secret and credential-looking value masked."""
         for secret in self._secrets:
             text = text.replace(secret, MASK)
-        for pattern in (_SCHEME, _NAMED, _NAMED_LOOSELY):
-            text = pattern.sub(rf"\1\2{MASK}", text)
+        # casefold, as the patterns' (?i) would match "ſecret" or a Kelvin sign's "K".
+        folded = text.casefold()
+        if any(word in folded for word in _CREDENTIAL_WORDS):
+            for pattern in (_SCHEME, _NAMED, _NAMED_LOOSELY):
+                text = pattern.sub(rf"\1\2{MASK}", text)
         return text
 
     def outcome(self, outcome: Completion | Failure) -> Completion | Failure:

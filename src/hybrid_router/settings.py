@@ -79,6 +79,9 @@ class HttpConfig(BaseModel):
     header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     # From the end of the head to the end of the body: answered 408 REQUEST_TIMEOUT.
     body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # A line per request (uvicorn's access log), as gunicorn, off unless asked for: with
+    # clients polling status it is most of the log, and a tenth of a small request's time.
+    access_log: bool = False
 
 
 class RegionConfig(BaseModel):

@@ -17,7 +17,7 @@ from hybrid_router.core.model import (
     JobKey,
     RegionMode,
 )
-from hybrid_router.errors import DuplicateExecution
+from hybrid_router.errors import DuplicateExecution, RegionDraining
 from hybrid_router.store.base import Recorded, Store, Submitted
 
 from .conftest import StoreFactory
@@ -736,6 +736,27 @@ async def test_a_refused_submission_leaves_the_others_written(store: Store) -> N
     for job in good:
         assert await store.job_with_counts(job.key) == (job, zeros(queued=2))
     assert await store.queue_sizes() == {"US": 2 + 2 * len(good)}
+
+
+async def test_a_draining_region_refuses_submissions_in_the_write_itself(store: Store) -> None:
+    before = small_job("before")
+    await submit(store, before)
+    await store.set_region_mode("US", RegionMode.DRAINING)
+    elsewhere = make_job("elsewhere", models=("m",), regions=("EU",), questions=("a",))
+    late = [small_job(f"late{i}", i) for i in range(3)]
+    calls = [store.submit_job(j, j.expand()) for j in (*late, elsewhere, before)]
+
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    for refused in outcomes[:3]:
+        assert isinstance(refused, RegionDraining) and refused.code == "REGION_DRAINING"
+        assert "'US' is draining" in refused.message
+    # Another region's job goes in; one already stored is no new work (a client's retry).
+    assert pairs(outcomes[3:]) == [(elsewhere, True), (before, False)]
+    assert [await store.get_job(j.key) for j in late] == [None] * 3
+    assert await store.queue_sizes() == {"US": 2, "EU": 1}
+    await store.set_region_mode("US", RegionMode.OPEN)
+    await submit(store, late[0])
 
 
 async def test_a_submission_cancelled_while_waiting_leaves_the_others_whole(

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from limits import RateLimitItem
+from starlette.datastructures import Headers
 
 from hybrid_router.errors import ConfigError, Forbidden, Unauthenticated
 from hybrid_router.settings import Settings
@@ -135,21 +137,33 @@ class Authenticator:
         return found
 
 
-# auto_error=False: a missing key is ours to report, as 401 with our error shape.
-_bearer = HTTPBearer(auto_error=False, description="API key as a bearer token.")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key.")
+# How a key is presented, as the OpenAPI document describes it (api.app adds these to every
+# authenticated operation). Not dependencies of `authenticate`: FastAPI would solve each one
+# as a dependency of its own on every request.
+SECURITY_SCHEMES = {
+    "HTTPBearer": HTTPBearer(description="API key as a bearer token.").model,
+    "APIKeyHeader": APIKeyHeader(name="X-API-Key", description="API key.").model,
+}
 
 
-async def authenticate(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
-) -> User:
-    """The calling user (401 UNAUTHENTICATED / INVALID_API_KEY when users are configured)."""
+def presented_key(headers: Headers) -> str | None:
+    """The key in `Authorization: Bearer <key>`, else in `X-API-Key`, else None."""
+    scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    return headers.get("x-api-key")
+
+
+async def authenticate(request: Request) -> User:
+    """The calling user (401 UNAUTHENTICATED / INVALID_API_KEY when users are configured).
+
+    Every router but health's runs it (app.create_app), before the route's own
+    dependencies: routes read the user it found through `UserDep`.
+    """
     authenticator: Authenticator = request.app.state.authenticator
-    key = bearer.credentials if bearer is not None else api_key
     try:
-        return authenticator.identify(key)
+        request.state.user = user = authenticator.identify(presented_key(request.headers))
+        return user
     except Unauthenticated as exc:
         # Worth a line for spotting key guessing; the key itself never goes to the log.
         client = request.client.host if request.client else "?"
@@ -161,7 +175,22 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-UserDep = Annotated[User, Depends(authenticate)]
+async def current_user(request: Request) -> User:
+    """The user `authenticate` found for this request.
+
+    Not `Depends(authenticate)` again: FastAPI would solve its header dependencies a second
+    time on every request, a sixth of a small request's time.
+    """
+    try:
+        user: User = request.state.user
+    except AttributeError:
+        raise RuntimeError(
+            "a route taking the user is on a router that does not authenticate"
+        ) from None
+    return user
+
+
+UserDep = Annotated[User, Depends(current_user)]
 
 
 async def require_admin(user: UserDep) -> User:

@@ -66,14 +66,10 @@ class Event:
         values = ((name, getattr(self, name)) for name in _EVENT_FIELDS)
         return {k: v for k, v in values if v is not None and v != ()}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     @classmethod
-    def from_json(cls, text: str) -> Event:
-        data: dict[str, Any] = json.loads(text)
-        data["execution_ids"] = tuple(data.get("execution_ids", ()))
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        """The event `to_dict` gave."""
+        return cls(**{**data, "execution_ids": tuple(data.get("execution_ids", ()))})
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))
@@ -175,7 +171,8 @@ class RedisBus:
     """Redis pub/sub between replicas, fanned out locally by one listener per process.
 
     A replica's own events go to its subscribers at once, and its listener skips them when
-    they come back from Redis: each message names the node that sent it.
+    they come back from Redis: each message names the node that sent it, then lists the
+    events it published since its last message.
     """
 
     def __init__(self, url: str, channel: str, node_id: str) -> None:
@@ -188,6 +185,8 @@ class RedisBus:
         self._local = LocalBus()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._outbox: list[Event] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start listening; returns once subscribed (or after a bounded wait if Redis is down)."""
@@ -197,28 +196,44 @@ class RedisBus:
                 await self._listening.wait()
 
     async def publish(self, *events: Event) -> None:
-        """Deliver here, and publish to the other replicas in one round trip; if Redis is
-        down they miss them (logged)."""
-        if not events:
-            return
+        """Deliver here at once; the other replicas get them from a sender task, which puts
+        every event published while its last round trip was in flight into the next one (a
+        request never waits for Redis). If Redis is down they miss them (logged)."""
         for event in events:
             self._local.deliver(event)
+        self._outbox.extend(events)
+        if self._outbox and self._sender is None:
+            self._sender = asyncio.create_task(self._send(), name="event-bus sender")
+
+    async def _send(self) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.publish(self._channel, f"{self._node_id}|{event.to_json()}")
-                await pipe.execute()
-        except RedisError as exc:
-            log.warning(
-                "could not publish %d events (%s ...): %s", len(events), events[0].kind, exc
-            )
+            while self._outbox:
+                events, self._outbox = self._outbox, []
+                batch = json.dumps([event.to_dict() for event in events])
+                try:
+                    await self._client.publish(self._channel, f"{self._node_id}|{batch}")
+                except RedisError as exc:
+                    log.warning(
+                        "could not publish %d events (%s ...): %s",
+                        len(events),
+                        events[0].kind,
+                        exc,
+                    )
+        finally:
+            self._sender = None
 
     def subscribe(self) -> Subscription:
         """Every event any replica publishes from now on."""
         return self._local.subscribe()
 
     async def close(self) -> None:
-        """Stop listening and end local subscribers."""
+        """Send what is still to send (for a few seconds at most), stop listening and end
+        local subscribers."""
+        if (sender := self._sender) is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(sender)
+            sender.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -239,7 +254,8 @@ class RedisBus:
                             continue
                         sender, _, text = message["data"].partition("|")
                         if sender != self._node_id:
-                            self._local.deliver(Event.from_json(text))
+                            for data in json.loads(text):
+                                self._local.deliver(Event.from_dict(data))
             except (RedisError, OSError) as exc:
                 # Redis went away: keep trying; waiters fall back on their own timeouts.
                 log.warning("event bus lost Redis (%s); reconnecting", exc)

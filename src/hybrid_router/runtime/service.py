@@ -8,8 +8,8 @@ import heapq
 import logging
 import math
 import os
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -254,13 +254,7 @@ class RouterService:
                         f"no provider serves model {model!r} in region {region!r}",
                         code="MODEL_NOT_SERVED",
                     )
-        modes = await self.store.region_modes()
-        for region in regions:
-            if modes.get(region) is RegionMode.DRAINING:
-                raise errors.Conflict(
-                    f"region {region!r} is draining and accepts no new work until resumed",
-                    code="REGION_DRAINING",
-                )
+        # A draining region refuses the job: the store checks it in the write that stores it.
         job = Job(
             id=request.job_id or _new_job_id(),
             models=models,
@@ -732,7 +726,8 @@ def build_service(settings: Settings, env: Mapping[str, str] | None = None) -> R
     )
     bus: EventBus = LocalBus()
     if isinstance(store, RedisStore):
-        bus = RedisBus(store.url, f"{store.prefix}:events", store.node_id)
+        # `:2`: each message a list of events; replicas of the one-event format do not hear it.
+        bus = RedisBus(store.url, f"{store.prefix}:events:2", store.node_id)
     return RouterService(
         settings, store, providers, bus=bus, redactor=Redactor.from_settings(settings, env)
     )
@@ -764,4 +759,4 @@ def _unique(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def _new_job_id() -> str:
-    return f"job-{uuid.uuid4().hex[:16]}"
+    return f"job-{secrets.token_hex(8)}"

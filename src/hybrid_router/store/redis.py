@@ -78,6 +78,7 @@ from hybrid_router.errors import (
     ConfigError,
     DuplicateExecution,
     NotStorable,
+    RegionDraining,
     StoreFenced,
     StoreUnavailable,
 )
@@ -197,14 +198,20 @@ end
 
 _SCRIPTS = {
     # ARGV: job id, job JSON, owner, created_at, then (execution id, execution JSON) pairs.
-    # Returns the stored job's JSON if the owner has a job of that id (writing nothing), else
-    # the seq before the first execution's (theirs follow it one by one).
+    # Returns the stored job's JSON if the owner has a job of that id (writing nothing), an
+    # error if one of its regions is draining, else the seq before the first execution's
+    # (theirs follow it one by one).
     "submit": """
 local job_id, job_raw, owner, created_at = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local key = owner .. '/' .. job_id
 local job = P .. ':job:' .. key
 local existing = redis.call('HGET', job, 'job')
 if existing then return existing end
+for _, region in ipairs(cjson.decode(job_raw).regions) do
+  if redis.call('HGET', P .. ':regions', region) == 'draining' then
+    return redis.error_reply('region draining: ' .. region)
+  end
+end
 local seen = {}
 for i = 8, #ARGV, 2 do
   if seen[ARGV[i]] or redis.call('EXISTS', P .. ':exec:' .. ARGV[i]) == 1 then
@@ -921,6 +928,8 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     if isinstance(reply, ResponseError):
         if "execution id already stored" in str(reply):
             return DuplicateExecution(str(reply))
+        if str(reply).startswith("region draining: "):
+            return RegionDraining(str(reply).removeprefix("region draining: "))
         return reply
     if isinstance(reply, Exception):
         return reply

@@ -38,7 +38,12 @@ from hybrid_router.core.model import (
     JobKey,
     RegionMode,
 )
-from hybrid_router.errors import ConfigError, DuplicateExecution, StoreUnavailable
+from hybrid_router.errors import (
+    ConfigError,
+    DuplicateExecution,
+    RegionDraining,
+    StoreUnavailable,
+)
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
     JOB_FIELDS,
@@ -427,7 +432,7 @@ class SQLiteStore:
         return await self._submissions.submit(job, executions)
 
     async def _write_submissions(self, batch: Sequence[Submission]) -> list[Submitted | Exception]:
-        return await self._write(functools.partial(_submit_each, batch=batch))
+        return await self._write(functools.partial(_submit_batch, batch=batch))
 
     async def get_job(self, key: JobKey) -> Job | None:
         """The job, or None."""
@@ -698,15 +703,85 @@ class SQLiteStore:
             self._mutex.release()
 
 
-async def _submit_each(
+async def _submit_batch(
     tx: aiosqlite.Connection, batch: Sequence[Submission]
+) -> list[Submitted | Exception]:
+    """A batch of submissions in a few statements, whatever its size: each statement is a
+    round trip to SQLite's thread, which waits its turn on a busy event loop. An execution id
+    already stored (rare: ids are made from the job's key) falls back to `_submit_each`."""
+    draining = await _draining(tx)
+    keys = [[s.job.owner, s.job.id] for s in batch]
+    rows = await tx.execute_fetchall(
+        "SELECT * FROM jobs WHERE (owner, id) IN"
+        " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+        " FROM json_each(:keys))",
+        {"keys": json.dumps(keys)},
+    )
+    stored: dict[JobKey, Job] = {(job := _job(row)).key: job for row in rows}
+    outcomes: list[Submitted | Exception] = []
+    new: list[Submission] = []
+    for s in batch:
+        if (existing := stored.get(s.job.key)) is not None:
+            outcomes.append(Submitted(existing, False))
+        elif refusal := _refusal(s.job, draining):
+            outcomes.append(refusal)
+        else:
+            # A second submission of this key later in the batch finds this one.
+            stored[s.job.key] = s.job
+            outcomes.append(Submitted(s.job, True))
+            new.append(s)
+    if not any(s.executions for s in new):
+        # Nothing to number (and last_insert_rowid() would be a job's): one at a time.
+        return await _submit_each(tx, batch, draining) if new else outcomes
+    await tx.execute("SAVEPOINT submissions")
+    try:
+        await tx.executemany(_INSERT_JOB, [_job_params(s.job) for s in new])
+        # executemany inserts in list order, and the one writer's AUTOINCREMENT hands out
+        # consecutive values: the executions' seqs are the last ones handed out.
+        await tx.executemany(
+            _INSERT_EXECUTION, [_execution_params(e) for s in new for e in s.executions]
+        )
+        rows = await tx.execute_fetchall("SELECT last_insert_rowid()")
+    except sqlite3.IntegrityError:
+        if not tx.in_transaction:
+            raise
+        await tx.execute("ROLLBACK TO submissions")
+        await tx.execute("RELEASE submissions")
+        return await _submit_each(tx, batch, draining)
+    await tx.execute("RELEASE submissions")
+    seq = int(next(iter(rows))[0]) - sum(len(s.executions) for s in new)
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, Submitted) and outcome.created:
+            executions = batch[i].executions
+            outcomes[i] = outcome._replace(
+                executions=tuple(replace(e, seq=seq + 1 + k) for k, e in enumerate(executions))
+            )
+            seq += len(executions)
+    return outcomes
+
+
+async def _draining(tx: aiosqlite.Connection) -> set[str]:
+    rows = await tx.execute_fetchall("SELECT region FROM region_modes WHERE mode = 'draining'")
+    return {row["region"] for row in rows}
+
+
+def _refusal(job: Job, draining: set[str]) -> RegionDraining | None:
+    """Why `job` may not be queued now, if it may not."""
+    for region in job.regions:
+        if region in draining:
+            return RegionDraining(region)
+    return None
+
+
+async def _submit_each(
+    tx: aiosqlite.Connection, batch: Sequence[Submission], draining: set[str]
 ) -> list[Submitted | Exception]:
     """Each submission in a savepoint of its own: what it did, or why it failed."""
     outcomes: list[Submitted | Exception] = []
     for s in batch:
         await tx.execute("SAVEPOINT submission")
         try:
-            outcomes.append(await _submit(tx, s.job, s.executions))
+            outcomes.append(await _submit(tx, s.job, s.executions, draining))
         except sqlite3.OperationalError:
             raise  # the store failing (disk full, locked), not the submission: batch lost
         except Exception as e:
@@ -722,16 +797,18 @@ async def _submit_each(
     return outcomes
 
 
-async def _submit(tx: aiosqlite.Connection, job: Job, executions: Sequence[Execution]) -> Submitted:
+async def _submit(
+    tx: aiosqlite.Connection, job: Job, executions: Sequence[Execution], draining: set[str]
+) -> Submitted | RegionDraining:
     # Also finds a job submitted earlier in the same batch: one transaction sees its writes.
     rows = await tx.execute_fetchall(
         "SELECT * FROM jobs WHERE owner = ? AND id = ?", (job.owner, job.id)
     )
     for row in rows:
         return Submitted(_job(row), False)
+    if refusal := _refusal(job, draining):
+        return refusal
     await tx.execute(_INSERT_JOB, _job_params(job))
-    # executemany inserts in list order, and the one writer's AUTOINCREMENT hands out
-    # consecutive values: the executions' seqs are the last len(executions) of them.
     await tx.executemany(_INSERT_EXECUTION, [_execution_params(e) for e in executions])
     last = 0
     if executions:
