@@ -217,6 +217,8 @@ def start_router(config: dict[str, Any], tmp: Path, *, wait: bool = True) -> Pro
     port = free_port()
     log = path.with_suffix(".log")
     args = [str(BIN / "hybrid-router"), "serve", "--config", str(path), "--port", str(port)]
+    if os.environ.get("EXP_PATCHED"):
+        args = [sys.executable, "/work/exp/patched.py", *args[1:]]
     process = Process(_spawn(args, log), f"http://127.0.0.1:{port}", log)
     if wait:
         wait_ready(process, "/ready")
@@ -300,10 +302,10 @@ async def preload(
 
 
 class KeepAlive:
-    """POSTs of JSON over one HTTP/1.1 keep-alive connection, and little else, as wrk sends
-    them: a load generator that costs the machine about 0.1 ms a request, where
-    httpx.AsyncClient costs 2 ms, so on two cores the client does not set the rate it
-    measures. Answers must carry a Content-Length (the router's all do)."""
+    """Requests over one HTTP/1.1 keep-alive connection, and little else, as wrk sends them:
+    a load generator that costs the machine about 0.1 ms a request, where httpx.AsyncClient
+    costs 2 ms, so on two cores the client does not set the rate it measures. Answers must
+    carry a Content-Length (the router's all do)."""
 
     def __init__(self, url: str) -> None:
         address = url.removeprefix("http://").split("/", 1)[0]
@@ -313,20 +315,26 @@ class KeepAlive:
 
     async def post_json(self, path: str, body: object) -> tuple[int, bytes]:
         """(status, body) of POST `path` with `body` as JSON."""
+        return await self.request("POST", path, json.dumps(body).encode())
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of GET `path`."""
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request; a JSON body if any."""
         if self._streams is None:
             self._streams = await asyncio.open_connection(self._host, self._port)
         reader, writer = self._streams
-        data = json.dumps(body).encode()
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-            + data
-        )
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        writer.write((head + "\r\n").encode() + (body or b""))
+        answer = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = answer.split("\r\n")
         headers = dict(line.lower().split(": ", 1) for line in lines if ": " in line)
         if "content-length" not in headers:
-            raise RuntimeError(f"POST {path}: an answer without Content-Length: {status_line}")
+            raise RuntimeError(f"{method} {path}: an answer without Content-Length: {status_line}")
         return int(status_line.split(" ", 2)[1]), await reader.readexactly(
             int(headers["content-length"])
         )

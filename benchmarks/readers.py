@@ -12,7 +12,9 @@ queued (a job of 100 whenever the queue is shorter). Then, for `--window` second
 - no readers: executions finished per second over the window (in the steady state, as
   many as start), from the `completed` count of `GET /queue/status/US` at both ends;
 - the same with `--readers` concurrent clients, each looping on `GET /queue/status` and
-  `GET /jobs/{the newest job}` (whose executions are queued, with positions).
+  `GET /jobs/{the newest job}` (whose executions are queued, with positions), each over a
+  keep-alive connection of a minimal HTTP/1.1 client (`_harness.KeepAlive`: httpx's 2 ms
+  of CPU a request, times 50 readers, would take a core from the router it measures).
 
 Prints both rates and the ratio (readers / none; the run without readers is the anchor),
 with the readers' request rate and latencies. Progress goes to stderr.
@@ -83,19 +85,21 @@ async def window(
     latencies: list[float] = []
     stop = asyncio.Event()
 
-    async def reader(client: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            for path in ("/queue/status", f"/jobs/{feeder.newest_job}"):
-                began = time.perf_counter()
-                (await client.get(path)).raise_for_status()
-                latencies.append(time.perf_counter() - began)
+    async def reader() -> None:
+        client = h.KeepAlive(url)
+        try:
+            while not stop.is_set():
+                for path in ("/queue/status", f"/jobs/{feeder.newest_job}"):
+                    began = time.perf_counter()
+                    status, body = await client.get(path)
+                    if status != 200:
+                        raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+                    latencies.append(time.perf_counter() - began)
+        finally:
+            await client.aclose()
 
-    limits = httpx.Limits(max_connections=readers + 2, max_keepalive_connections=readers + 2)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client,
-        httpx.AsyncClient(base_url=url, timeout=120.0) as counter,
-    ):
-        tasks = [asyncio.create_task(reader(client)) for _ in range(readers)]
+    async with httpx.AsyncClient(base_url=url, timeout=120.0) as counter:
+        tasks = [asyncio.create_task(reader()) for _ in range(readers)]
         await asyncio.sleep(WARM_S if readers else 0.0)  # readers at full speed first
         before, began = await completed(counter), time.perf_counter()
         await asyncio.sleep(seconds)
@@ -115,6 +119,9 @@ async def case(store: str, readers: int, seconds: float, queued: int) -> dict[st
         max_inputs=1,
         timeout_s=600 * TIME_SCALE,
     )
+    import os
+    if os.environ.get("EXP_READS"):
+        config["max_concurrent_reads"] = int(os.environ["EXP_READS"])
     with h.temp_dir() as tmp:
         url = h.store_url(store, tmp)
         config["store"] = {"url": url}

@@ -214,7 +214,7 @@ class Settings(BaseModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise
     # stand between the scheduler and the event loop at every step of every call.
-    max_concurrent_reads: int = Field(default=4, gt=0)
+    max_concurrent_reads: int = Field(default=1, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)

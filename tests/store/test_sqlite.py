@@ -368,7 +368,7 @@ async def test_concurrent_submissions_share_their_commits(tmp_path: Path) -> Non
     await store.open()
     try:
         statements: list[str] = []
-        await store._connection().set_trace_callback(statements.append)
+        store._connection().set_trace_callback(statements.append)
         jobs = [
             Job(id=f"j{i}", models=("m",), regions=("US",), questions=("q",)) for i in range(200)
         ]
@@ -390,7 +390,7 @@ async def test_a_batch_the_store_cannot_write_fails_every_submission_in_it(
     await store.open()
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
-        await store._connection().execute("PRAGMA busy_timeout = 50")
+        store._connection().execute("PRAGMA busy_timeout = 50")
         # Another process holding the write lock past busy_timeout.
         blocker.execute("BEGIN IMMEDIATE")
         jobs = [Job(id=f"j{i}", models=("m",), regions=("US",), questions=("q",)) for i in range(5)]

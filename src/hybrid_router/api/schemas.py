@@ -6,6 +6,7 @@ of pydantic. Timestamps go out as ISO-8601 UTC strings ending in "Z".
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -64,8 +65,12 @@ MaxTokens = Annotated[int, Field(ge=1, le=32768), WholeNumber]
 
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as ISO-8601 UTC with a trailing Z; None stays None."""
-    if ts is None:
-        return None
+    return None if ts is None else _iso_of(ts)
+
+
+# The executions of a job share their queued_at, and a job's view lists hundreds of them.
+@functools.lru_cache(maxsize=4096)
+def _iso_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

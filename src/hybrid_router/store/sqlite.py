@@ -3,8 +3,11 @@
 Writes go through one connection, one transaction at a time under an asyncio.Lock, and take
 SQLite's write lock up front (BEGIN IMMEDIATE), so a compare-and-set reads and writes under
 the same lock even when another process (a standby replica, the CLI) has the file open.
+A transaction runs whole in the writer's own thread, one call from the event loop: through
+aiosqlite each statement would go to its thread and back, and on a busy loop each return
+waits its turn, so a write of a few statements took that many turns of the loop.
 Submissions that arrive while a write is in progress are group-committed: written together
-after it, in one transaction and so one fsync, each in a savepoint of its own.
+after it, in one transaction and so one fsync.
 Reads go through a few connections of their own: in WAL mode a reader sees the last commit
 and never waits for a writer, so the API stays fast while the scheduler writes.
 
@@ -23,7 +26,8 @@ import os
 import socket
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -308,7 +312,8 @@ _FINISHED_JOBS = """
 """
 
 _T = TypeVar("_T")
-Transaction = Callable[[aiosqlite.Connection], Awaitable[_T]]
+# The body of a write transaction, run in the writer's thread.
+Transaction = Callable[[sqlite3.Connection], _T]
 
 
 class SQLiteStore:
@@ -317,7 +322,9 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._db: aiosqlite.Connection | None = None
+        # The one write connection, used only from the writer's one thread.
+        self._db: sqlite3.Connection | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._mutex = asyncio.Lock()
         self._readers: list[aiosqlite.Connection] = []
         self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
@@ -329,17 +336,15 @@ class SQLiteStore:
         """Connect and create (or upgrade) the schema if needed."""
         if self._db is not None:
             return
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = await self._connect()
+            self._db = await self._in_writer(_connect_writer, self.path)
         except (OSError, sqlite3.Error) as e:
+            self._writer.shutdown(wait=False)
+            self._writer = None
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
         try:
-            # WAL first: readers may open only once the file is in WAL mode.
-            await self._db.execute("PRAGMA journal_mode = WAL")
-            # FULL fsyncs the WAL on every commit, so an accepted job also survives a power
-            # cut, not only a process crash; one commit per scheduling round keeps it cheap.
-            await self._db.execute("PRAGMA synchronous = FULL")
             await self._write(self._migrate)
             for _ in range(_READERS):
                 reader = await self._connect("PRAGMA query_only = ON")
@@ -354,9 +359,7 @@ class SQLiteStore:
     async def _connect(self, *pragmas: str) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            # Before anything else: switching to WAL needs the write lock another process
-            # may hold.
-            for pragma in ("PRAGMA busy_timeout = 5000", *pragmas):
+            for pragma in (_BUSY_TIMEOUT, *pragmas):
                 await db.execute(pragma)
         except BaseException:
             await db.close()
@@ -364,8 +367,16 @@ class SQLiteStore:
         db.row_factory = sqlite3.Row
         return db
 
-    async def _migrate(self, tx: aiosqlite.Connection) -> None:
-        rows = await tx.execute_fetchall("PRAGMA user_version")
+    async def _in_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` in the writer's thread."""
+        if self._writer is None:
+            raise RuntimeError(f"SQLite store {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, functools.partial(fn, *args)
+        )
+
+    def _migrate(self, tx: sqlite3.Connection) -> None:
+        rows = tx.execute("PRAGMA user_version").fetchall()
         version = int(next(iter(rows))[0])
         if version > SCHEMA_VERSION:
             raise ConfigError(
@@ -377,15 +388,15 @@ class SQLiteStore:
         if upgrading:
             for added in range(version + 1, SCHEMA_VERSION + 1):
                 for table, column in _ADDED_COLUMNS.get(added, ()):
-                    await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                    tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             for statement in _TO_V4:
-                await tx.execute(statement)
+                tx.execute(statement)
         for statement in _SCHEMA:
-            await tx.execute(statement)
+            tx.execute(statement)
         if upgrading:
             for statement in _COUNT_ROWS:
-                await tx.execute(statement)
-        await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                tx.execute(statement)
+        tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     async def close(self) -> None:
         """Release the connections and the scheduler lock, if held."""
@@ -394,7 +405,10 @@ class SQLiteStore:
             async with self._mutex:
                 db, self._db = self._db, None
                 if db is not None:
-                    await db.close()
+                    await self._in_writer(db.close)
+                if self._writer is not None:
+                    self._writer.shutdown(wait=False)  # idle: its last job is done
+                    self._writer = None
             readers, self._readers = self._readers, []
             for _ in readers:
                 await self._idle.get()  # each one back from the read it may be serving
@@ -504,10 +518,10 @@ class SQLiteStore:
     ) -> Recorded:
         """Record one round's admissions where still queued, and the ledger without the others."""
 
-        async def admit(tx: aiosqlite.Connection) -> Recorded:
-            written = await _write_where_queued(tx, executions)
+        def admit(tx: sqlite3.Connection) -> Recorded:
+            written = _write_where_queued(tx, executions)
             refused = {e.id for e in executions} - written
-            await tx.executemany(
+            tx.executemany(
                 _UPSERT_CONTAINER,
                 [
                     _container_params(
@@ -528,32 +542,32 @@ class SQLiteStore:
     ) -> Recorded:
         """Record calls' outcomes where still running on their container; then the ledger."""
 
-        async def finish(tx: aiosqlite.Connection) -> Recorded:
+        def finish(tx: sqlite3.Connection) -> Recorded:
             # Fenced on the container the run was admitted to rather than on `attempts`,
             # which the caller may lower again for a capacity wait that spends no attempt.
-            running = await _stored_in_state(tx, [e.id for e, _ in results], "running")
+            running = _stored_in_state(tx, [e.id for e, _ in results], "running")
             matching = [
                 e for e, admitted_to in results if e.id in running and running[e.id] == admitted_to
             ]
-            await _write_all(tx, matching)
+            _write_all(tx, matching)
             written = {e.id for e in matching}
-            await _save_containers(tx, containers, removed)
+            _save_containers(tx, containers, removed)
             jobs = {e.job_key for e, _ in results if e.id in written}
-            return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
+            return Recorded(frozenset(written), _finished_jobs(tx, jobs))
 
         return await self._write(finish)
 
     async def cancel_queued(self, key: JobKey, now: float) -> list[Execution]:
         """Cancel a job's queued executions atomically; returns them as cancelled."""
 
-        async def cancel(tx: aiosqlite.Connection) -> list[Execution]:
+        def cancel(tx: sqlite3.Connection) -> list[Execution]:
             # Read and update under the same write lock: nothing can be admitted in between.
-            rows = await tx.execute_fetchall(
+            rows = tx.execute(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions"
                 " WHERE owner = ? AND job_id = ? AND state = 'queued' ORDER BY seq",
                 key,
-            )
-            await tx.execute(
+            ).fetchall()
+            tx.execute(
                 "UPDATE executions SET state = 'cancelled', finished_at = ?"
                 " WHERE owner = ? AND job_id = ? AND state = 'queued'",
                 (now, *key),
@@ -570,18 +584,18 @@ class SQLiteStore:
     ) -> None:
         """Upsert ledger rows and delete the `removed` ids, atomically."""
 
-        async def save(tx: aiosqlite.Connection) -> None:
-            await _save_containers(tx, containers, removed)
+        def save(tx: sqlite3.Connection) -> None:
+            _save_containers(tx, containers, removed)
 
         await self._write(save)
 
     async def expire(self, executions: Sequence[Execution]) -> Recorded:
         """Record these executions (now `expired`) where still queued, in one write."""
 
-        async def expire(tx: aiosqlite.Connection) -> Recorded:
-            written = await _write_where_queued(tx, executions)
+        def expire(tx: sqlite3.Connection) -> Recorded:
+            written = _write_where_queued(tx, executions)
             jobs = {e.job_key for e in executions if e.id in written}
-            return Recorded(frozenset(written), await _finished_jobs(tx, jobs))
+            return Recorded(frozenset(written), _finished_jobs(tx, jobs))
 
         return await self._write(expire)
 
@@ -593,8 +607,8 @@ class SQLiteStore:
     async def set_region_mode(self, region: str, mode: RegionMode) -> None:
         """Pause, drain or reopen a region."""
 
-        async def set_mode(tx: aiosqlite.Connection) -> None:
-            await tx.execute(
+        def set_mode(tx: sqlite3.Connection) -> None:
+            tx.execute(
                 "INSERT INTO region_modes (region, mode) VALUES (?, ?)"
                 " ON CONFLICT (region) DO UPDATE SET mode = excluded.mode",
                 (region, mode.value),
@@ -605,8 +619,8 @@ class SQLiteStore:
     async def requeue(self, executions: Sequence[Execution]) -> None:
         """Put running executions back in the queue as given (crash recovery)."""
 
-        async def requeue(tx: aiosqlite.Connection) -> None:
-            await tx.executemany(
+        def requeue(tx: sqlite3.Connection) -> None:
+            tx.executemany(
                 f"{_UPDATE_EXECUTION} WHERE id = :id AND state = 'running'",
                 [_execution_params(e) for e in executions],
             )
@@ -642,7 +656,7 @@ class SQLiteStore:
         )
         return [_execution(row) for row in rows]
 
-    def _connection(self) -> aiosqlite.Connection:
+    def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError(f"SQLite store {self.path} is not open")
         return self._db
@@ -681,42 +695,68 @@ class SQLiteStore:
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _transact(self, db: aiosqlite.Connection, body: Transaction[_T]) -> _T:
+    async def _transact(self, db: sqlite3.Connection, body: Transaction[_T]) -> _T:
         try:
-            if db.in_transaction:  # a ROLLBACK that failed (I/O error) left one open
-                await db.execute("ROLLBACK")
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                result = await body(db)
-                await db.execute("COMMIT")
-            except BaseException:
-                # Not if SQLite already rolled back by itself (disk full, I/O error); but a
-                # COMMIT that failed (SQLITE_BUSY) leaves the transaction open.
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await db.execute("ROLLBACK")
-                raise
-            return result
+            return await self._in_writer(_transaction, db, body)
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
         finally:
             self._mutex.release()
 
 
-async def _submit_batch(
-    tx: aiosqlite.Connection, batch: Sequence[Submission]
+_BUSY_TIMEOUT = "PRAGMA busy_timeout = 5000"
+
+
+def _connect_writer(path: Path) -> sqlite3.Connection:
+    """The write connection, in WAL mode (in the writer's thread)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # busy_timeout before anything else: switching to WAL needs the write lock another
+        # process may hold. WAL before any reader opens.
+        db.execute(_BUSY_TIMEOUT)
+        db.execute("PRAGMA journal_mode = WAL")
+        # FULL fsyncs the WAL on every commit, so an accepted job also survives a power
+        # cut, not only a process crash; one commit per scheduling round keeps it cheap.
+        db.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        db.close()
+        raise
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _transaction(db: sqlite3.Connection, body: Transaction[_T]) -> _T:
+    """`body` in one write transaction: committed if it returns, rolled back if not."""
+    if db.in_transaction:  # a ROLLBACK that failed (I/O error) left one open
+        db.execute("ROLLBACK")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(db)
+        db.execute("COMMIT")
+    except BaseException:
+        # Not if SQLite already rolled back by itself (disk full, I/O error); but a COMMIT
+        # that failed (SQLITE_BUSY) leaves the transaction open.
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _submit_batch(
+    tx: sqlite3.Connection, batch: Sequence[Submission]
 ) -> list[Submitted | Exception]:
     """A batch of submissions in a few statements, whatever its size: each statement is a
     round trip to SQLite's thread, which waits its turn on a busy event loop. An execution id
     already stored (rare: ids are made from the job's key) falls back to `_submit_each`."""
-    draining = await _draining(tx)
+    draining = _draining(tx)
     keys = [[s.job.owner, s.job.id] for s in batch]
-    rows = await tx.execute_fetchall(
+    rows = tx.execute(
         "SELECT * FROM jobs WHERE (owner, id) IN"
         " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
         " FROM json_each(:keys))",
         {"keys": json.dumps(keys)},
-    )
+    ).fetchall()
     stored: dict[JobKey, Job] = {(job := _job(row)).key: job for row in rows}
     outcomes: list[Submitted | Exception] = []
     new: list[Submission] = []
@@ -732,23 +772,21 @@ async def _submit_batch(
             new.append(s)
     if not any(s.executions for s in new):
         # Nothing to number (and last_insert_rowid() would be a job's): one at a time.
-        return await _submit_each(tx, batch, draining) if new else outcomes
-    await tx.execute("SAVEPOINT submissions")
+        return _submit_each(tx, batch, draining) if new else outcomes
+    tx.execute("SAVEPOINT submissions")
     try:
-        await tx.executemany(_INSERT_JOB, [_job_params(s.job) for s in new])
+        tx.executemany(_INSERT_JOB, [_job_params(s.job) for s in new])
         # executemany inserts in list order, and the one writer's AUTOINCREMENT hands out
         # consecutive values: the executions' seqs are the last ones handed out.
-        await tx.executemany(
-            _INSERT_EXECUTION, [_execution_params(e) for s in new for e in s.executions]
-        )
-        rows = await tx.execute_fetchall("SELECT last_insert_rowid()")
+        tx.executemany(_INSERT_EXECUTION, [_execution_params(e) for s in new for e in s.executions])
+        rows = tx.execute("SELECT last_insert_rowid()").fetchall()
     except sqlite3.IntegrityError:
         if not tx.in_transaction:
             raise
-        await tx.execute("ROLLBACK TO submissions")
-        await tx.execute("RELEASE submissions")
-        return await _submit_each(tx, batch, draining)
-    await tx.execute("RELEASE submissions")
+        tx.execute("ROLLBACK TO submissions")
+        tx.execute("RELEASE submissions")
+        return _submit_each(tx, batch, draining)
+    tx.execute("RELEASE submissions")
     seq = int(next(iter(rows))[0]) - sum(len(s.executions) for s in new)
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, Submitted) and outcome.created:
@@ -760,8 +798,8 @@ async def _submit_batch(
     return outcomes
 
 
-async def _draining(tx: aiosqlite.Connection) -> set[str]:
-    rows = await tx.execute_fetchall("SELECT region FROM region_modes WHERE mode = 'draining'")
+def _draining(tx: sqlite3.Connection) -> set[str]:
+    rows = tx.execute("SELECT region FROM region_modes WHERE mode = 'draining'").fetchall()
     return {row["region"] for row in rows}
 
 
@@ -773,15 +811,15 @@ def _refusal(job: Job, draining: set[str]) -> RegionDraining | None:
     return None
 
 
-async def _submit_each(
-    tx: aiosqlite.Connection, batch: Sequence[Submission], draining: set[str]
+def _submit_each(
+    tx: sqlite3.Connection, batch: Sequence[Submission], draining: set[str]
 ) -> list[Submitted | Exception]:
     """Each submission in a savepoint of its own: what it did, or why it failed."""
     outcomes: list[Submitted | Exception] = []
     for s in batch:
-        await tx.execute("SAVEPOINT submission")
+        tx.execute("SAVEPOINT submission")
         try:
-            outcomes.append(await _submit(tx, s.job, s.executions, draining))
+            outcomes.append(_submit(tx, s.job, s.executions, draining))
         except sqlite3.OperationalError:
             raise  # the store failing (disk full, locked), not the submission: batch lost
         except Exception as e:
@@ -789,61 +827,57 @@ async def _submit_each(
             # unless SQLite rolled the whole transaction back by itself.
             if not tx.in_transaction:
                 raise
-            await tx.execute("ROLLBACK TO submission")
+            tx.execute("ROLLBACK TO submission")
             if isinstance(e, sqlite3.IntegrityError):
-                e = await _duplicate(tx, s.executions)
+                e = _duplicate(tx, s.executions)
             outcomes.append(e)
-        await tx.execute("RELEASE submission")
+        tx.execute("RELEASE submission")
     return outcomes
 
 
-async def _submit(
-    tx: aiosqlite.Connection, job: Job, executions: Sequence[Execution], draining: set[str]
+def _submit(
+    tx: sqlite3.Connection, job: Job, executions: Sequence[Execution], draining: set[str]
 ) -> Submitted | RegionDraining:
     # Also finds a job submitted earlier in the same batch: one transaction sees its writes.
-    rows = await tx.execute_fetchall(
+    rows = tx.execute(
         "SELECT * FROM jobs WHERE owner = ? AND id = ?", (job.owner, job.id)
-    )
+    ).fetchall()
     for row in rows:
         return Submitted(_job(row), False)
     if refusal := _refusal(job, draining):
         return refusal
-    await tx.execute(_INSERT_JOB, _job_params(job))
-    await tx.executemany(_INSERT_EXECUTION, [_execution_params(e) for e in executions])
+    tx.execute(_INSERT_JOB, _job_params(job))
+    tx.executemany(_INSERT_EXECUTION, [_execution_params(e) for e in executions])
     last = 0
     if executions:
-        rows = await tx.execute_fetchall("SELECT last_insert_rowid()")
+        rows = tx.execute("SELECT last_insert_rowid()").fetchall()
         last = int(next(iter(rows))[0])
     first = last - len(executions) + 1
     return Submitted(job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions)))
 
 
-async def _duplicate(
-    tx: aiosqlite.Connection, executions: Sequence[Execution]
-) -> DuplicateExecution:
+def _duplicate(tx: sqlite3.Connection, executions: Sequence[Execution]) -> DuplicateExecution:
     """The refusal of a submission whose execution ids UNIQUE found already taken, naming them."""
     ids = [e.id for e in executions]
-    rows = await tx.execute_fetchall(
+    rows = tx.execute(
         "SELECT id FROM executions WHERE id IN (SELECT value FROM json_each(:ids))",
         {"ids": json.dumps(ids)},
-    )
+    ).fetchall()
     repeated = {i for i, n in Counter(ids).items() if n > 1}
     taken = {row["id"] for row in rows} | repeated
     return DuplicateExecution(f"execution id already stored: {', '.join(sorted(taken))}")
 
 
-async def _write_where_queued(
-    tx: aiosqlite.Connection, executions: Sequence[Execution]
-) -> set[str]:
+def _write_where_queued(tx: sqlite3.Connection, executions: Sequence[Execution]) -> set[str]:
     """Write each execution whose stored one is still queued; the ids written."""
-    queued = await _stored_in_state(tx, [e.id for e in executions], "queued")
+    queued = _stored_in_state(tx, [e.id for e in executions], "queued")
     matching = [e for e in executions if e.id in queued]
-    await _write_all(tx, matching)
+    _write_all(tx, matching)
     return {e.id for e in matching}
 
 
-async def _stored_in_state(
-    tx: aiosqlite.Connection, ids: Sequence[str], state: str
+def _stored_in_state(
+    tx: sqlite3.Connection, ids: Sequence[str], state: str
 ) -> dict[str, str | None]:
     """Of these executions, those stored in `state`, with the container each is on.
 
@@ -854,32 +888,32 @@ async def _stored_in_state(
     if not ids:
         return {}
     # `+state`: look the ids up by their unique index, never walk every execution in `state`.
-    rows = await tx.execute_fetchall(
+    rows = tx.execute(
         "SELECT id, container_id FROM executions"
         " WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = :state",
         {"state": state, "ids": json.dumps(list(ids))},
-    )
+    ).fetchall()
     return {row["id"]: row["container_id"] for row in rows}
 
 
-async def _write_all(tx: aiosqlite.Connection, executions: Sequence[Execution]) -> None:
+def _write_all(tx: sqlite3.Connection, executions: Sequence[Execution]) -> None:
     """Write these executions as given (the caller checked their stored state)."""
-    await tx.executemany(
+    tx.executemany(
         f"{_UPDATE_EXECUTION} WHERE id = :id", [_execution_params(e) for e in executions]
     )
 
 
-async def _save_containers(
-    tx: aiosqlite.Connection, containers: Sequence[Container], removed: Sequence[str]
+def _save_containers(
+    tx: sqlite3.Connection, containers: Sequence[Container], removed: Sequence[str]
 ) -> None:
-    await tx.executemany("DELETE FROM containers WHERE id = ?", [(i,) for i in removed])
-    await tx.executemany(_UPSERT_CONTAINER, [_container_params(c) for c in containers])
+    tx.executemany("DELETE FROM containers WHERE id = ?", [(i,) for i in removed])
+    tx.executemany(_UPSERT_CONTAINER, [_container_params(c) for c in containers])
 
 
-async def _finished_jobs(tx: aiosqlite.Connection, jobs: set[JobKey]) -> frozenset[JobKey]:
+def _finished_jobs(tx: sqlite3.Connection, jobs: set[JobKey]) -> frozenset[JobKey]:
     if not jobs:
         return frozenset()
-    rows = await tx.execute_fetchall(_FINISHED_JOBS, {"jobs": json.dumps(sorted(jobs))})
+    rows = tx.execute(_FINISHED_JOBS, {"jobs": json.dumps(sorted(jobs))}).fetchall()
     return frozenset(JobKey(row["owner"], row["job_id"]) for row in rows)
 
 
