@@ -217,8 +217,6 @@ def start_router(config: dict[str, Any], tmp: Path, *, wait: bool = True) -> Pro
     port = free_port()
     log = path.with_suffix(".log")
     args = [str(BIN / "hybrid-router"), "serve", "--config", str(path), "--port", str(port)]
-    if os.environ.get("EXP_PATCHED"):
-        args = [sys.executable, "/work/exp/patched.py", *args[1:]]
     process = Process(_spawn(args, log), f"http://127.0.0.1:{port}", log)
     if wait:
         wait_ready(process, "/ready")

@@ -119,9 +119,6 @@ async def case(store: str, readers: int, seconds: float, queued: int) -> dict[st
         max_inputs=1,
         timeout_s=600 * TIME_SCALE,
     )
-    import os
-    if os.environ.get("EXP_READS"):
-        config["max_concurrent_reads"] = int(os.environ["EXP_READS"])
     with h.temp_dir() as tmp:
         url = h.store_url(store, tmp)
         config["store"] = {"url": url}
