@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-import httpx2
+from yarl import URL
 
 from hybrid_router.core.model import Completion, ProviderSpec
 from hybrid_router.providers._http import (
@@ -51,11 +51,10 @@ class ModalProvider(HttpProvider):
         self,
         spec: ProviderSpec,
         token: str | None,
-        client: httpx2.AsyncClient | None = None,
         *,
         proxy_auth: ProxyAuth | None = None,
     ) -> None:
-        super().__init__(spec, token, client)
+        super().__init__(spec, token)
         self._proxy_auth = proxy_auth
         if proxy_auth is not None:
             self._secrets += (proxy_auth.token_id, proxy_auth.token_secret)
@@ -87,8 +86,8 @@ class ModalProvider(HttpProvider):
                 if not reply.location:
                     raise bad_response(self.spec.name, "303 without a Location")
                 try:
-                    url = url.join(reply.location)
-                except httpx2.InvalidURL:
+                    url = url.join(URL(reply.location))
+                except ValueError:
                     raise bad_response(self.spec.name, "303 to an invalid Location") from None
                 if reply.elapsed_s < pause:
                     await asyncio.sleep(pause - reply.elapsed_s)
