@@ -384,9 +384,10 @@ class Profile:
 def summarise_profile(path: Path, top: int = 12) -> str:
     """Where the samples of a collapsed-stack file went: idle, SQL, and our own functions.
 
-    A sample is idle when its leaf is the event loop's select or aiosqlite's worker waiting
-    for work; the event loop's busy samples are charged to their innermost hybrid_router
-    frame (library code it called included), and counted by total for every such frame.
+    A sample is idle when its leaf is the event loop's select or a SQLite thread waiting for
+    work (aiosqlite's readers, the store's writer); the event loop's busy samples are
+    charged to their innermost hybrid_router frame (library code it called included), and
+    counted by total for every such frame.
     """
     idle = _idle_leaves()
     counts: Counter[str] = Counter()
@@ -405,7 +406,10 @@ def summarise_profile(path: Path, top: int = 12) -> str:
             counts["idle (event loop select, SQLite thread waiting)"] += n
             continue
         if "aiosqlite/core.py" in frames[-1] or "_connection_worker_thread" in stack:
-            counts["SQLite thread running a statement"] += n
+            counts["SQLite read thread running a statement"] += n
+            continue
+        if "_transaction (hybrid_router/store/sqlite.py" in stack:
+            counts["SQLite writer thread running a transaction"] += n
             continue
         counts["event loop busy"] += n
         ours = [_short(f) for f in frames if "hybrid_router/" in f and "cli.py" not in f]
@@ -425,16 +429,22 @@ def summarise_profile(path: Path, top: int = 12) -> str:
 
 
 def _idle_leaves() -> tuple[str, ...]:
-    """Leaf frames that mean waiting: the loop's select, aiosqlite's `tx.get()` line."""
+    """Leaf frames that mean waiting: the loop's select, the SQLite threads' queue reads
+    (aiosqlite's `tx.get()`, the writer's executor's `work_queue.get`)."""
+    import concurrent.futures.thread
     import inspect
 
     import aiosqlite.core
 
     markers = ["EpollSelector.select (", "KqueueSelector.select ("]
-    lines, first = inspect.getsourcelines(aiosqlite.core._connection_worker_thread)
-    for i, text in enumerate(lines):
-        if "tx.get(" in text:
-            markers.append(f"_connection_worker_thread (aiosqlite/core.py:{first + i})")
+    for function, waits, where in (
+        (aiosqlite.core._connection_worker_thread, "tx.get(", "aiosqlite/core.py"),
+        (concurrent.futures.thread._worker, "work_queue.get(", "concurrent/futures/thread.py"),
+    ):
+        lines, first = inspect.getsourcelines(function)
+        for i, text in enumerate(lines):
+            if waits in text:
+                markers.append(f"{function.__name__} ({where}:{first + i})")
     return tuple(markers)
 
 

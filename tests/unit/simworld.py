@@ -98,6 +98,8 @@ class World:
     # How often, per step, a provider starts cooling down (core.health), for a while.
     cooling_rate: float = 0.0
     cooling: dict[str, float] = field(default_factory=dict)
+    # Admissions per round at most (the manager's ROUND_LIMIT), None: no limit.
+    round_limit: int | None = None
     now: float = 0.0
     seq: int = 0
     executions: dict[str, Execution] = field(default_factory=dict)
@@ -135,9 +137,21 @@ class World:
             self.cooling[provider] = self.now + self.rng.uniform(0.2, 3.0)
         self.cooling = {p: until for p, until in self.cooling.items() if until > self.now}
         containers = self.containers.values()
-        decision = decide(self.queued(), containers, self.topology, self.now, cooling=self.cooling)
+        decision = decide(
+            self.queued(),
+            containers,
+            self.topology,
+            self.now,
+            cooling=self.cooling,
+            limit=self.round_limit,
+        )
         incremental = decide_indexed(
-            self.index, containers, self.topology, self.now, cooling=self.cooling
+            self.index,
+            containers,
+            self.topology,
+            self.now,
+            cooling=self.cooling,
+            limit=self.round_limit,
         )
         if incremental != decision:
             raise PromiseBroken(f"at {self.now}: indexed {incremental} != full scan {decision}")

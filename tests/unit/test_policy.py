@@ -195,3 +195,19 @@ def test_an_execution_past_its_deadline_is_not_admitted_and_blocks_no_one() -> N
     # A deadline still ahead is a moment to decide again (to expire it if still queued).
     waiting = decide([soon], [busy("a", "e0")], topo, 100.0)
     assert waiting.wake_at == 300.0
+
+
+def test_a_round_admits_at_most_its_limit_and_asks_for_the_next_at_once() -> None:
+    queued = [execution(seq) for seq in range(1, 6)]
+    topo = topology(region_limit=5)
+
+    first = decide(queued, [], topo, 100, limit=2)
+
+    assert [a.execution.id for a in first.admissions] == ["e1", "e2"]
+    assert first.wake_at == 100  # not at the next event: the rest could start now
+    rest = [e for e in queued if e.id not in ("e1", "e2")]
+    containers = [a.container for a in first.admissions]
+    second = decide(rest, containers, topo, 100, limit=2)
+    assert [a.execution.id for a in second.admissions] == ["e3", "e4"]
+    unlimited = decide(queued, [], topo, 100)
+    assert [a.execution.id for a in unlimited.admissions] == ["e1", "e2", "e3", "e4", "e5"]

@@ -107,6 +107,7 @@ def test_random_workloads_keep_every_promise(data: st.DataObject, seed: int) -> 
         failure_rate=data.draw(st.sampled_from([0.0, 0.2])),
         capacity_rate=data.draw(st.sampled_from([0.0, 0.1])),
         cooling_rate=data.draw(st.sampled_from([0.0, 0.1])),
+        round_limit=data.draw(st.sampled_from([None, None, 1, 2])),
     )
     run_world(world, jobs)  # limits and lane order are checked at every step
 

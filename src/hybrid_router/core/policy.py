@@ -123,9 +123,11 @@ class _Round:
         now: float,
         closed: frozenset[str],
         cooling: Mapping[str, float],
+        limit: int | None = None,
     ) -> None:
         self.topology = topology
         self.now = now
+        self.limit = limit
         self.closed = closed
         self.cooling = frozenset(name for name, until in cooling.items() if until > now)
         shared = topology.shared
@@ -165,8 +167,14 @@ class _Round:
         healthy = [p for p in providers if p.name not in self.cooling]
         return healthy or providers
 
+    @property
+    def full(self) -> bool:
+        """Whether the round has admitted its limit: what follows waits for the next one."""
+        return self.limit is not None and len(self.admissions) >= self.limit
+
     def decision(self) -> Decision:
-        return Decision(tuple(self.admissions), self.wake_at)
+        # A full round asks for the next at once: it stopped short, nothing else holds it.
+        return Decision(tuple(self.admissions), self.now if self.full else self.wake_at)
 
     def consider(self, e: Execution) -> None:
         """Admit `e` now, or note why it waits and what that holds back behind it."""
@@ -232,16 +240,21 @@ def decide(
     now: float,
     closed: frozenset[str] = frozenset(),
     cooling: Mapping[str, float] | None = None,
+    limit: int | None = None,
 ) -> Decision:
     """The admissions that keep every promise at `now`, and when to decide again.
 
     The reference: it walks every queued execution. Regions in `closed` (paused or
     draining) admit nothing and block no one elsewhere. Executions past their deadline are
     never admitted: the caller expires them. `cooling`: providers cooling down, each with the
-    instant its cooldown ends (core.health).
+    instant its cooldown ends (core.health). `limit`: admit at most that many, the first
+    ones in the walk, and ask to decide again at once (`wake_at` = `now`); the next round
+    walks the queue from its head again and so goes on where this one stopped.
     """
-    round_ = _Round(containers, topology, now, closed, cooling or {})
+    round_ = _Round(containers, topology, now, closed, cooling or {}, limit)
     for e in _interleaved(queued, topology, now):
+        if round_.full:
+            break
         if e.deadline_at is not None:
             round_.wake(e.deadline_at)
         round_.consider(e)
@@ -255,6 +268,7 @@ def decide_indexed(
     now: float,
     closed: frozenset[str] = frozenset(),
     cooling: Mapping[str, float] | None = None,
+    limit: int | None = None,
 ) -> Decision:
     """Exactly `decide` over the indexed executions, touching lane heads only.
 
@@ -264,8 +278,8 @@ def decide_indexed(
     the order changes with time rather than with writes, so the full scan decides.
     """
     if topology.priority_aging_s:
-        return decide(index, containers, topology, now, closed, cooling)
-    round_ = _Round(containers, topology, now, closed, cooling or {})
+        return decide(index, containers, topology, now, closed, cooling, limit)
+    round_ = _Round(containers, topology, now, closed, cooling or {}, limit)
     round_.wake(index.next_deadline(now))
     Lane = tuple[tuple[int, int], str, Iterator[Execution], Execution]
     turns: list[tuple[int, int, list[Lane], str]] = []
@@ -281,7 +295,7 @@ def decide_indexed(
         if lanes:
             turns.append((index.turn(lanes[0][3]), order, lanes, region))
     heapq.heapify(turns)
-    while turns:
+    while turns and not round_.full:
         _, order, lanes, region = heapq.heappop(turns)
         _, model, walk, e = heapq.heappop(lanes)
         round_.consider(e)

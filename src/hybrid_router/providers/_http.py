@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -185,8 +186,13 @@ class HttpProvider(abc.ABC):
     async def _call(self, request: InferenceRequest) -> Completion:
         """The call itself, as the provider's protocol makes it."""
 
+    @functools.cached_property
+    def _redactor(self) -> Redactor:
+        # On first use: a subclass adds its own credentials to `_secrets` in its __init__.
+        return Redactor(self._secrets)
+
     def _redact(self, text: str) -> str:
-        return Redactor(self._secrets)(text)
+        return self._redactor(text)
 
     def _redact_json(self, value: object) -> object:
         if isinstance(value, str):

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 # After a failed scheduling round (the store away, say), how long until the next try.
 RETRY_ROUND_S = 1.0
+# Admissions per round at most; the next round follows at once. A round holds the event
+# loop while it decides and its write holds the store, for time that grows with what it
+# admits (a new leader may find 10,000 calls it could start at once), and its calls wait
+# for all of it: smaller rounds start the first calls sooner and let requests in between.
+ROUND_LIMIT = 500
 # How often the index is checked against the store's queue counters. Events between
 # replicas are best effort; a lost submission would otherwise wait until the next restart.
 RECONCILE_S = 10.0
@@ -316,6 +321,7 @@ class RegionQueueManager:
                 now,
                 closed,
                 self.health.cooling(now),
+                limit=ROUND_LIMIT,
             )
             self.rounds += 1
             if decision.admissions and self._admitting:

@@ -22,6 +22,8 @@ from hybrid_router.core.model import (
     Job,
 )
 
+# By value: a dict lookup, where calling the enum costs a function call and a lookup.
+_STATES = {state.value: state for state in ExecutionState}
 # Fields holding tuples of strings: SQLite keeps them as JSON text columns.
 TUPLE_FIELDS = frozenset({"models", "regions", "questions", "in_flight"})
 
@@ -69,14 +71,18 @@ def execution_record(execution: Execution) -> dict[str, Any]:
     }
 
 
-def execution_from_record(record: Mapping[str, Any], seq: int) -> Execution:
-    """The execution a record holds, with the `seq` its store kept for it."""
-    values = {**EXECUTION_DEFAULTS, **record}
+def execution_from_record(record: Mapping[str, Any], seq: int, *, whole: bool = False) -> Execution:
+    """The execution a record holds, with the `seq` its store kept for it.
+
+    `whole`: the record has every field (a SQLite row), so no default is filled in; a new
+    leader decodes 100,000 at once.
+    """
+    values = dict(record) if whole else {**EXECUTION_DEFAULTS, **record}
     code = values.pop("error_code")
     message = values.pop("error_message")
     kind = values.pop("error_kind")
     values["error"] = None if code is None else Failure(code, message, FailureKind(kind))
-    values["state"] = ExecutionState(values["state"])
+    values["state"] = _STATES[values["state"]]
     values["seq"] = seq
     if values.keys() != _EXECUTION_ATTRIBUTES:
         raise ValueError(f"not an execution's record: {sorted(record)}")

@@ -982,7 +982,7 @@ def _execution_params(e: Execution) -> dict[str, Any]:
 def _execution(row: sqlite3.Row) -> Execution:
     """The execution a row of _EXECUTION_COLUMNS holds (no tuple fields: nothing to decode)."""
     seq, *values = row
-    return execution_from_record(dict(zip(EXECUTION_FIELDS, values, strict=True)), seq)
+    return execution_from_record(dict(zip(EXECUTION_FIELDS, values, strict=True)), seq, whole=True)
 
 
 def _container_params(c: Container) -> dict[str, Any]:
