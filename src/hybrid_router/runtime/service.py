@@ -157,6 +157,7 @@ class RouterService:
         self._follower: asyncio.Task[None] | None = None
         self._estimate: _Estimate | None = None
         self._estimating = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
         # Cancellations started on behalf of waiters that could not await them.
         self._detached: set[asyncio.Task[None]] = set()
 
@@ -374,8 +375,13 @@ class RouterService:
         return places, starts, ends
 
     async def _shared_estimate(self) -> _Estimate | None:
-        """The estimate readers share, made again once it is older than a round and than
-        ESTIMATE_MAX_AGE_S; None when the queue is too long to estimate."""
+        """The estimate readers share; None when the queue is too long to estimate.
+
+        Made again once it is older than a round and than ESTIMATE_MAX_AGE_S, in the
+        background: readers get the last one meanwhile (a forecast takes tens of
+        milliseconds, which a reader would otherwise wait for once a second). Only the
+        first one is waited for.
+        """
         manager = self.leadership.manager
         if manager is not None:
             queued_count = len(manager.index)
@@ -385,31 +391,48 @@ class RouterService:
             current = None
         if queued_count > ESTIMATE_MAX_QUEUED:
             return None
+        cached = self._estimate
+        if cached is None:
+            async with self._estimating:
+                if self._estimate is None:
+                    self._estimate = await self._make_estimate(current)
+                return self._estimate
+        stale = not (
+            (current is not None and cached.round == current)
+            or self.clock() - cached.made_at < ESTIMATE_MAX_AGE_S
+        )
+        if stale and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = task = asyncio.create_task(
+                self._refresh_estimate(current), name="estimate"
+            )
+            self._detached.add(task)
+            task.add_done_callback(self._detached.discard)
+        return cached
+
+    async def _refresh_estimate(self, current: tuple[int, int] | None) -> None:
         async with self._estimating:
-            cached = self._estimate
-            fresh = cached is not None and (
-                (current is not None and cached.round == current)
-                or self.clock() - cached.made_at < ESTIMATE_MAX_AGE_S
-            )
-            if fresh:
-                return cached
-            now = self.clock()
-            snapshot = await self._snapshot(now)
-            places = policy.positions(snapshot.queued, now, self.topology.priority_aging_s)
-            # In a thread: tens of milliseconds of policy rounds would otherwise hold up
-            # every request and the scheduler's next step.
-            expected = await asyncio.to_thread(
-                estimate.forecast,
-                snapshot.queued,
-                snapshot.running,
-                snapshot.containers,
-                self.topology,
-                now,
-                snapshot.durations,
-                snapshot.cooling,
-            )
-            self._estimate = _Estimate(places, expected.starts, expected.ends, now, current)
-            return self._estimate
+            try:
+                self._estimate = await self._make_estimate(current)
+            except errors.StoreUnavailable as exc:
+                log.warning("estimate not refreshed: %s", exc.message)
+
+    async def _make_estimate(self, current: tuple[int, int] | None) -> _Estimate:
+        now = self.clock()
+        snapshot = await self._snapshot(now)
+        places = policy.positions(snapshot.queued, now, self.topology.priority_aging_s)
+        # In a thread: tens of milliseconds of policy rounds would otherwise hold up
+        # every request and the scheduler's next step.
+        expected = await asyncio.to_thread(
+            estimate.forecast,
+            snapshot.queued,
+            snapshot.running,
+            snapshot.containers,
+            self.topology,
+            now,
+            snapshot.durations,
+            snapshot.cooling,
+        )
+        return _Estimate(places, expected.starts, expected.ends, now, current)
 
     async def _snapshot(self, now: float) -> _Snapshot:
         """What estimates run on: the leader's own view, else the store's, and a copy of
