@@ -213,7 +213,8 @@ class Settings(BaseModel):
     max_executions_per_job: int = Field(default=5_000, gt=0)
     http: HttpConfig = Field(default_factory=HttpConfig)
     # Status reads served at once; more wait their turn. Many readers at once would otherwise
-    # stand between the scheduler and the event loop at every step of every call.
+    # stand between the scheduler and the event loop at every step of every call (with 50
+    # readers, 4 at once left 0.27-0.58x the executions started, 1 at once 0.73-0.93x).
     max_concurrent_reads: int = Field(default=1, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)

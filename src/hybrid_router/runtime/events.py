@@ -167,6 +167,10 @@ class LocalBus:
         self.deliver(None)
 
 
+# Events waiting for the sender at most (a few seconds' worth under load).
+OUTBOX_LIMIT = 10_000
+
+
 class RedisBus:
     """Redis pub/sub between replicas, fanned out locally by one listener per process.
 
@@ -202,6 +206,10 @@ class RedisBus:
         for event in events:
             self._local.deliver(event)
         self._outbox.extend(events)
+        if len(self._outbox) > OUTBOX_LIMIT:
+            # Redis is hanging: the oldest go, as they would to a replica that lost Redis.
+            log.warning("event bus backlog over %d: dropping the oldest events", OUTBOX_LIMIT)
+            del self._outbox[: len(self._outbox) - OUTBOX_LIMIT]
         if self._outbox and self._sender is None:
             self._sender = asyncio.create_task(self._send(), name="event-bus sender")
 
