@@ -158,7 +158,8 @@ class RouterService:
         self._estimate: _Estimate | None = None
         self._estimating = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
-        # Cancellations started on behalf of waiters that could not await them.
+        # Cancellations started on behalf of waiters that could not await them, and estimates
+        # being made again for readers: awaited before the store closes.
         self._detached: set[asyncio.Task[None]] = set()
 
     def _new_manager(self) -> RegionQueueManager:
@@ -415,6 +416,9 @@ class RouterService:
                 self._estimate = await self._make_estimate(current)
             except errors.StoreUnavailable as exc:
                 log.warning("estimate not refreshed: %s", exc.message)
+            except Exception:
+                # Readers keep the last estimate; the next stale read tries again.
+                log.exception("estimate not refreshed")
 
     async def _make_estimate(self, current: tuple[int, int] | None) -> _Estimate:
         now = self.clock()
