@@ -103,7 +103,9 @@ class Store(Protocol):
     ) -> Recorded:
         """Record one round's admissions in one atomic write.
 
-        Each execution (now running) is written where the stored one is still queued; the
+        Each execution (now running, as core.policy admits it: only its state, attempts,
+        started_at, provider and container_id changed, which is all a store need write)
+        is written where the stored one is still queued; the
         others (cancelled, expired meanwhile) are left as they are. Every container is
         upserted without the calls (`in_flight` ids) of the refused executions, so an
         admission that lost its race never leaves a call in the ledger that no one makes.

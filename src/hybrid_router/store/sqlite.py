@@ -249,6 +249,11 @@ _EXECUTION_COLUMNS = ", ".join(("seq", *EXECUTION_FIELDS))
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
     f"{c} = :{c}" for c in EXECUTION_FIELDS if c != "id"
 )
+# What admitting changes in an execution (policy._started); the rest of the row stays.
+_ADMITTED = ("state", "attempts", "started_at", "provider", "container_id")
+_ADMIT_EXECUTION = (
+    "UPDATE executions SET " + ", ".join(f"{c} = :{c}" for c in _ADMITTED) + " WHERE id = :id"
+)
 _UPSERT_CONTAINER = """
     INSERT INTO containers (id, provider, model, region, gpus, in_flight, warm_until, orphan)
     VALUES (:id, :provider, :model, :region, :gpus, :in_flight, :warm_until, :orphan)
@@ -519,7 +524,16 @@ class SQLiteStore:
         """Record one round's admissions where still queued, and the ledger without the others."""
 
         def admit(tx: sqlite3.Connection) -> Recorded:
-            written = _write_where_queued(tx, executions)
+            queued = _stored_in_state(tx, [e.id for e in executions], "queued")
+            matching = [e for e in executions if e.id in queued]
+            tx.executemany(
+                _ADMIT_EXECUTION,
+                [
+                    {"id": e.id, **{c: getattr(e, c) for c in _ADMITTED}, "state": e.state.value}
+                    for e in matching
+                ],
+            )
+            written = {e.id for e in matching}
             refused = {e.id for e in executions} - written
             tx.executemany(
                 _UPSERT_CONTAINER,
