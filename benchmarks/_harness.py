@@ -360,7 +360,7 @@ class Profile:
 
     pid: int
     out: Path
-    rate: int = 100
+    rate: int = 1000
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:

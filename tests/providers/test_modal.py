@@ -308,3 +308,25 @@ async def test_a_conversation_is_sent_as_one_transcript(kit: Kit) -> None:
 
     # The emulator answers with the prompt it was sent.
     assert completion.response.endswith("System: Be brief.\n\nUser: Why?\n\nAssistant:")
+
+
+async def test_calls_go_through_the_proxy_the_environment_names(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def proxy(request: Request) -> Response:
+        # A forward proxy gets the whole target URL; uvicorn hands on its host and path.
+        return JSONResponse({"success": True, "response": f"via proxy to {request.url.netloc}"})
+
+    proxy_url = await kit.serve(Starlette(routes=[Route("/US", proxy, methods=["POST"])]))
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    # No such host: only the proxy can answer.
+    completion = await kit.modal("http://modal.invalid/US").run(request())
+    assert completion.response == "via proxy to modal.invalid"
+
+    monkeypatch.setenv("NO_PROXY", "modal.invalid")
+    with pytest.raises(ProviderFailure) as direct:
+        await kit.modal("http://modal.invalid/US").run(request())
+    assert direct.value.failure.kind is FailureKind.UNAVAILABLE

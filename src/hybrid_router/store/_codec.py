@@ -35,6 +35,12 @@ _EXECUTION_PLAIN = tuple(
 )
 _ERROR_FIELDS = ("error_code", "error_message", "error_kind")
 EXECUTION_FIELDS = ("state", *_EXECUTION_PLAIN, *_ERROR_FIELDS)
+# What an execution's life changes (admission, outcome, retry, recovery: core.policy and
+# core.retry); the rest is its request, fixed at submission, which a write never repeats.
+EXECUTION_LIFE_FIELDS = (
+    "state", "attempts", "waits", "not_before", "started_at", "finished_at", "provider",
+    "container_id", "response", "inference_time", "tokens_generated", *_ERROR_FIELDS,
+)  # fmt: skip
 # What decoding assumes for a field an execution's record leaves out.
 EXECUTION_DEFAULTS: dict[str, Any] = {
     **{

@@ -36,6 +36,13 @@ class Submitted(NamedTuple):
 
 
 class Store(Protocol):
+    """Jobs, their executions and the container ledger, in domain terms.
+
+    An execution's request (its job, owner, region, model, question, prompt, parameters,
+    priority, deadline and `seq`) is fixed when it is submitted: a later write of an
+    execution records only what its life changes (`_codec.EXECUTION_LIFE_FIELDS`).
+    """
+
     async def open(self) -> None:
         """Connect and create the schema if needed."""
 

@@ -50,6 +50,7 @@ from hybrid_router.errors import (
 )
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
+    EXECUTION_LIFE_FIELDS,
     JOB_FIELDS,
     TUPLE_FIELDS,
     container_from_record,
@@ -246,8 +247,10 @@ _INSERT_JOB = (
 )
 # What reads of executions select, in this order (see _execution).
 _EXECUTION_COLUMNS = ", ".join(("seq", *EXECUTION_FIELDS))
+# Setting a column rewrites every index on it, even to the value it had: a write sets only
+# what the execution's life changes, never the request's owner, job, region or priority.
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
-    f"{c} = :{c}" for c in EXECUTION_FIELDS if c != "id"
+    f"{c} = :{c}" for c in EXECUTION_LIFE_FIELDS
 )
 # What admitting changes in an execution (policy._started); the rest of the row stays.
 _ADMITTED = ("state", "attempts", "started_at", "provider", "container_id")
