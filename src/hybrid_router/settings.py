@@ -82,6 +82,10 @@ class HttpConfig(BaseModel):
     # A line per request (uvicorn's access log), as gunicorn, off unless asked for: with
     # clients polling status it is most of the log, and a tenth of a small request's time.
     access_log: bool = False
+    # FastAPI's own OpenTelemetry spans and metrics per request, for a process with an
+    # OpenTelemetry SDK configured; off unless asked for: looking for one reads the
+    # environment on every request.
+    opentelemetry: bool = False
 
 
 class RegionConfig(BaseModel):

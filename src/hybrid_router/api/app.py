@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 
 from hybrid_router import __version__
 from hybrid_router.api import events, health, inference, jobs, metrics, openai, queue, regions
@@ -18,6 +19,8 @@ from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
 from hybrid_router.errors import RouterError
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
+
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app(settings: Settings, *, service: RouterService | None = None) -> FastAPI:
@@ -57,6 +60,7 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
         description="GPU-limit-aware region queues in front of serverless GPU providers.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        telemetry=None if settings.http.opentelemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.service = None
