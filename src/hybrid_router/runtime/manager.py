@@ -39,6 +39,7 @@ from hybrid_router.core.model import (
 from hybrid_router.core.policy import Topology
 from hybrid_router.core.queue_index import QueueIndex
 from hybrid_router.errors import StoreFenced, StoreUnavailable
+from hybrid_router.logs import about, calling
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
 from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import JOB_FINISHED, execution_event, job_event
@@ -401,6 +402,7 @@ class RegionQueueManager:
 
     async def _call(self, execution: Execution, cold: bool) -> None:
         assert execution.provider is not None
+        calling(execution)  # every line written during the call names its execution
         provider = self.providers[execution.provider]
         request = InferenceRequest(
             execution_id=execution.id,
@@ -514,7 +516,14 @@ class RegionQueueManager:
                     self.index.add(after)
                 outcome = result.outcome
                 if isinstance(outcome, Failure):
-                    log.info("%s: %s (%s) -> %s", after.id, outcome.code, outcome.kind, after.state)
+                    log.info(
+                        "%s: %s (%s) -> %s",
+                        after.id,
+                        outcome.code,
+                        outcome.kind,
+                        after.state,
+                        extra=about(result.execution),
+                    )
                 kind = "retrying" if after.state is ExecutionState.QUEUED else after.state.value
                 events.append(execution_event(after, kind, result.answered_at))
         now = self.clock()

@@ -567,7 +567,12 @@ class RouterService:
         try:
             await self.cancel(job_id, owner=owner)
         except errors.RouterError as exc:
-            log.warning("could not cancel %s for a waiter that left: %s", job_id, exc.message)
+            log.warning(
+                "could not cancel %s for a waiter that left: %s",
+                job_id,
+                exc.message,
+                extra={"job_id": job_id},
+            )
 
     async def wait(
         self, job_id: str, timeout_s: float | None = None, *, owner: str | None = None
