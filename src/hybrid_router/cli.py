@@ -123,6 +123,13 @@ def _options(
 # ---------------------------------------------------------------------------- server side
 
 
+class LogFormat(enum.StrEnum):
+    """How `serve` writes its log lines."""
+
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def serve(
     config: Annotated[
@@ -135,6 +142,15 @@ def serve(
         str | None, typer.Option(metavar="ADDRESS", help="Listen address [127.0.0.1].")
     ] = None,
     port: Annotated[int | None, typer.Option(metavar="PORT", help="Listen port [8000].")] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            "--log-format",
+            metavar="FORMAT",
+            help="text (for people) or json (one object per line, with job and execution "
+            "ids) [the config's log_format, else text].",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -164,6 +180,8 @@ def serve(
         settings = settings_from_environment(config)
     except ConfigError as exc:
         _fail(exc.message, code=2)
+    if log_format is not None:
+        settings = settings.model_copy(update={"log_format": log_format.value})
     for name in unknown_environment_variables():
         err.print(f"[yellow]ignoring {escape(name)}: no setting has that name[/yellow]")
 
@@ -198,7 +216,9 @@ def serve(
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
             http=timed_protocol(settings.http),
             access_log=settings.http.access_log,
-            log_config=_log_config(application, Redactor.from_settings(settings)),
+            log_config=_log_config(
+                application, Redactor.from_settings(settings), settings.log_format
+            ),
         )
     )
     log = logging.getLogger("hybrid_router")
@@ -825,20 +845,26 @@ class _StartupErrorFilter(logging.Filter):
         return not (refused and record.getMessage().startswith("Traceback"))
 
 
-def _log_config(application: Any, redactor: Redactor) -> dict[str, Any]:
+def _log_config(application: Any, redactor: Redactor, log_format: str = "text") -> dict[str, Any]:
     """uvicorn's logging, plus the router's own loggers, secrets masked in every line, and
-    the startup-traceback filter."""
+    the startup-traceback filter; with `log_format` "json", one JSON object per line."""
     from uvicorn.config import LOGGING_CONFIG
 
+    from hybrid_router.logs import ExecutionIds, JsonFormatter
     from hybrid_router.redaction import RedactingFilter
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {
         "startup_error": {"()": _StartupErrorFilter, "application": application},
         "redact": {"()": RedactingFilter, "redactor": redactor},
+        "execution": {"()": ExecutionIds},
     }
-    config["handlers"]["default"]["filters"] = ["redact", "startup_error"]
+    config["handlers"]["default"]["filters"] = ["redact", "startup_error", "execution"]
     config["handlers"]["access"]["filters"] = ["redact"]
+    if log_format == "json":
+        config["formatters"] = {"json": {"()": JsonFormatter}}
+        for handler in config["handlers"].values():
+            handler["formatter"] = "json"
     config["loggers"]["hybrid_router"] = {
         "handlers": ["default"],
         "level": "INFO",

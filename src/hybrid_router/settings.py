@@ -221,6 +221,8 @@ class Settings(BaseModel):
     # readers, 4 at once left 0.27-0.58x the executions started, 1 at once 0.73-0.93x).
     max_concurrent_reads: int = Field(default=1, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    # `serve`'s log lines: for people ("text") or one JSON object each ("json", see logs).
+    log_format: Literal["text", "json"] = "text"
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     priority_aging_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)

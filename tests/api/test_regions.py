@@ -90,7 +90,8 @@ async def test_metrics_show_queues_outcomes_and_gpus(client: httpx.AsyncClient) 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     lines = set(response.text.splitlines())
-    assert 'hybrid_router_finished{outcome="succeeded",region="US"} 1.0' in lines
+    finished = 'hybrid_router_executions_finished_total{model="llama3.2-1b",outcome="succeeded"'
+    assert f'{finished},provider="sim-us",region="US"}} 1.0' in lines
     assert 'hybrid_router_gpu_limit{region="US"} 3.0' in lines
     assert 'hybrid_router_region_admitting{region="EU"} 0.0' in lines
     assert "hybrid_router_leader 1.0" in lines

@@ -125,6 +125,11 @@ async def test_executions_run_on_the_sibling_while_the_first_refuses_then_on_the
     metrics = (await client.get("/metrics")).text
     assert 'hybrid_router_provider_healthy{provider="first",region="US"} 0.0' in metrics
     assert 'hybrid_router_provider_healthy{provider="second",region="US"} 1.0' in metrics
+    refused = [line for line in metrics.splitlines() if 'provider="first"' in line]
+    assert any(line.startswith("hybrid_router_provider_errors_total{") for line in refused)
+    assert any(line.startswith("hybrid_router_execution_retries_total{") for line in refused)
+    # Nothing listened: no container was started there.
+    assert not any(line.startswith("hybrid_router_cold_starts_total{") for line in refused)
 
     # The first comes back; after its cooldown it is tried again, and preferred as configured.
     await first.start()

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
-from fastapi.routing import APIRoute
+from fastapi import Depends, FastAPI
 from fastapi.telemetry import TelemetryConfig
+from fastapi_offline import FastAPIOffline
 
 from hybrid_router import __version__
 from hybrid_router.api import events, health, inference, jobs, metrics, openai, queue, regions
-from hybrid_router.api.auth import SECURITY_SCHEMES, Authenticator, authenticate
-from hybrid_router.api.errors import ERROR_RESPONSES, install_error_handlers
+from hybrid_router.api.auth import Authenticator, authenticate
+from hybrid_router.api.errors import install_error_handlers
 from hybrid_router.api.middleware import BodyLimit, HeadAsGet, ReadConcurrencyLimit
+from hybrid_router.api.openapi import document
 from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
 from hybrid_router.errors import RouterError
 from hybrid_router.runtime.service import RouterService
@@ -54,12 +54,12 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
             finally:
                 await app.state.quotas.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc from the files fastapi-offline ships, not from a CDN: they work offline.
+    app = FastAPIOffline(
         title="hybrid-router",
         version=__version__,
         description="GPU-limit-aware region queues in front of serverless GPU providers.",
         lifespan=lifespan,
-        responses=ERROR_RESPONSES,
         telemetry=None if settings.http.opentelemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
@@ -81,39 +81,5 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     for module in authenticated:
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
-    _document_security(app, [m.router for m in authenticated])
+    document(app, [m.router for m in authenticated])
     return app
-
-
-def _document_security(app: FastAPI, routers: list[APIRouter]) -> None:
-    """Name the key schemes on every operation of `routers` in the OpenAPI document.
-
-    `authenticate` reads the headers itself (see api.auth.SECURITY_SCHEMES), so FastAPI
-    cannot find the schemes among the routes' dependencies: they are added here instead.
-    """
-    operations = {
-        (route.path, method.lower())
-        for router in routers
-        for route in router.routes
-        if isinstance(route, APIRoute)
-        for method in route.methods or ()
-    }
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        document = generate()
-        components = document.setdefault("components", {})
-        components["securitySchemes"] = {
-            name: model.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for name, model in SECURITY_SCHEMES.items()
-        }
-        for path, methods in document["paths"].items():
-            for method, operation in methods.items():
-                if (path, method) in operations:
-                    operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
-        app.openapi_schema = document
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]

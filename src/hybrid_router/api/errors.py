@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,20 +19,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from hybrid_router.api.schemas import ErrorBody, FieldError, OpenAIErrorBody
+from hybrid_router.api.schemas import ErrorBody, FieldError
 from hybrid_router.errors import ExecutionFailed, RateLimited, RouterError, Unauthenticated
 
 log = logging.getLogger(__name__)
-
-# The error shape, for the OpenAPI document of every route.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
-    for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
-}
-OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAIErrorBody, "description": HTTPStatus(status).phrase}
-    for status in (400, 401, 403, 404, 409, 413, 429, 502, 503)
-}
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HTTP_CODES = {

@@ -20,7 +20,7 @@ async def health(request: Request) -> Health:
     return Health(status="ok", role=service.role, node=service.store.node_id, version=__version__)
 
 
-@router.get("/ready", responses={503: {"description": "Starting or stopping"}})
+@router.get("/ready")
 async def ready(service: ServiceDep) -> Ready:
     """Readiness: 200 once the service started, 503 NOT_READY before and while stopping."""
     return Ready(status="ready", role=service.role)

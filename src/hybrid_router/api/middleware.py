@@ -55,6 +55,7 @@ class BodyLimit:
                 "REQUEST_TIMEOUT",
                 f"the request body did not arrive within {self.timeout_s:g} s",
                 headers={"Connection": "close"},
+                path=scope["path"],
             )
             await response(scope, receive, send)
             return

@@ -19,7 +19,7 @@ from fastapi.sse import format_sse_event
 
 from hybrid_router.api.auth import UserDep
 from hybrid_router.api.deps import QuotasDep, ServiceDep, SettingsDep
-from hybrid_router.api.errors import OPENAI_ERROR_RESPONSES, openai_error
+from hybrid_router.api.errors import openai_error
 from hybrid_router.api.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -33,7 +33,7 @@ from hybrid_router.runtime import chat
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["openai"])
 
 REGION_HEADER = "X-Hybrid-Router-Region"
 # How often a streamed request that waits says where it stands (also a keep-alive).

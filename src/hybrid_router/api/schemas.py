@@ -134,8 +134,16 @@ class JobCreate(BaseModel):
     )
     models: list[Name] = Field(min_length=1, max_length=50)
     regions: list[Name] = Field(min_length=1, max_length=50)
-    questions: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
-    prompt: Text | None = Field(default=None, description="A single question (or `questions`).")
+    questions: list[Text] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="The questions; exactly one of `questions` and `prompt` is given.",
+    )
+    prompt: Text | None = Field(
+        default=None,
+        description="A single question; exactly one of `questions` and `prompt` is given.",
+    )
     temperature: Temperature = 0.7
     max_tokens: MaxTokens = 256
     priority: Annotated[int, Field(ge=-1000, le=1000), WholeNumber] = Field(
@@ -357,8 +365,12 @@ class InferenceCreate(BaseModel):
     prompt: Text
     temperature: Temperature = 0.7
     max_tokens: MaxTokens = 256
-    region_preference: Name | None = None
-    region: Name | None = Field(default=None, description="Same as region_preference.")
+    region_preference: Name | None = Field(
+        default=None,
+        description="The region; at most one of `region_preference` and `region` is given "
+        "(neither: the first configured region).",
+    )
+    region: Name | None = Field(default=None, description="Another name for region_preference.")
 
     @model_validator(mode="after")
     def _one_region(self) -> InferenceCreate:

@@ -39,9 +39,11 @@ from hybrid_router.core.model import (
 from hybrid_router.core.policy import Topology
 from hybrid_router.core.queue_index import QueueIndex
 from hybrid_router.errors import StoreFenced, StoreUnavailable
+from hybrid_router.logs import about, calling
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
 from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import JOB_FINISHED, execution_event, job_event
+from hybrid_router.runtime.metrics import SchedulerMetrics
 from hybrid_router.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class RegionQueueManager:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         redactor: Redactor | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -107,6 +110,8 @@ class RegionQueueManager:
         self.durations = durations
         # Which providers answer: a failing one is skipped for a sibling while it cools down.
         self.health = health or HealthBoard()
+        # What /metrics counts of outcomes: told here, where they happen.
+        self.metrics = metrics or SchedulerMetrics()
         self._wakeup = asyncio.Event()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
@@ -185,7 +190,9 @@ class RegionQueueManager:
     def forget(self, execution_ids: Iterable[str]) -> None:
         """These executions left the queue elsewhere (cancelled by another replica)."""
         for execution_id in execution_ids:
-            self.index.discard(execution_id)
+            # Still indexed: cancelled while queued (a running one is counted when recorded).
+            if (e := self.index.discard(execution_id)) is not None:
+                self.metrics.settled(replace(e, state=ExecutionState.CANCELLED), None)
         self.wake()
 
     async def recover(self) -> None:
@@ -221,6 +228,9 @@ class RegionQueueManager:
                 # Containers first: if we die in between, the next start redoes this harmlessly.
                 await self.store.save_containers(list(containers.values()))
                 await self.store.requeue(after)
+                for e in after:
+                    if e.state.terminal:
+                        self.metrics.settled(e, e.provider)
                 log.warning("recovered %d executions no call of this process runs", len(running))
             self.ledger = containers
             self._announced.clear()
@@ -346,6 +356,7 @@ class RegionQueueManager:
         for admission in admissions:
             if admission.execution.id in admitted:
                 self._launch(admission.execution, cold=admission.opened)
+                self.metrics.started(admission.execution, now)
         await self.publish(
             *(execution_event(e, "started", now) for e in executions if e.id in admitted)
         )
@@ -367,6 +378,12 @@ class RegionQueueManager:
         recorded = await self.store.expire(due)
         for e in overdue:
             self.index.discard(e.id)
+        submitted: dict[JobKey, float] = {}
+        for e in due:
+            if e.id in recorded.executions:
+                self.metrics.settled(e, None)
+                submitted[e.job_key] = e.queued_at
+        self.metrics.jobs_finished(submitted, recorded.finished_jobs, now)
         await self.publish(
             *(execution_event(e, at=now) for e in due if e.id in recorded.executions),
             *(job_event(JOB_FINISHED, key, now) for key in sorted(recorded.finished_jobs)),
@@ -385,6 +402,7 @@ class RegionQueueManager:
 
     async def _call(self, execution: Execution, cold: bool) -> None:
         assert execution.provider is not None
+        calling(execution)  # every line written during the call names its execution
         provider = self.providers[execution.provider]
         request = InferenceRequest(
             execution_id=execution.id,
@@ -426,6 +444,8 @@ class RegionQueueManager:
             outcome = self.redactor.outcome(outcome)
         answered_at = self.clock()
         self.health.record(provider.spec.name, outcome, answered_at)
+        if outcome is not None:
+            self.metrics.answered(execution, outcome, answered_at - started, cold=cold)
         if isinstance(outcome, Completion):
             self.durations.observe(
                 execution.region, execution.model, answered_at - started, cold=cold
@@ -486,17 +506,28 @@ class RegionQueueManager:
                 else:
                     self.ledger.pop(container_id, None)
             events = []
+            submitted: dict[JobKey, float] = {}
             for (after, _), result in zip(results, batch, strict=True):
                 if after.id not in recorded.executions:
                     continue
+                self.metrics.settled(after, result.spec.name)
+                submitted[after.job_key] = after.queued_at
                 if after.state is ExecutionState.QUEUED:
                     self.index.add(after)
                 outcome = result.outcome
                 if isinstance(outcome, Failure):
-                    log.info("%s: %s (%s) -> %s", after.id, outcome.code, outcome.kind, after.state)
+                    log.info(
+                        "%s: %s (%s) -> %s",
+                        after.id,
+                        outcome.code,
+                        outcome.kind,
+                        after.state,
+                        extra=about(result.execution),
+                    )
                 kind = "retrying" if after.state is ExecutionState.QUEUED else after.state.value
                 events.append(execution_event(after, kind, result.answered_at))
         now = self.clock()
+        self.metrics.jobs_finished(submitted, recorded.finished_jobs, now)
         events += [job_event(JOB_FINISHED, key, now) for key in sorted(recorded.finished_jobs)]
         await self.publish(*events)
         self.wake()

@@ -52,6 +52,7 @@ from hybrid_router.runtime.events import (
 )
 from hybrid_router.runtime.leadership import Leadership
 from hybrid_router.runtime.manager import RegionQueueManager
+from hybrid_router.runtime.metrics import SchedulerMetrics, queue_head_ages
 from hybrid_router.settings import Settings
 from hybrid_router.store import RedisStore, store_from_url
 from hybrid_router.store.base import Store, Submitted
@@ -148,6 +149,8 @@ class RouterService:
         # The scheduler's moving averages outlive any one term as leader.
         self.durations = Durations.seeded(self.topology)
         self.health = HealthBoard(settings.provider_health.rules())
+        # Counted by whichever term as leader this process serves (see runtime.metrics).
+        self.metrics = SchedulerMetrics()
         self.leadership = Leadership(
             store,
             self._new_manager,
@@ -173,6 +176,7 @@ class RouterService:
             health=self.health,
             clock=self.clock,
             redactor=self.redactor,
+            metrics=self.metrics,
         )
 
     async def start(self) -> None:
@@ -563,7 +567,12 @@ class RouterService:
         try:
             await self.cancel(job_id, owner=owner)
         except errors.RouterError as exc:
-            log.warning("could not cancel %s for a waiter that left: %s", job_id, exc.message)
+            log.warning(
+                "could not cancel %s for a waiter that left: %s",
+                job_id,
+                exc.message,
+                extra={"job_id": job_id},
+            )
 
     async def wait(
         self, job_id: str, timeout_s: float | None = None, *, owner: str | None = None
@@ -623,6 +632,13 @@ class RouterService:
         await self.store.set_region_mode(name, mode)
         await self.bus.publish(Event(REGION_CHANGED, "", self.clock(), region=name, state=mode))
         return (await self.queue_status())[name]
+
+    def queue_head_ages(self) -> dict[str, float] | None:
+        """As leader, per region with work queued, how long its longest-waiting lane head
+        has been queued (runtime.metrics.queue_head_ages); None on a replica that does not
+        lead, which has no index of the queue."""
+        manager = self.leadership.manager
+        return None if manager is None else queue_head_ages(manager.index, self.clock())
 
     async def region_status(self, region: str) -> RegionStatus:
         """One region's queue and GPU picture, by any spelling of its name."""
