@@ -51,11 +51,12 @@ from hybrid_router.errors import (
 from hybrid_router.store._codec import (
     EXECUTION_FIELDS,
     EXECUTION_LIFE_FIELDS,
+    EXECUTION_ROW,
     JOB_FIELDS,
     TUPLE_FIELDS,
     container_from_record,
     container_record,
-    execution_from_record,
+    execution_from_row,
     execution_record,
     job_from_record,
     job_record,
@@ -246,7 +247,7 @@ _INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_FIELDS)}) VALUES ({', '.join(':' + c for c in JOB_FIELDS)})"
 )
 # What reads of executions select, in this order (see _execution).
-_EXECUTION_COLUMNS = ", ".join(("seq", *EXECUTION_FIELDS))
+_EXECUTION_COLUMNS = ", ".join(EXECUTION_ROW)
 # Setting a column rewrites every index on it, even to the value it had: a write sets only
 # what the execution's life changes, never the request's owner, job, region or priority.
 _UPDATE_EXECUTION = "UPDATE executions SET " + ", ".join(
@@ -506,7 +507,7 @@ class SQLiteStore:
             " ORDER BY seq LIMIT ? OFFSET ?",
             (*key, -1 if limit is None else limit, offset),
         )
-        return [_execution(row) for row in rows]
+        return [execution_from_row(row) for row in rows]
 
     async def queued(self) -> list[Execution]:
         """Every queued execution, in `seq` order."""
@@ -590,7 +591,7 @@ class SQLiteStore:
                 (now, *key),
             )
             return [
-                replace(_execution(row), state=ExecutionState.CANCELLED, finished_at=now)
+                replace(execution_from_row(row), state=ExecutionState.CANCELLED, finished_at=now)
                 for row in rows
             ]
 
@@ -671,7 +672,7 @@ class SQLiteStore:
             f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE state = ? ORDER BY seq",
             (state.value,),
         )
-        return [_execution(row) for row in rows]
+        return [execution_from_row(row) for row in rows]
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -994,12 +995,6 @@ def _job(row: sqlite3.Row) -> Job:
 
 def _execution_params(e: Execution) -> dict[str, Any]:
     return _to_row(execution_record(e))
-
-
-def _execution(row: sqlite3.Row) -> Execution:
-    """The execution a row of _EXECUTION_COLUMNS holds (no tuple fields: nothing to decode)."""
-    seq, *values = row
-    return execution_from_record(dict(zip(EXECUTION_FIELDS, values, strict=True)), seq, whole=True)
 
 
 def _container_params(c: Container) -> dict[str, Any]:
