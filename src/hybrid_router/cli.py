@@ -699,6 +699,8 @@ def _print_job(job: JobOut, output: Output) -> None:
             text = escape(e.response or "" if output is Output.wide else _short(e.response or ""))
         elif e.error:
             text = f"[red]{escape(e.error.code)}[/red] {escape(_short(e.error.message))}"
+        elif e.wait_reason:
+            text = f"[yellow]{escape(e.wait_reason.code)}[/yellow] {escape(e.wait_reason.message)}"
         else:
             text = ""
         cells = [escape(e.region), escape(e.model), str(e.question_index)]
@@ -719,12 +721,17 @@ def _summary_table(job: JobOut) -> Table:
     for column in ("Total", "Queued", "Running", "OK", "Failed", "Cancelled", "Mean time"):
         table.add_column(column, justify="right")
     table.add_column("Errors", overflow="fold")
+    show_waits = any(e.wait_reason for e in job.executions)
+    if show_waits:
+        table.add_column("Waiting", overflow="fold")
     for (region, model), group in groups.items():
         count = collections.Counter(e.status.value for e in group)
         times = [e.inference_time for e in group if e.inference_time is not None]
         codes = collections.Counter(
             e.error.code for e in group if e.error and e.status != "succeeded"
         )
+        # Why the group's first queued execution waits: the rest wait behind it, mostly.
+        first_wait = next((e.wait_reason for e in group if e.wait_reason), None)
         table.add_row(
             escape(region),
             escape(model),
@@ -736,6 +743,7 @@ def _summary_table(job: JobOut) -> Table:
             str(count["cancelled"]),
             f"{sum(times) / len(times):.1f}s" if times else "",
             escape(", ".join(f"{code} x{n}" for code, n in codes.most_common(3))),
+            *([escape(first_wait.code) if first_wait else ""] if show_waits else []),
         )
     return table
 

@@ -33,6 +33,8 @@ from hybrid_router.core.model import (
     ModelSpec,
     ProviderSpec,
     Region,
+    Wait,
+    WaitCode,
 )
 from hybrid_router.core.queue_index import QueueIndex
 
@@ -82,10 +84,35 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Waits:
+    """Why what stays queued waits, as of one round.
+
+    `executions` has each execution the round looked at and did not start. The round looks
+    no further into a lane than its first execution that waits, nor into a region once
+    nothing more can start there: `lanes` and `regions` say why for those.
+    """
+
+    executions: Mapping[str, Wait] = field(default_factory=dict)
+    lanes: Mapping[tuple[str, str], Wait] = field(default_factory=dict)
+    regions: Mapping[str, Wait] = field(default_factory=dict)
+
+    def of(self, e: Execution) -> Wait | None:
+        """Why `e` waits; None if the round did not get to it (it had its limit, or `e` is
+        newer than the round)."""
+        found = self.executions.get(e.id)
+        if found is None:
+            found = self.lanes.get((e.region, e.model))
+        if found is None:
+            found = self.regions.get(e.region)
+        return found
+
+
+@dataclass(frozen=True)
 class Decision:
     admissions: tuple[Admission, ...]
     # The next instant the answer may change with no event: a backoff ends or a GPU frees.
     wake_at: float | None
+    waits: Waits = field(default_factory=Waits)
 
 
 def queue_key(
@@ -105,7 +132,8 @@ def queue_key(
 @dataclass
 class _RegionWalk:
     blocked_models: set[str] = field(default_factory=set)
-    waiting_for_gpu: bool = False
+    # The first execution of the region that waits for a GPU, when one does.
+    gpu_head: str | None = None
     closed: bool = False  # nothing more can start in this region this round
 
 
@@ -139,8 +167,14 @@ class _Round:
         for c in self.live.values():
             self.running[c.region] += len(c.in_flight)
         self.walks = {r: _RegionWalk() for r in topology.regions}
-        self.global_binds = False
+        # The oldest execution waiting for a GPU of the account (its region has room).
+        self.account_head: str | None = None
         self.admissions: list[Admission] = []
+        self.waits: dict[str, Wait] = {}
+        self.lane_waits: dict[tuple[str, str], Wait] = {}
+        self.region_waits = {
+            r: Wait(WaitCode.REGION_CLOSED, r, "") for r in closed if r in topology.regions
+        }
         self.wake_at: float | None = None
         for c in self.live.values():
             if not c.in_flight:
@@ -174,63 +208,120 @@ class _Round:
 
     def decision(self) -> Decision:
         # A full round asks for the next at once: it stopped short, nothing else holds it.
-        return Decision(tuple(self.admissions), self.now if self.full else self.wake_at)
+        waits = Waits(self.waits, self.lane_waits, self.region_waits)
+        return Decision(tuple(self.admissions), self.now if self.full else self.wake_at, waits)
 
     def consider(self, e: Execution) -> None:
         """Admit `e` now, or note why it waits and what that holds back behind it."""
-        now, topology = self.now, self.topology
-        if e.deadline_at is not None and e.deadline_at <= now:
+        if e.deadline_at is not None and e.deadline_at <= self.now:
             return  # expired, not waiting: it blocks no one
         if not self.lane_open(e.region, e.model):
             return
-        providers = self.usable(topology.providers_for(e.region, e.model))
+        providers = self.usable(self.topology.providers_for(e.region, e.model))
         if not providers:
             return  # refused at submission; never blocks anyone
-        region = topology.regions[e.region]
-        walk = self.walks[e.region]
-        if e.not_before > now:
-            self.wake(e.not_before)
-            walk.blocked_models.add(e.model)
-            if region.max_running == 1:
-                walk.closed = True  # the seed's sequential mode is strict FIFO
-            return
-        if region.max_running is not None and self.running[e.region] >= region.max_running:
-            walk.closed = True
-            return
+        wait = self._start_or_wait(e, providers)
+        if wait is not None:
+            self.waits[e.id] = wait
 
-        live = self.live
-        may_reuse_idle = not walk.waiting_for_gpu and not self.global_binds
-        slot = _free_slot(live.values(), providers, e.model, may_reuse_idle)
+    def _start_or_wait(self, e: Execution, providers: list[ProviderSpec]) -> Wait | None:
+        """Admit `e`, or say why it waits (and block what waits behind it)."""
+        region = self.topology.regions[e.region]
+        if e.not_before > self.now:
+            self.wake(e.not_before)
+            wait = Wait(WaitCode.BACKOFF, e.region, e.model, until=e.not_before)
+            self._block_lane(e, wait)
+            if region.max_running == 1:  # the seed's sequential mode is strict FIFO
+                self._close_region(e.region, _behind(e, wait))
+            return wait
+        if region.max_running is not None and self.running[e.region] >= region.max_running:
+            wait = Wait(WaitCode.MAX_RUNNING, e.region, e.model, limit=region.max_running)
+            self._close_region(e.region, wait)
+            return wait
+        walk = self.walks[e.region]
+        held_for = walk.gpu_head or self.account_head
+        slot = _free_slot(self.live.values(), providers, e.model, may_reuse_idle=not held_for)
         if slot is not None:
-            placed = ledger.occupy(slot, e.id)
-            self.admissions.append(Admission(_started(e, placed, now), placed, opened=False))
-        else:
-            gpus = topology.gpus(e.model)
-            region_fits = self.region_used[e.region] + gpus <= region.gpu_limit
-            global_fits = self.total_used + gpus <= topology.gpu_limit
-            opener = None
-            if region_fits and global_fits and not walk.waiting_for_gpu and not self.global_binds:
-                opener = _provider_with_room(live.values(), providers, e.model)
-            if opener is None:
-                walk.blocked_models.add(e.model)
-                if not _model_up(live.values(), providers, e.model):
-                    walk.waiting_for_gpu = True
-                    if region_fits and not global_fits:
-                        self.global_binds = True
-                return
-            placed = Container(
-                id=_new_container_id(e, now, live),
-                provider=opener.name,
-                model=e.model,
-                region=e.region,
-                gpus=gpus,
-                in_flight=(e.id,),
-            )
-            self.region_used[e.region] += gpus
-            self.total_used += gpus
-            self.admissions.append(Admission(_started(e, placed, now), placed, opened=True))
-        live[placed.id] = placed
+            self._place(e, ledger.occupy(slot, e.id), opened=False)
+            return None
+        gpus = self.topology.gpus(e.model)
+        region_fits = self.region_used[e.region] + gpus <= region.gpu_limit
+        global_fits = self.total_used + gpus <= self.topology.gpu_limit
+        opener = None
+        if region_fits and global_fits and not held_for:
+            opener = _provider_with_room(self.live.values(), providers, e.model)
+        if opener is not None:
+            self._open(e, opener, gpus)
+            return None
+        model_up = _model_up(self.live.values(), providers, e.model)
+        if not model_up and walk.gpu_head is None:
+            walk.gpu_head = e.id
+            if region_fits and not global_fits and self.account_head is None:
+                self.account_head = e.id
+        wait = self._why_no_room(e, providers, held_for, region_fits, global_fits, model_up)
+        self._block_lane(e, wait)
+        return wait
+
+    def _why_no_room(
+        self,
+        e: Execution,
+        providers: list[ProviderSpec],
+        held_for: str | None,
+        region_fits: bool,
+        global_fits: bool,
+        model_up: bool,
+    ) -> Wait:
+        """Why `e` neither reuses a container nor opens one (the round's state says)."""
+        region, model = e.region, e.model
+        live = self.live.values()
+        if held_for and _free_slot(live, providers, model, may_reuse_idle=True) is not None:
+            # An idle container of its model would serve it, but keeps a GPU warm.
+            return Wait(WaitCode.GPU_RESERVED, region, model, behind=held_for)
+        if _provider_with_room(live, providers, model) is None:
+            limit = max(p.max_containers or 0 for p in providers)
+            return Wait(WaitCode.MAX_CONTAINERS, region, model, limit=limit)
+        if not region_fits or not global_fits:
+            if model_up:
+                return Wait(WaitCode.BEHIND_CONTAINER, region, model)
+            if not region_fits:
+                limit = self.topology.regions[region].gpu_limit
+                return Wait(WaitCode.NO_GPU_IN_REGION, region, model, limit=limit)
+            limit = self.topology.gpu_limit
+            return Wait(WaitCode.NO_GPU_IN_ACCOUNT, region, model, limit=limit)
+        return Wait(WaitCode.GPU_RESERVED, region, model, behind=held_for)
+
+    def _block_lane(self, e: Execution, wait: Wait) -> None:
+        """Later executions of `e`'s model in its region wait behind it."""
+        self.walks[e.region].blocked_models.add(e.model)
+        self.lane_waits[(e.region, e.model)] = _behind(e, wait)
+
+    def _close_region(self, region: str, wait: Wait) -> None:
+        """Nothing more starts in `region` this round; what is left there waits for `wait`."""
+        self.walks[region].closed = True
+        self.region_waits[region] = wait
+
+    def _place(self, e: Execution, placed: Container, *, opened: bool) -> None:
+        self.admissions.append(Admission(_started(e, placed, self.now), placed, opened))
+        self.live[placed.id] = placed
         self.running[e.region] += 1
+
+    def _open(self, e: Execution, provider: ProviderSpec, gpus: int) -> None:
+        placed = Container(
+            id=_new_container_id(e, self.now, self.live),
+            provider=provider.name,
+            model=e.model,
+            region=e.region,
+            gpus=gpus,
+            in_flight=(e.id,),
+        )
+        self.region_used[e.region] += gpus
+        self.total_used += gpus
+        self._place(e, placed, opened=True)
+
+
+def _behind(e: Execution, wait: Wait) -> Wait:
+    """What an execution behind `e` in its queue waits for: `e`, which waits for `wait`."""
+    return Wait(WaitCode.BEHIND_EARLIER, e.region, e.model, behind=e.id, cause=wait)
 
 
 def decide(

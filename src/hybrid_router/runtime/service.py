@@ -319,8 +319,8 @@ class RouterService:
         positions: bool = True,
     ) -> JobStatus:
         """A job with its progress counts and its executions (`limit` of them from `offset`;
-        None: all), with queue positions and estimated starts while queued, estimated ends
-        while queued or running.
+        None: all), with queue positions, estimated starts and why each waits while queued,
+        estimated ends while queued or running.
 
         `owner` is whose job it is (None, for admins: the one owner having a job of this id).
         """
@@ -330,10 +330,20 @@ class RouterService:
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
         ends: dict[str, float] = {}
+        waits = policy.Waits()
         if unfinished and positions:
             places, starts, ends = await self._places(unfinished)
+            # The leader's last round says why each waits; other replicas do not know.
+            if (manager := self.leadership.manager) is not None:
+                waits = manager.waits
         statuses = tuple(
-            ExecutionStatus(e, places.get(e.id), starts.get(e.id), ends.get(e.id))
+            ExecutionStatus(
+                e,
+                places.get(e.id),
+                starts.get(e.id),
+                ends.get(e.id),
+                waits.of(e) if e.state is ExecutionState.QUEUED else None,
+            )
             for e in executions
         )
         return _job_status(job, counts, statuses)
