@@ -309,7 +309,8 @@ class Wait:
         if code is WaitCode.NO_GPU_IN_ACCOUNT:
             return f"waits for a GPU: the account's gpu_limit ({self.limit}) is held"
         if code is WaitCode.GPU_RESERVED:
-            return f"the GPU it could use is reserved for the earlier {self.behind}"
+            holder = f"the earlier {self.behind}" if self.behind else "an earlier execution"
+            return f"the GPU it could use is reserved for {holder}"
         if code is WaitCode.MAX_RUNNING:
             return f"{where} runs its max_running ({self.limit}) executions"
         if code is WaitCode.MAX_CONTAINERS:
