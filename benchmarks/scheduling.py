@@ -6,7 +6,8 @@ issue: 20 jobs x 3 models (llama 35 s, mistral 155 s, qwen 40 s) x 3 questions x
 = 540 executions, cold start 40 s, scaledown 120 s, account limit 10 GPUs, all submitted at
 once. For each of four configurations it prints the makespan, its anchor from the same run
 (the lower bound: GPU-busy seconds over the GPUs that can be used, plus one cold start), the
-ratio, and what the schedule cost (cold starts, GPU-seconds idle warm while work waited).
+ratio, and what the schedule cost (cold starts, GPU-seconds idle warm before the last call
+started); then the same under the rule before backfill (`Topology.backfill = False`).
 
     .venv/bin/python benchmarks/scheduling.py [--spread 0.1] [--seed 0]
 """
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from hybrid_router.core.model import Job, ModelSpec, ProviderKind, ProviderSpec, Region
 from hybrid_router.core.policy import Topology
-from hybrid_router.core.simulate import Report, Timings, simulate
+from hybrid_router.core.simulate import Timings, simulate
 
 CALL_S = {"llama3.2-1b": 35.0, "mistral-7b": 155.0, "qwen2.5-1.5b": 40.0}
 MODELS = tuple(CALL_S)
@@ -64,14 +66,6 @@ WORKLOADS = (
 )
 
 
-def row(name: str, report: Report, seconds: float) -> str:
-    return (
-        f"| {name} | {report.lower_bound_s:,.0f} | {report.makespan_s:,.0f} "
-        f"| {report.ratio:.3f}x | {report.cold_starts} | {report.idle_warm_gpu_s:,.0f} "
-        f"| {report.utilisation:.0%} | {seconds * 1000:.0f} ms |"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spread", type=float, default=0.0, help="call durations within ±")
@@ -79,15 +73,23 @@ def main() -> None:
     args = parser.parse_args()
     timings = Timings(CALL_S, cold_start_s=40.0, spread=args.spread, seed=args.seed)
     print(
-        "| workload | lower bound (s) | makespan (s) | ratio | cold starts "
-        "| idle-warm GPU-s | GPU use | run time |"
+        "| workload | lower bound (s) | makespan (s) | ratio | cold starts | idle-warm GPU-s "
+        "| GPU use | without backfill: makespan, ratio, cold starts | run time |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, topo, single in WORKLOADS:
+        jobs = beacon_jobs(single_model=single)
         began = time.perf_counter()
-        report = simulate(beacon_jobs(single_model=single), topo, timings)
-        assert report.drained and report.executions == 540
-        print(row(name, report, time.perf_counter() - began))
+        report = simulate(jobs, topo, timings)
+        seconds = time.perf_counter() - began
+        before = simulate(jobs, replace(topo, backfill=False), timings)
+        assert report.drained and before.drained and report.executions == 540
+        print(
+            f"| {name} | {report.lower_bound_s:,.0f} | {report.makespan_s:,.0f} "
+            f"| {report.ratio:.3f}x | {report.cold_starts} | {report.idle_warm_gpu_s:,.0f} "
+            f"| {report.utilisation:.0%} | {before.makespan_s:,.0f}, {before.ratio:.3f}x, "
+            f"{before.cold_starts} | {seconds * 1000:.0f} ms |"
+        )
 
 
 if __name__ == "__main__":
