@@ -32,7 +32,6 @@ from hybrid_router.core.model import (
     RegionStatus,
     job_state,
 )
-from hybrid_router.core.policy import Topology
 from hybrid_router.core.retry import RetryPolicy
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.base import Provider
@@ -138,13 +137,7 @@ class RouterService:
         self.providers = providers
         self.bus: EventBus = bus or LocalBus()
         self.clock = clock
-        self.topology = Topology(
-            gpu_limit=settings.gpu_limit,
-            regions=settings.region_specs(),
-            models=settings.model_specs(),
-            providers=settings.provider_specs(),
-            priority_aging_s=settings.priority_aging_s,
-        )
+        self.topology = settings.topology()
         # The scheduler's moving averages outlive any one term as leader.
         self.durations = Durations.seeded(self.topology)
         self.health = HealthBoard(settings.provider_health.rules())
