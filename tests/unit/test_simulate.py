@@ -54,3 +54,10 @@ def test_the_same_seed_gives_the_same_schedule_and_spread_moves_it() -> None:
     spread = replace(TIMINGS, spread=0.2, seed=7)
     assert simulate(jobs, topo, spread) == simulate(jobs, topo, spread)
     assert simulate(jobs, topo, spread) != simulate(jobs, topo, TIMINGS)
+
+
+def test_what_no_provider_serves_is_left_out_as_the_router_refuses_it() -> None:
+    topo = topology()
+    topo = replace(topo, providers={"p-US": replace(topo.providers["p-US"], models=("a",))})
+    report = simulate([(0.0, Job("j", ("a", "b"), ("US",), ("q",)))], topo, TIMINGS)
+    assert report.executions == 1 and report.drained and report.makespan_s == 40.0

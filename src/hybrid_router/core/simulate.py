@@ -209,13 +209,18 @@ def simulate(
     timings: Timings,
     max_steps: int | None = None,
 ) -> Report:
-    """Run `jobs` (each with its submission instant, in time order) from an idle account."""
+    """Run `jobs` (each with its submission instant, in time order) from an idle account.
+
+    Executions of a model no provider serves in their region are left out: the router
+    refuses such a job at submission."""
     arrivals: list[tuple[float, list[Execution]]] = []
     everything: list[Execution] = []
     seq = 0
     for at, job in jobs:
         batch = []
         for e in replace(job, created_at=at).expand():
+            if not topology.providers_for(e.region, e.model):
+                continue
             seq += 1
             batch.append(replace(e, seq=seq))
         arrivals.append((at, batch))
