@@ -79,6 +79,11 @@ class Topology:
         return serving
 
     @cached_property
+    def account_may_bind(self) -> bool:
+        """Whether the account's limit can bind before the regions' do."""
+        return self.gpu_limit < sum(r.gpu_limit for r in self.regions.values())
+
+    @cached_property
     def shared(self) -> frozenset[str]:
         """Providers whose containers take several inputs each (see ledger.held)."""
         return frozenset(p.name for p in self.providers.values() if p.max_inputs > 1)
@@ -316,11 +321,14 @@ class _Round:
         containers as they expire). Booking on `c` keeps its GPUs warm longer, so it is
         allowed only when that changes none of the instants at which the first GPUs free,
         as many as those heads need (in its region and in the account). Containers of calls
-        in flight are left out, so that stays true whenever they end.
+        in flight are left out, so that stays true whenever they end. The account's first
+        GPUs are kept only when its limit can bind before the regions' do.
         """
-        return _keeps_first(
-            self._frees(c.region), c.warm_until, c.gpus, self.need[c.region]
-        ) and _keeps_first(self._frees(None), c.warm_until, c.gpus, self.need_total)
+        if not _keeps_first(self._frees(c.region), c.warm_until, c.gpus, self.need[c.region]):
+            return False
+        return not self.topology.account_may_bind or _keeps_first(
+            self._frees(None), c.warm_until, c.gpus, self.need_total
+        )
 
     def _frees(self, region: str | None) -> list[float]:
         """When the GPUs of `region` (None: of the account) free, those known: now for
