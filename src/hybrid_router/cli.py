@@ -613,6 +613,145 @@ def cancel(
     )
 
 
+@app.command()
+def simulate(
+    jobs: Annotated[int, typer.Option(min=1, metavar="N", help="Jobs submitted at once.")] = 20,
+    questions: Annotated[int, typer.Option(min=1, metavar="Q", help="Questions per job.")] = 3,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", metavar="FILE", help="TOML config file (default: as `serve`)."
+        ),
+    ] = None,
+    gpu_limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="The account's GPU limit instead.")
+    ] = None,
+    region_limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Every region's GPU limit instead.")
+    ] = None,
+    max_running: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Every region's max_running.")
+    ] = None,
+    scaledown: Annotated[
+        float | None,
+        typer.Option(min=0, metavar="SECONDS", help="Every provider's scaledown window."),
+    ] = None,
+    cold_start: Annotated[
+        float | None,
+        typer.Option(
+            min=0, metavar="SECONDS", help="A cold start (default: the simulated one's, 37.5 s)."
+        ),
+    ] = None,
+    call: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL=SECONDS",
+            help="One call's duration (default: the simulated provider's, 7B models 155 s, "
+            "others 37.5 s); repeat for several models.",
+        ),
+    ] = None,
+    spread: Annotated[
+        float,
+        typer.Option(min=0, max=0.9, metavar="FRACTION", help="Durations drawn within ±."),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Same seed, same durations.")] = 0,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="json: the figures as one JSON object.")
+    ] = Output.table,
+) -> None:
+    """What-if planning: the router's own policy in virtual time, in production seconds.
+
+    Every job asks each configured model in each configured region `--questions` questions,
+    all submitted at once. Prints the makespan, the lower bound no schedule beats (GPU-busy
+    seconds over the usable GPUs, plus one cold start), their ratio and what the schedule
+    cost.
+    """
+    import json
+    from dataclasses import asdict, replace
+
+    from hybrid_router.core.model import Job
+    from hybrid_router.core.simulate import Timings
+    from hybrid_router.core.simulate import simulate as run
+    from hybrid_router.providers.simulated import COLD_START_S, call_bounds
+    from hybrid_router.settings import settings_from_environment
+
+    try:
+        settings = settings_from_environment(config)
+    except ConfigError as exc:
+        _fail(exc.message, code=2)
+    topology = settings.topology()
+    regions = {
+        name: replace(
+            r,
+            gpu_limit=region_limit or r.gpu_limit,
+            max_running=max_running or r.max_running,
+        )
+        for name, r in topology.regions.items()
+    }
+    providers = {
+        # Simulated providers' windows are sped up like their calls: planning is in
+        # production seconds.
+        name: replace(
+            p,
+            scaledown_window_s=scaledown
+            if scaledown is not None
+            else p.scaledown_window_s / p.time_scale,
+        )
+        for name, p in topology.providers.items()
+    }
+    topology = replace(
+        topology,
+        gpu_limit=gpu_limit or topology.gpu_limit,
+        regions=regions,
+        providers=providers,
+    )
+    durations = {m: sum(call_bounds(m)) / 2 for m in topology.models}
+    for given in call or []:
+        model, _, seconds = given.partition("=")
+        if model not in durations:
+            _fail(f"--call {given}: no model {model!r} in the config", code=2)
+        try:
+            durations[model] = float(seconds)
+        except ValueError:
+            _fail(f"--call {given}: SECONDS must be a number", code=2)
+    if cold_start is None:
+        cold_start = sum(COLD_START_S) / 2
+    timings = Timings(durations, cold_start_s=cold_start, spread=spread, seed=seed)
+    workload = [
+        (
+            0.0,
+            Job(
+                f"job{n}",
+                tuple(topology.models),
+                tuple(topology.regions),
+                tuple(f"question {q}" for q in range(questions)),
+            ),
+        )
+        for n in range(jobs)
+    ]
+    report = run(workload, topology, timings)
+    if output is Output.json:
+        figures = {**asdict(report), "ratio": report.ratio, "utilisation": report.utilisation}
+        print(json.dumps(figures))
+        return
+    table = Table(title=f"{report.executions} executions, virtual time", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [
+        ("makespan", f"{report.makespan_s:,.0f} s"),
+        ("lower bound", f"{report.lower_bound_s:,.0f} s"),
+        ("ratio", f"{report.ratio:.3f}x"),
+        ("GPU utilisation", f"{report.utilisation:.0%} of {report.usable_gpus}"),
+        ("cold starts", str(report.cold_starts)),
+        ("idle warm GPU-seconds", f"{report.idle_warm_gpu_s:,.0f}"),
+        ("wait p50 / p95", f"{report.wait_p50_s:,.0f} / {report.wait_p95_s:,.0f} s"),
+        *((f"{region} finishes", f"{at:,.0f} s") for region, at in report.region_finish_s.items()),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+
+
 region_app = typer.Typer(
     help="Pause, drain or resume a region (admins).", no_args_is_help=True, rich_markup_mode=None
 )
@@ -719,6 +858,8 @@ def _print_job(job: JobOut, output: Output) -> None:
             text = escape(e.response or "" if output is Output.wide else _short(e.response or ""))
         elif e.error:
             text = f"[red]{escape(e.error.code)}[/red] {escape(_short(e.error.message))}"
+        elif e.wait_reason:
+            text = f"[yellow]{escape(e.wait_reason.code)}[/yellow] {escape(e.wait_reason.message)}"
         else:
             text = ""
         cells = [escape(e.region), escape(e.model), str(e.question_index)]
@@ -739,12 +880,17 @@ def _summary_table(job: JobOut) -> Table:
     for column in ("Total", "Queued", "Running", "OK", "Failed", "Cancelled", "Mean time"):
         table.add_column(column, justify="right")
     table.add_column("Errors", overflow="fold")
+    show_waits = any(e.wait_reason for e in job.executions)
+    if show_waits:
+        table.add_column("Waiting", overflow="fold")
     for (region, model), group in groups.items():
         count = collections.Counter(e.status.value for e in group)
         times = [e.inference_time for e in group if e.inference_time is not None]
         codes = collections.Counter(
             e.error.code for e in group if e.error and e.status != "succeeded"
         )
+        # Why the group's first queued execution waits: the rest wait behind it, mostly.
+        first_wait = next((e.wait_reason for e in group if e.wait_reason), None)
         table.add_row(
             escape(region),
             escape(model),
@@ -756,6 +902,7 @@ def _summary_table(job: JobOut) -> Table:
             str(count["cancelled"]),
             f"{sum(times) / len(times):.1f}s" if times else "",
             escape(", ".join(f"{code} x{n}" for code, n in codes.most_common(3))),
+            *([escape(first_wait.code) if first_wait else ""] if show_waits else []),
         )
     return table
 

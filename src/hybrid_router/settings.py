@@ -30,6 +30,7 @@ from hybrid_router.core.model import (
     ProviderSpec,
     Region,
 )
+from hybrid_router.core.policy import Topology
 from hybrid_router.errors import ConfigError
 from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
 from hybrid_router.store.redis_connect import check_url as check_redis_url
@@ -269,6 +270,16 @@ class Settings(BaseModel):
     def model_specs(self) -> dict[str, ModelSpec]:
         """Models by name, in config order."""
         return {name: ModelSpec(name=name, gpus=cfg.gpus) for name, cfg in self.models.items()}
+
+    def topology(self) -> Topology:
+        """The limits and providers the admission policy decides within."""
+        return Topology(
+            gpu_limit=self.gpu_limit,
+            regions=self.region_specs(),
+            models=self.model_specs(),
+            providers=self.provider_specs(),
+            priority_aging_s=self.priority_aging_s,
+        )
 
     def provider_specs(self) -> dict[str, ProviderSpec]:
         """Providers by name, their region and models canonical."""

@@ -205,3 +205,28 @@ async def test_not_ready_before_the_service_started(tmp_path: Path) -> None:
         assert (await c.get("/health")).json()["role"] == "starting"
         ready = await c.get("/ready")
         assert ready.status_code == 503 and ready.json()["code"] == "NOT_READY"
+
+
+async def test_a_queued_execution_says_why_it_waits(client: httpx.AsyncClient) -> None:
+    # Three GPUs in EU: three mistral calls open them; the fourth waits for one of their
+    # containers, the fifth behind the fourth.
+    submitted = await client.post(
+        "/jobs", json={"models": ["mistral-7b"], "regions": ["EU"], "questions": ["x"] * 5}
+    )
+    job_id = submitted.json()["job_id"]
+    for _ in range(600):
+        job = (await client.get(f"/jobs/{job_id}")).json()
+        queued = [e for e in job["executions"] if e["status"] == "queued"]
+        if len(queued) == 2 and all(e["wait_reason"] for e in queued):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError(f"no reasons for the queued executions: {job}")
+    fourth, fifth = sorted(queued, key=lambda e: e["position"])
+    assert fourth["wait_reason"]["code"] == "BEHIND_CONTAINER"
+    assert "busy mistral-7b container in EU" in fourth["wait_reason"]["message"]
+    assert fifth["wait_reason"]["code"] == "BEHIND_EARLIER"
+    assert fifth["wait_reason"]["behind"] == fourth["execution_id"]
+    running = [e for e in job["executions"] if e["status"] != "queued"]
+    assert len(running) == 3 and all(e["wait_reason"] is None for e in running)
+    await client.delete(f"/jobs/{job_id}")

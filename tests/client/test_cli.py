@@ -83,6 +83,13 @@ def test_jobs_filters_by_status_and_limits(cli: Cli) -> None:
     waited = cli("submit", "--models", "llama3.2-1b", "--regions", "EU", "-q", "x",
                  "--job-id", "ok", "--wait", "--quiet")  # fmt: skip
     assert waited.exit_code == 0 and waited.stdout == "ok\n", waited.output
+    # A round has run since q0 was queued: it says why q0 waits.
+    assert "REGION_CLOSED" in cli("job", "q0").stdout
+    (waiting,) = json.loads(cli("job", "q0", "-o", "json").stdout)["executions"]
+    assert waiting["position"] == 1 and waiting["wait_reason"]["code"] == "REGION_CLOSED"
+    assert "US is paused or draining" in waiting["wait_reason"]["message"]
+    (done_execution,) = json.loads(cli("job", "ok", "-o", "json").stdout)["executions"]
+    assert done_execution["wait_reason"] is None
 
     queued = json.loads(cli("jobs", "--status", "queued", "-o", "json").stdout)["jobs"]
     assert [j["job_id"] for j in queued] == ["q2", "q1", "q0"]

@@ -3,7 +3,8 @@
 Used by the property tests: random workloads, completion orders, failures and crashes go
 through `policy.decide`, the ledger and the retry decisions, and every step is checked. The
 world also keeps a QueueIndex as the scheduler does, from its own transitions, and checks at
-every step that the incremental `decide_indexed` makes exactly the full scan's decision.
+every step that the incremental `decide_indexed` makes exactly the full scan's decision, the
+reasons it gives for every wait included, and that every execution left waiting has one.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from hybrid_router.core.model import (
     Failure,
     FailureKind,
     Job,
+    WaitCode,
 )
-from hybrid_router.core.policy import Topology, decide, decide_indexed, queue_key
+from hybrid_router.core.policy import Decision, Topology, decide, decide_indexed, queue_key
 from hybrid_router.core.queue_index import QueueIndex
 
 
@@ -153,8 +155,10 @@ class World:
             cooling=self.cooling,
             limit=self.round_limit,
         )
+        # The whole decision: admissions, wake-up and every wait's reason.
         if incremental != decision:
             raise PromiseBroken(f"at {self.now}: indexed {incremental} != full scan {decision}")
+        self._check_reasons(decision)
         self._expire_overdue()
         for admission in decision.admissions:
             self._check_order(admission.execution)
@@ -267,6 +271,20 @@ class World:
                 )
                 if running > region.max_running:
                     raise PromiseBroken(f"{name} runs {running} > {region.max_running}")
+
+    def _check_reasons(self, decision: Decision) -> None:
+        """Unless the round stopped at its limit, every execution left waiting has a reason."""
+        if self.round_limit is not None and len(decision.admissions) >= self.round_limit:
+            return
+        admitted = {a.execution.id for a in decision.admissions}
+        for e in self.queued():
+            if e.id in admitted or (e.deadline_at is not None and e.deadline_at <= self.now):
+                continue
+            wait = decision.waits.of(e)
+            if wait is None:
+                raise PromiseBroken(f"at {self.now}: {e.id} waits with no reason")
+            if wait.code is WaitCode.BACKOFF and not e.not_before > self.now:
+                raise PromiseBroken(f"at {self.now}: {e.id} is not backing off")
 
     def _check_order(self, started: Execution) -> None:
         """No earlier (priority, queue order) execution of the same lane is still queued."""

@@ -29,6 +29,8 @@ from hybrid_router.core.model import (
     JobStatus,
     ProviderStatus,
     RegionStatus,
+    Wait,
+    WaitCode,
 )
 
 if TYPE_CHECKING:
@@ -237,6 +239,25 @@ class ExecutionError(BaseModel):
     transient: bool
 
 
+class WaitReason(BaseModel):
+    """Why a queued execution did not start in the scheduler's last round."""
+
+    code: WaitCode = Field(description="Stable machine code of the reason.")
+    message: str = Field(description="The reason in words.")
+    until: str | None = Field(
+        default=None, description="BACKOFF: the earliest instant it may start (ISO-8601 UTC)."
+    )
+    behind: str | None = Field(
+        default=None,
+        description="GPU_RESERVED, BEHIND_EARLIER: the execution it waits for.",
+    )
+
+    @classmethod
+    def from_wait(cls, wait: Wait) -> WaitReason:
+        """From the policy's reason."""
+        return cls(code=wait.code, message=wait.message, until=iso(wait.until), behind=wait.behind)
+
+
 class ExecutionOut(BaseModel):
     """One (region, model, question) execution of a job."""
 
@@ -250,6 +271,11 @@ class ExecutionOut(BaseModel):
     estimated_start_s: float | None = Field(description="Seconds from now; queued only.")
     estimated_finish_s: float | None = Field(
         default=None, description="Seconds from now; queued and running only."
+    )
+    wait_reason: WaitReason | None = Field(
+        default=None,
+        description="Why it did not start in the scheduler's last round; queued only, and "
+        "only while the replica answering leads (None before its next round).",
     )
     queued_at: str | None
     started_at: str | None
@@ -277,6 +303,7 @@ class ExecutionOut(BaseModel):
             position=status.position if queued else None,
             estimated_start_s=status.estimated_start_s if queued else None,
             estimated_finish_s=None if e.state.terminal else status.estimated_end_s,
+            wait_reason=WaitReason.from_wait(status.wait) if queued and status.wait else None,
             queued_at=iso(e.queued_at),
             started_at=iso(e.started_at),
             finished_at=iso(e.finished_at),

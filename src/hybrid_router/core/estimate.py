@@ -1,14 +1,14 @@
-"""Estimated start times, by running the admission policy forward on expected durations."""
+"""Estimated start times, by running the admission policy forward on expected durations
+(core.simulate, the engine the simulator and the benchmarks use)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from hybrid_router.core import ledger
+from hybrid_router.core import simulate
 from hybrid_router.core.model import Container, Execution
-from hybrid_router.core.policy import Topology, decide_indexed
-from hybrid_router.core.queue_index import QueueIndex
+from hybrid_router.core.policy import Topology
 
 MAX_STEPS = 2_000
 # Seeds a (region, model)'s expected call duration until one is observed.
@@ -83,46 +83,30 @@ def forecast(
     cooling down (`cooling`, see core.health) stay down until their cooldowns end.
     Executions whose start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
-    pending = QueueIndex(queued)
-    live = {c.id: c for c in containers}
-    finishing: dict[str, tuple[float, str]] = {}
+    running_calls: dict[str, tuple[float, str]] = {}
     for e in running:
         if e.container_id is not None and e.started_at is not None:
             cold = e.container_id.startswith(f"{e.id}@")  # the policy names what it opens so
             ends = max(now, e.started_at + duration(e.region, e.model, cold))
-            finishing[e.id] = (ends, e.container_id)
-    finishes = {execution_id: ends - now for execution_id, (ends, _) in finishing.items()}
-    starts: dict[str, float] = {}
-    t = now
-    for _ in range(MAX_STEPS):
-        # Lane heads only: each step costs what it admits, not the length of the queue.
-        decision = decide_indexed(pending, live.values(), topology, t, cooling=cooling)
-        for admission in decision.admissions:
-            e = admission.execution
-            starts[e.id] = t - now
-            pending.discard(e.id)
-            live[admission.container.id] = admission.container
-            ends = t + duration(e.region, e.model, admission.opened)
-            finishing[e.id] = (ends, admission.container.id)
-            finishes[e.id] = ends - now
-        if not pending:
-            break
-        upcoming = [ends for ends, _ in finishing.values()]
-        if decision.wake_at is not None:
-            upcoming.append(decision.wake_at)
-        if not upcoming:
-            break
-        t = max(t, min(upcoming))
-        for execution_id, (ends, container_id) in list(finishing.items()):
-            if ends <= t:
-                del finishing[execution_id]
-                container = live.get(container_id)
-                if container is not None:
-                    scaledown = topology.providers[container.provider].scaledown_window_s
-                    live[container_id] = ledger.release(container, (execution_id,), t, scaledown)
-        for container_id in ledger.expired(live.values(), t, topology.shared):
-            del live[container_id]
-    return Forecast(starts, finishes)
+            running_calls[e.id] = (ends, e.container_id)
+
+    def call_seconds(e: Execution, opened: bool) -> float:
+        return duration(e.region, e.model, opened)
+
+    trace = simulate.replay(
+        queued,
+        topology,
+        now,
+        call_seconds,
+        running=running_calls,
+        containers=containers,
+        cooling=cooling,
+        max_steps=MAX_STEPS,
+    )
+    return Forecast(
+        {execution_id: at - now for execution_id, at in trace.starts.items()},
+        {execution_id: at - now for execution_id, at in trace.ends.items()},
+    )
 
 
 def probe_starts(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -264,6 +265,68 @@ def job_state(states: list[ExecutionState]) -> JobState:
     return JobState.SUCCEEDED
 
 
+class WaitCode(enum.StrEnum):
+    """Why a queued execution did not start in the last admission round (stable codes)."""
+
+    BACKOFF = "BACKOFF"  # retrying after a failed attempt, not before `until`
+    BEHIND_CONTAINER = "BEHIND_CONTAINER"  # its model's containers are busy; no GPU for more
+    NO_GPU_IN_REGION = "NO_GPU_IN_REGION"  # the region's gpu_limit is held
+    NO_GPU_IN_ACCOUNT = "NO_GPU_IN_ACCOUNT"  # the account's gpu_limit is held
+    GPU_RESERVED = "GPU_RESERVED"  # the GPU it could use is kept for an earlier execution
+    MAX_RUNNING = "MAX_RUNNING"  # the region runs its max_running executions
+    MAX_CONTAINERS = "MAX_CONTAINERS"  # its model has max_containers open in the region
+    REGION_CLOSED = "REGION_CLOSED"  # the region is paused or draining
+    BEHIND_EARLIER = "BEHIND_EARLIER"  # an earlier execution in its queue waits: see `cause`
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why an execution waits, as the admission policy found it; `message` says it in words.
+
+    `limit` is the limit that binds (GPUs, running executions, containers), `behind` the
+    execution it waits for (a reservation's holder, its queue's waiting head) and `cause`
+    why that one waits.
+    """
+
+    code: WaitCode
+    region: str
+    model: str
+    until: float | None = None
+    limit: int | None = None
+    behind: str | None = None
+    cause: Wait | None = None
+
+    @property
+    def message(self) -> str:
+        """The reason in words, for people."""
+        code, where, model = self.code, self.region, self.model
+        if code is WaitCode.BACKOFF:
+            return f"retrying after a failed attempt, not before {_utc(self.until)}"
+        if code is WaitCode.BEHIND_CONTAINER:
+            return f"waits for a busy {model} container in {where}: no GPU free to open another"
+        if code is WaitCode.NO_GPU_IN_REGION:
+            return f"waits for a GPU in {where}: its gpu_limit ({self.limit}) is held"
+        if code is WaitCode.NO_GPU_IN_ACCOUNT:
+            return f"waits for a GPU: the account's gpu_limit ({self.limit}) is held"
+        if code is WaitCode.GPU_RESERVED:
+            holder = f"the earlier {self.behind}" if self.behind else "an earlier execution"
+            return f"the GPU it could use is reserved for {holder}"
+        if code is WaitCode.MAX_RUNNING:
+            return f"{where} runs its max_running ({self.limit}) executions"
+        if code is WaitCode.MAX_CONTAINERS:
+            return f"{model} has its max_containers ({self.limit}) open in {where}"
+        if code is WaitCode.REGION_CLOSED:
+            return f"{where} is paused or draining: nothing starts there until it resumes"
+        cause = f": {self.cause.message}" if self.cause is not None else ""
+        return f"behind the earlier {self.behind} in its queue{cause}"
+
+
+def _utc(at: float | None) -> str:
+    if at is None:
+        return "a moment"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(frozen=True)
 class ExecutionStatus:
     """An execution as a client sees it: with its place in its region's queue while queued,
@@ -273,6 +336,7 @@ class ExecutionStatus:
     position: int | None = None  # 1 = next to start in its region
     estimated_start_s: float | None = None  # seconds from now
     estimated_end_s: float | None = None  # seconds from now
+    wait: Wait | None = None  # why it did not start in the last round, while queued
 
 
 @dataclass(frozen=True)

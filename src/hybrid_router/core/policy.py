@@ -5,12 +5,22 @@ regions' next executions interleaved by age. An execution reuses a free input sl
 model, else opens a container if its GPUs fit the region's and the global limit, else waits:
 
 * behind a container of its model that is up: later executions of that model wait too;
-* for a GPU, when none of its model is up: later executions in its region may then neither
-  open containers nor reuse idle ones (that would keep warm a GPU it needs), and while the
-  global limit is what binds, younger executions elsewhere may neither open containers nor
-  reuse idle ones either, so the oldest waiting head gets the first GPU that frees anywhere.
+* for a GPU, when none of its model is up: later executions in its region may then not open
+  containers, and while the global limit is what binds, younger executions elsewhere may
+  not either, so the oldest waiting head gets the first GPU that frees anywhere.
+
+Backfill: while a head waits for a GPU, later executions still reuse idle containers, but
+only those whose GPUs no waiting head needs: every lane's head with none of its model up may
+wait for GPUs in its region and in the account, and gets the first ones to free there (free
+ones, then idle containers as they expire); a reuse that would change when any of those
+frees is not made. So no head starts later than under the rule before backfill, which kept
+every idle container from reuse (`Topology.backfill = False`, kept as the reference). The
+provider picks which of its idle containers serves a call, so a call is booked on the one
+expiring first (see _free_slot): a model whose container expiring first is needed takes no
+call on the others either.
 
 Busy containers' spare input slots stay usable throughout: they free no GPU by waiting.
+Each execution left queued gets the reason it waits (core.model.Wait).
 
 A provider cooling down (core.health) is skipped, its containers included, while another
 provider of the region serving the model is not; when every one of them cools down, they are
@@ -21,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -33,6 +43,8 @@ from hybrid_router.core.model import (
     ModelSpec,
     ProviderSpec,
     Region,
+    Wait,
+    WaitCode,
 )
 from hybrid_router.core.queue_index import QueueIndex
 
@@ -48,6 +60,10 @@ class Topology:
     # Every this many seconds in the queue adds 1 to an execution's priority, so low priority
     # cannot starve behind a steady stream of high. None: priorities are absolute.
     priority_aging_s: float | None = None
+    # Backfill behind reservations (see the module's docstring). False: the rule before it,
+    # where a head waiting for a GPU keeps every idle container in its scope from reuse; kept
+    # as the reference the property tests and benchmarks compare with.
+    backfill: bool = True
 
     def providers_for(self, region: str, model: str) -> list[ProviderSpec]:
         """Providers serving `model` in `region`, in config order."""
@@ -61,6 +77,11 @@ class Topology:
             for model in p.models:
                 serving.setdefault((p.region, model), []).append(p)
         return serving
+
+    @cached_property
+    def account_may_bind(self) -> bool:
+        """Whether the account's limit can bind before the regions' do."""
+        return self.gpu_limit < sum(r.gpu_limit for r in self.regions.values())
 
     @cached_property
     def shared(self) -> frozenset[str]:
@@ -82,10 +103,35 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Waits:
+    """Why what stays queued waits, as of one round.
+
+    `executions` has each execution the round looked at and did not start. The round looks
+    no further into a lane than its first execution that waits, nor into a region once
+    nothing more can start there: `lanes` and `regions` say why for those.
+    """
+
+    executions: Mapping[str, Wait] = field(default_factory=dict)
+    lanes: Mapping[tuple[str, str], Wait] = field(default_factory=dict)
+    regions: Mapping[str, Wait] = field(default_factory=dict)
+
+    def of(self, e: Execution) -> Wait | None:
+        """Why `e` waits; None if the round did not get to it (it had its limit, or `e` is
+        newer than the round)."""
+        found = self.executions.get(e.id)
+        if found is None:
+            found = self.lanes.get((e.region, e.model))
+        if found is None:
+            found = self.regions.get(e.region)
+        return found
+
+
+@dataclass(frozen=True)
 class Decision:
     admissions: tuple[Admission, ...]
     # The next instant the answer may change with no event: a backoff ends or a GPU frees.
     wake_at: float | None
+    waits: Waits = field(default_factory=Waits)
 
 
 def queue_key(
@@ -105,7 +151,8 @@ def queue_key(
 @dataclass
 class _RegionWalk:
     blocked_models: set[str] = field(default_factory=set)
-    waiting_for_gpu: bool = False
+    # The first execution of the region that waits for a GPU, when one does.
+    gpu_head: str | None = None
     closed: bool = False  # nothing more can start in this region this round
 
 
@@ -139,14 +186,34 @@ class _Round:
         for c in self.live.values():
             self.running[c.region] += len(c.in_flight)
         self.walks = {r: _RegionWalk() for r in topology.regions}
-        self.global_binds = False
+        # The oldest execution waiting for a GPU of the account (its region has room).
+        self.account_head: str | None = None
+        # GPUs the lanes' heads would need if each waited for one: per region, in all.
+        self.need: Counter[str] = Counter()
+        self.need_total = 0
         self.admissions: list[Admission] = []
+        self.waits: dict[str, Wait] = {}
+        self.lane_waits: dict[tuple[str, str], Wait] = {}
+        self.region_waits = {
+            r: Wait(WaitCode.REGION_CLOSED, r, "") for r in closed if r in topology.regions
+        }
         self.wake_at: float | None = None
         for c in self.live.values():
             if not c.in_flight:
                 self.wake(c.warm_until)
         for until in cooling.values():
             self.wake(until)  # a provider back from its cooldown may take what waits
+
+    def expect(self, lanes: Iterable[tuple[str, str]]) -> None:
+        """The (region, model) lanes with executions to walk, before the walk: what backfill
+        must leave for their heads (see _spares)."""
+        if not self.topology.backfill:
+            return
+        for region, model in lanes:
+            providers = self.usable(self.topology.providers_for(region, model))
+            if not _model_up(self.live.values(), providers, model):
+                self.need[region] += self.topology.gpus(model)
+        self.need_total = sum(self.need.values())
 
     def wake(self, at: float | None) -> None:
         if at is not None and at > self.now and (self.wake_at is None or at < self.wake_at):
@@ -174,63 +241,183 @@ class _Round:
 
     def decision(self) -> Decision:
         # A full round asks for the next at once: it stopped short, nothing else holds it.
-        return Decision(tuple(self.admissions), self.now if self.full else self.wake_at)
+        waits = Waits(self.waits, self.lane_waits, self.region_waits)
+        return Decision(tuple(self.admissions), self.now if self.full else self.wake_at, waits)
 
     def consider(self, e: Execution) -> None:
         """Admit `e` now, or note why it waits and what that holds back behind it."""
-        now, topology = self.now, self.topology
-        if e.deadline_at is not None and e.deadline_at <= now:
+        if e.deadline_at is not None and e.deadline_at <= self.now:
             return  # expired, not waiting: it blocks no one
         if not self.lane_open(e.region, e.model):
             return
-        providers = self.usable(topology.providers_for(e.region, e.model))
+        providers = self.usable(self.topology.providers_for(e.region, e.model))
         if not providers:
             return  # refused at submission; never blocks anyone
-        region = topology.regions[e.region]
-        walk = self.walks[e.region]
-        if e.not_before > now:
-            self.wake(e.not_before)
-            walk.blocked_models.add(e.model)
-            if region.max_running == 1:
-                walk.closed = True  # the seed's sequential mode is strict FIFO
-            return
-        if region.max_running is not None and self.running[e.region] >= region.max_running:
-            walk.closed = True
-            return
+        wait = self._start_or_wait(e, providers)
+        if wait is not None:
+            self.waits[e.id] = wait
 
-        live = self.live
-        may_reuse_idle = not walk.waiting_for_gpu and not self.global_binds
-        slot = _free_slot(live.values(), providers, e.model, may_reuse_idle)
+    def _start_or_wait(self, e: Execution, providers: list[ProviderSpec]) -> Wait | None:
+        """Admit `e`, or say why it waits (and block what waits behind it)."""
+        region = self.topology.regions[e.region]
+        if e.not_before > self.now:
+            self.wake(e.not_before)
+            wait = Wait(WaitCode.BACKOFF, e.region, e.model, until=e.not_before)
+            self._block_lane(e, wait)
+            if region.max_running == 1:  # the seed's sequential mode is strict FIFO
+                self._close_region(e.region, _behind(e, wait))
+            return wait
+        if region.max_running is not None and self.running[e.region] >= region.max_running:
+            wait = Wait(WaitCode.MAX_RUNNING, e.region, e.model, limit=region.max_running)
+            self._close_region(e.region, wait)
+            return wait
+        walk = self.walks[e.region]
+        held_for = walk.gpu_head or self.account_head
+        slot = _free_slot(self.live.values(), providers, e.model, self._may_take(held_for))
         if slot is not None:
-            placed = ledger.occupy(slot, e.id)
-            self.admissions.append(Admission(_started(e, placed, now), placed, opened=False))
+            self._place(e, ledger.occupy(slot, e.id), opened=False)
+            return None
+        gpus = self.topology.gpus(e.model)
+        region_fits = self.region_used[e.region] + gpus <= region.gpu_limit
+        global_fits = self.total_used + gpus <= self.topology.gpu_limit
+        opener = None
+        if region_fits and global_fits and not held_for:
+            opener = _provider_with_room(self.live.values(), providers, e.model)
+        if opener is not None:
+            self._open(e, opener, gpus)
+            return None
+        model_up = _model_up(self.live.values(), providers, e.model)
+        wait = self._why_no_room(e, providers, held_for, region_fits, global_fits, model_up)
+        if not model_up:  # it waits for a GPU
+            if walk.gpu_head is None:
+                walk.gpu_head = e.id
+            if region_fits and not global_fits and self.account_head is None:
+                self.account_head = e.id
+        self._block_lane(e, wait)
+        if region.max_running == 1:  # strict FIFO: nothing passes a waiting head
+            self._close_region(e.region, _behind(e, wait))
+        return wait
+
+    def _may_take(self, held_for: str | None) -> Callable[[Container], bool] | None:
+        """Which idle containers a call may be booked on now (None: none).
+
+        While an execution waits for a GPU (`held_for`), the rule before backfill kept every
+        idle container from reuse. Backfill keeps only what a waiting head may need: with
+        several inputs per container the provider may keep an idle one held past its warm
+        window (ledger.held), so then nothing is spared either.
+        """
+        if held_for is None:
+            return _any
+        if self.topology.backfill and not self.topology.shared:
+            return self._spares
+        return None
+
+    def _spares(self, c: Container) -> bool:
+        """Whether a call may take idle `c` and no head that waits, or may wait in this round,
+        for a GPU gets one later for it (promise 2 in its strong form).
+
+        Every lane's head with no container of its model up may wait for GPUs in its region
+        and in the account; it would get the first to free there (free ones now, then idle
+        containers as they expire). Booking on `c` keeps its GPUs warm longer, so it is
+        allowed only when that changes none of the instants at which the first GPUs free,
+        as many as those heads need (in its region and in the account). Containers of calls
+        in flight are left out, so that stays true whenever they end. The account's first
+        GPUs are kept only when its limit can bind before the regions' do.
+        """
+        if not _keeps_first(self._frees(c.region), c.warm_until, c.gpus, self.need[c.region]):
+            return False
+        return not self.topology.account_may_bind or _keeps_first(
+            self._frees(None), c.warm_until, c.gpus, self.need_total
+        )
+
+    def _frees(self, region: str | None) -> list[float]:
+        """When the GPUs of `region` (None: of the account) free, those known: now for
+        those free, then idle and orphaned containers' warm ends, in time order."""
+        if region is None:
+            free = self.topology.gpu_limit - self.total_used
         else:
-            gpus = topology.gpus(e.model)
-            region_fits = self.region_used[e.region] + gpus <= region.gpu_limit
-            global_fits = self.total_used + gpus <= topology.gpu_limit
-            opener = None
-            if region_fits and global_fits and not walk.waiting_for_gpu and not self.global_binds:
-                opener = _provider_with_room(live.values(), providers, e.model)
-            if opener is None:
-                walk.blocked_models.add(e.model)
-                if not _model_up(live.values(), providers, e.model):
-                    walk.waiting_for_gpu = True
-                    if region_fits and not global_fits:
-                        self.global_binds = True
-                return
-            placed = Container(
-                id=_new_container_id(e, now, live),
-                provider=opener.name,
-                model=e.model,
-                region=e.region,
-                gpus=gpus,
-                in_flight=(e.id,),
-            )
-            self.region_used[e.region] += gpus
-            self.total_used += gpus
-            self.admissions.append(Admission(_started(e, placed, now), placed, opened=True))
-        live[placed.id] = placed
+            free = self.topology.regions[region].gpu_limit - self.region_used[region]
+        instants = [self.now] * max(0, free)
+        for c in self.live.values():
+            if not c.in_flight and (region is None or c.region == region):
+                instants += [c.warm_until] * c.gpus
+        return sorted(instants)
+
+    def _why_no_room(
+        self,
+        e: Execution,
+        providers: list[ProviderSpec],
+        held_for: str | None,
+        region_fits: bool,
+        global_fits: bool,
+        model_up: bool,
+    ) -> Wait:
+        """Why `e` neither reuses a container nor opens one (the round's state says)."""
+        region, model = e.region, e.model
+        live = self.live.values()
+        if held_for and _free_slot(live, providers, model, _any) is not None:
+            # An idle container of its model would serve it, but keeps a GPU warm.
+            return Wait(WaitCode.GPU_RESERVED, region, model, behind=held_for)
+        if _provider_with_room(live, providers, model) is None:
+            limit = max(p.max_containers or 0 for p in providers)
+            return Wait(WaitCode.MAX_CONTAINERS, region, model, limit=limit)
+        if not region_fits or not global_fits:
+            if model_up:
+                return Wait(WaitCode.BEHIND_CONTAINER, region, model)
+            if not region_fits:
+                limit = self.topology.regions[region].gpu_limit
+                return Wait(WaitCode.NO_GPU_IN_REGION, region, model, limit=limit)
+            limit = self.topology.gpu_limit
+            return Wait(WaitCode.NO_GPU_IN_ACCOUNT, region, model, limit=limit)
+        return Wait(WaitCode.GPU_RESERVED, region, model, behind=held_for)
+
+    def _block_lane(self, e: Execution, wait: Wait) -> None:
+        """Later executions of `e`'s model in its region wait behind it."""
+        self.walks[e.region].blocked_models.add(e.model)
+        self.lane_waits[(e.region, e.model)] = _behind(e, wait)
+
+    def _close_region(self, region: str, wait: Wait) -> None:
+        """Nothing more starts in `region` this round; what is left there waits for `wait`."""
+        self.walks[region].closed = True
+        self.region_waits[region] = wait
+
+    def _place(self, e: Execution, placed: Container, *, opened: bool) -> None:
+        self.admissions.append(Admission(_started(e, placed, self.now), placed, opened))
+        self.live[placed.id] = placed
         self.running[e.region] += 1
+
+    def _open(self, e: Execution, provider: ProviderSpec, gpus: int) -> None:
+        placed = Container(
+            id=_new_container_id(e, self.now, self.live),
+            provider=provider.name,
+            model=e.model,
+            region=e.region,
+            gpus=gpus,
+            in_flight=(e.id,),
+        )
+        self.region_used[e.region] += gpus
+        self.total_used += gpus
+        self._place(e, placed, opened=True)
+
+
+def _any(_: Container) -> bool:
+    return True
+
+
+def _keeps_first(instants: list[float], at: float, gpus: int, need: int) -> bool:
+    """Whether the first `need` of these sorted instants stay the same without `gpus` of
+    the ones at `at`."""
+    if need <= 0:
+        return True
+    rest = list(instants)
+    for _ in range(gpus):
+        rest.remove(at)
+    return rest[:need] == instants[:need]
+
+
+def _behind(e: Execution, wait: Wait) -> Wait:
+    """What an execution behind `e` in its queue waits for: `e`, which waits for `wait`."""
+    return Wait(WaitCode.BEHIND_EARLIER, e.region, e.model, behind=e.id, cause=wait)
 
 
 def decide(
@@ -252,7 +439,17 @@ def decide(
     walks the queue from its head again and so goes on where this one stopped.
     """
     round_ = _Round(containers, topology, now, closed, cooling or {}, limit)
-    for e in _interleaved(queued, topology, now):
+    walked = list(_interleaved(queued, topology, now))
+    round_.expect(
+        {
+            (e.region, e.model)
+            for e in walked
+            if e.region not in closed
+            and (e.deadline_at is None or e.deadline_at > now)
+            and topology.providers_for(e.region, e.model)
+        }
+    )
+    for e in walked:
         if round_.full:
             break
         if e.deadline_at is not None:
@@ -294,6 +491,7 @@ def decide_indexed(
         heapq.heapify(lanes)
         if lanes:
             turns.append((index.turn(lanes[0][3]), order, lanes, region))
+    round_.expect((region, model) for _, _, lanes, region in turns for _, model, _, _ in lanes)
     heapq.heapify(turns)
     while turns and not round_.full:
         _, order, lanes, region = heapq.heappop(turns)
@@ -362,35 +560,38 @@ def _free_slot(
     live: Iterable[Container],
     providers: list[ProviderSpec],
     model: str,
-    may_reuse_idle: bool,
+    may_take: Callable[[Container], bool] | None,
 ) -> Container | None:
-    """The ledger entry a call for `model` takes without opening a container, if any.
+    """The ledger entry a call for `model` takes without opening a container, if any;
+    an idle one only if `may_take` it (None: no idle one at all).
 
     The provider, not the router, picks which of its free containers serves a call. The
-    ledger stays an upper bound whatever it picks because the call is booked on the idle
-    entry that expires first (a busy container's free slot only when no idle one may be
-    used): the entries left idle then expire no earlier than the provider's own do. An
-    orphan whose lost call may have ended is a container the provider may pick too: when it
-    expires before that idle one, the call is booked on the orphan, and the idle one keeps
-    its later expiry. Only an orphan of the same provider: the call goes to the idle one's
-    provider, which picks among its own containers, never another's (another provider's
-    orphan may still be running its lost call). (Releases keep idle siblings warm as well:
-    ledger.warm_siblings.)
+    ledger stays an upper bound whatever it picks because the call is booked on an idle
+    entry of that provider that expires first (a busy container's free slot only when no
+    idle one may be used): the entries left idle then expire no earlier than the provider's
+    own do. An orphan whose lost call may have ended is a container the provider may pick
+    too: when it expires before the idle ones, the call is booked on the orphan, and they
+    keep their later expiry. Only an orphan of the same provider: the call goes to the idle
+    one's provider, which picks among its own containers, never another's (another
+    provider's orphan may still be running its lost call). So a provider whose entries that
+    expire first may not be taken takes no call on its idle containers, however many others
+    it has. (Releases keep idle siblings warm as well: ledger.warm_siblings.)
     """
     max_inputs = {p.name: p.max_inputs for p in providers}
     pool = [c for c in live if c.provider in max_inputs and c.model == model]
-    idle = [c for c in pool if not c.in_flight and not c.orphan]
-    if idle and may_reuse_idle:
-        target = min(idle, key=lambda c: (c.warm_until, c.id))
-        orphans = [
-            c
-            for c in pool
-            if c.provider == target.provider
-            and c.orphan
-            and not c.in_flight
-            and c.warm_until < target.warm_until
-        ]
-        return min(orphans, key=lambda c: (c.warm_until, c.id)) if orphans else target
+    idle = [] if may_take is None else [c for c in pool if not c.in_flight and not c.orphan]
+    tried: set[str] = set()
+    # Providers in the order of their idle entry expiring first, as the call would go.
+    for first in sorted(idle, key=lambda c: (c.warm_until, c.id)):
+        if first.provider in tried:
+            continue
+        tried.add(first.provider)
+        free = [c for c in pool if c.provider == first.provider and not c.in_flight]
+        earliest = min(c.warm_until for c in free)
+        assert may_take is not None  # else nothing is idle
+        bookable = [c for c in free if c.warm_until == earliest and may_take(c)]
+        if bookable:
+            return min(bookable, key=lambda c: (c.orphan, c.id))
     busy = [
         c
         for c in pool

@@ -97,7 +97,7 @@ class SimulatedCloud:
         if container is None:
             container = self._open(request.region, request.model, now)
         container.in_flight += 1
-        run_s = self._scaled(LARGE_MODEL_S if "7b" in request.model.lower() else SMALL_MODEL_S)
+        run_s = self._scaled(call_bounds(request.model))
         try:
             # A request arriving while its container still cold-starts waits for the start.
             await asyncio.sleep(max(0.0, container.ready_at - now) + run_s)
@@ -167,6 +167,11 @@ class SimulatedCloud:
 
     def _scaled(self, bounds: tuple[float, float]) -> float:
         return self._rng.uniform(*bounds) * self.time_scale
+
+
+def call_bounds(model: str) -> tuple[float, float]:
+    """The production seconds one call of `model` takes, at least and at most."""
+    return LARGE_MODEL_S if "7b" in model.lower() else SMALL_MODEL_S
 
 
 def _failure(code: str, message: str, kind: FailureKind) -> ProviderFailure:

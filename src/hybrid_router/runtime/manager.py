@@ -128,6 +128,8 @@ class RegionQueueManager:
         self._announced: set[JobKey] = set()
         # Counts admission rounds, so readers can cache what they derive from one.
         self.rounds = 0
+        # Why what the last round left queued waits: job views read it, no store read each.
+        self.waits = policy.Waits()
         # Executions this process has stored and is about to hand over with `enqueue`.
         self.handing_over = 0
         # How late after its admission a call may still be sent. A successor that recovers
@@ -334,6 +336,7 @@ class RegionQueueManager:
                 limit=ROUND_LIMIT,
             )
             self.rounds += 1
+            self.waits = decision.waits
             if decision.admissions and self._admitting:
                 await self._admit(decision.admissions, now)
             return decision.wake_at

@@ -32,7 +32,6 @@ from hybrid_router.core.model import (
     RegionStatus,
     job_state,
 )
-from hybrid_router.core.policy import Topology
 from hybrid_router.core.retry import RetryPolicy
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.base import Provider
@@ -139,13 +138,7 @@ class RouterService:
         self.providers = providers
         self.bus: EventBus = bus or LocalBus()
         self.clock = clock
-        self.topology = Topology(
-            gpu_limit=settings.gpu_limit,
-            regions=settings.region_specs(),
-            models=settings.model_specs(),
-            providers=settings.provider_specs(),
-            priority_aging_s=settings.priority_aging_s,
-        )
+        self.topology = settings.topology()
         # The scheduler's moving averages outlive any one term as leader.
         self.durations = Durations.seeded(self.topology)
         self.health = HealthBoard(settings.provider_health.rules())
@@ -323,8 +316,8 @@ class RouterService:
         positions: bool = True,
     ) -> JobStatus:
         """A job with its progress counts and its executions (`limit` of them from `offset`;
-        None: all), with queue positions and estimated starts while queued, estimated ends
-        while queued or running.
+        None: all), with queue positions, estimated starts and why each waits while queued,
+        estimated ends while queued or running.
 
         `owner` is whose job it is (None, for admins: the one owner having a job of this id).
         """
@@ -334,10 +327,20 @@ class RouterService:
         places: dict[str, int] = {}
         starts: dict[str, float] = {}
         ends: dict[str, float] = {}
+        waits = policy.Waits()
         if unfinished and positions:
             places, starts, ends = await self._places(unfinished)
+            # The leader's last round says why each waits; other replicas do not know.
+            if (manager := self.leadership.manager) is not None:
+                waits = manager.waits
         statuses = tuple(
-            ExecutionStatus(e, places.get(e.id), starts.get(e.id), ends.get(e.id))
+            ExecutionStatus(
+                e,
+                places.get(e.id),
+                starts.get(e.id),
+                ends.get(e.id),
+                waits.of(e) if e.state is ExecutionState.QUEUED else None,
+            )
             for e in executions
         )
         return _job_status(job, counts, statuses)

@@ -1,0 +1,260 @@
+"""The admission policy run forward in virtual time: no sleeping, no I/O.
+
+One engine for every question of the kind "what would the scheduler do": the ETAs of
+core.estimate (expected durations, from the queue as it stands), the scheduling benchmarks
+and `hybrid-router simulate` (a seeded model of the provider, from a workload). Each step
+decides with the real `policy.decide_indexed` over the real ledger, as the scheduler does,
+then jumps to the next event: a call ending, a wake-up the policy asked for, a submission.
+
+The provider is modelled as the ledger sees it: a call on a container it opens pays the
+cold start, a call on a warm one does not, and a container holds its GPUs for its
+provider's scaledown window after its last call.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from hybrid_router.core import ledger
+from hybrid_router.core.model import Container, Execution, Job
+from hybrid_router.core.policy import Topology, decide_indexed
+from hybrid_router.core.queue_index import QueueIndex
+
+# Seconds one call takes, given the execution and whether it opens its container.
+CallSeconds = Callable[[Execution, bool], float]
+
+
+@dataclass
+class Trace:
+    """What a run did, in virtual seconds: when each execution started and ended."""
+
+    starts: dict[str, float] = field(default_factory=dict)
+    ends: dict[str, float] = field(default_factory=dict)
+    queued_at: dict[str, float] = field(default_factory=dict)
+    region_of: dict[str, str] = field(default_factory=dict)
+    cold_starts: int = 0
+    # GPU-seconds idle warm containers held before the last execution started.
+    idle_warm_gpu_s: float = 0.0
+    # Whether every execution started before the step budget ran out.
+    drained: bool = True
+
+
+def replay(
+    queued: Iterable[Execution],
+    topology: Topology,
+    now: float,
+    call_seconds: CallSeconds,
+    *,
+    running: Mapping[str, tuple[float, str]] | None = None,
+    containers: Iterable[Container] = (),
+    arrivals: Sequence[tuple[float, Sequence[Execution]]] = (),
+    cooling: Mapping[str, float] | None = None,
+    max_steps: int | None = None,
+) -> Trace:
+    """Run the policy from `now` until everything has started (or `max_steps` rounds).
+
+    `running`: calls in flight, each execution's id with when it ends and its container.
+    `arrivals`: executions submitted later, each batch with its instant, in time order.
+    Every call succeeds after `call_seconds`. Providers in `cooling` stay down until their
+    cooldowns end.
+    """
+    pending = QueueIndex(queued)
+    live = {c.id: c for c in containers}
+    finishing = dict(running or {})
+    trace = Trace()
+    for e in pending:
+        trace.queued_at[e.id] = e.queued_at
+    trace.ends.update({execution_id: ends for execution_id, (ends, _) in finishing.items()})
+    idle_since = {c.id: now for c in live.values() if not c.in_flight and not c.orphan}
+    later = list(arrivals)
+    t = now
+    steps = 0
+    while pending or later:
+        while later and later[0][0] <= t:
+            for e in later.pop(0)[1]:
+                pending.add(e)
+                trace.queued_at[e.id] = e.queued_at
+        if max_steps is not None and steps >= max_steps:
+            trace.drained = not pending
+            break
+        steps += 1
+        decision = decide_indexed(pending, live.values(), topology, t, cooling=cooling)
+        for admission in decision.admissions:
+            e, container = admission.execution, admission.container
+            trace.starts[e.id] = t
+            trace.region_of[e.id] = e.region
+            pending.discard(e.id)
+            if admission.opened:
+                trace.cold_starts += 1
+            elif (since := idle_since.pop(container.id, None)) is not None:
+                trace.idle_warm_gpu_s += (t - since) * container.gpus
+            live[container.id] = container
+            ends = t + call_seconds(e, admission.opened)
+            finishing[e.id] = (ends, container.id)
+            trace.ends[e.id] = ends
+        upcoming = [ends for ends, _ in finishing.values()]
+        if decision.wake_at is not None:
+            upcoming.append(decision.wake_at)
+        if later:
+            upcoming.append(later[0][0])
+        if not upcoming:
+            break  # what is left waits for nothing that will happen (a closed region)
+        t = max(t, min(upcoming))
+        for execution_id, (ends, container_id) in list(finishing.items()):
+            if ends <= t:
+                del finishing[execution_id]
+                held = live.get(container_id)
+                if held is not None:
+                    scaledown = topology.providers[held.provider].scaledown_window_s
+                    released = ledger.release(held, (execution_id,), ends, scaledown)
+                    live[container_id] = released
+                    if not released.in_flight:
+                        idle_since[container_id] = ends
+        for container_id in ledger.expired(live.values(), t, topology.shared):
+            gone = live.pop(container_id)
+            if (since := idle_since.pop(container_id, None)) is not None:
+                trace.idle_warm_gpu_s += max(0.0, gone.warm_until - since) * gone.gpus
+    for container_id, since in idle_since.items():
+        if (idle := live.get(container_id)) is not None:
+            trace.idle_warm_gpu_s += max(0.0, min(idle.warm_until, t) - since) * idle.gpus
+    trace.drained = trace.drained and not pending
+    return trace
+
+
+@dataclass(frozen=True)
+class Timings:
+    """A seeded model of the provider's timings, in seconds.
+
+    `call_s` is one warm call of each model; a call that opens a container first waits
+    `cold_start_s`. Each is drawn within ±`spread` of its value (0: exactly it).
+    """
+
+    call_s: Mapping[str, float]
+    cold_start_s: float
+    spread: float = 0.0
+    seed: int = 0
+
+    def sampler(self) -> CallSeconds:
+        """Draws every call's duration, the same ones for the same seed and workload."""
+        rng = random.Random(self.seed)
+
+        def jitter(seconds: float) -> float:
+            return seconds * rng.uniform(1 - self.spread, 1 + self.spread)
+
+        def call_seconds(e: Execution, opened: bool) -> float:
+            seconds = jitter(self.call_s[e.model])
+            return seconds + jitter(self.cold_start_s) if opened else seconds
+
+        return call_seconds
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a workload went, and how close to the physical limit."""
+
+    makespan_s: float
+    lower_bound_s: float
+    executions: int
+    cold_starts: int
+    gpu_busy_s: float
+    usable_gpus: int
+    idle_warm_gpu_s: float
+    region_finish_s: dict[str, float]
+    wait_p50_s: float
+    wait_p95_s: float
+    drained: bool
+
+    @property
+    def ratio(self) -> float:
+        """Makespan over the lower bound: 1.0 is the physical limit."""
+        return self.makespan_s / self.lower_bound_s if self.lower_bound_s else math.inf
+
+    @property
+    def utilisation(self) -> float:
+        """GPU-seconds spent in calls (cold starts included) over all the usable ones."""
+        return self.gpu_busy_s / (self.usable_gpus * self.makespan_s) if self.makespan_s else 0.0
+
+
+def lower_bound(
+    executions: Iterable[Execution], topology: Topology, timings: Timings
+) -> tuple[float, int]:
+    """No schedule finishes sooner: the GPU-busy seconds over the GPUs that can be used
+    (per region and for the account), plus one cold start. Also: the account's usable GPUs.
+
+    A region can use its gpu_limit (or max_running calls), the account the smaller of its
+    gpu_limit and the regions' together.
+    """
+    busy: dict[str, float] = {}
+    for e in executions:
+        busy[e.region] = busy.get(e.region, 0.0) + timings.call_s[e.model] * topology.gpus(e.model)
+    usable: dict[str, int] = {}
+    for name, region in topology.regions.items():
+        usable[name] = region.gpu_limit
+        if region.max_running is not None:
+            usable[name] = min(usable[name], region.max_running)
+    account = min(topology.gpu_limit, sum(usable.values()))
+    bound = sum(busy.values()) / account if account else math.inf
+    for name, seconds in busy.items():
+        bound = max(bound, seconds / min(usable[name], topology.gpu_limit))
+    return bound + timings.cold_start_s, account
+
+
+def simulate(
+    jobs: Sequence[tuple[float, Job]],
+    topology: Topology,
+    timings: Timings,
+    max_steps: int | None = None,
+) -> Report:
+    """Run `jobs` (each with its submission instant, in time order) from an idle account.
+
+    Executions of a model no provider serves in their region are left out: the router
+    refuses such a job at submission."""
+    arrivals: list[tuple[float, list[Execution]]] = []
+    everything: list[Execution] = []
+    seq = 0
+    for at, job in jobs:
+        batch = []
+        for e in replace(job, created_at=at).expand():
+            if not topology.providers_for(e.region, e.model):
+                continue
+            seq += 1
+            batch.append(replace(e, seq=seq))
+        arrivals.append((at, batch))
+        everything += batch
+    start = jobs[0][0] if jobs else 0.0
+    trace = replay((), topology, start, timings.sampler(), arrivals=arrivals, max_steps=max_steps)
+    bound, usable = lower_bound(everything, topology, timings)
+    finish: dict[str, float] = {}
+    busy = 0.0
+    by_id = {e.id: e for e in everything}
+    for execution_id, ends in trace.ends.items():
+        region = trace.region_of[execution_id]
+        finish[region] = max(finish.get(region, start), ends - start)
+        e = by_id[execution_id]
+        busy += (ends - trace.starts[execution_id]) * topology.gpus(e.model)
+    waits = sorted(trace.starts[i] - trace.queued_at[i] for i in trace.starts)
+    return Report(
+        makespan_s=max(finish.values(), default=0.0),
+        lower_bound_s=bound,
+        executions=len(everything),
+        cold_starts=trace.cold_starts,
+        gpu_busy_s=busy,
+        usable_gpus=usable,
+        idle_warm_gpu_s=trace.idle_warm_gpu_s,
+        region_finish_s=dict(sorted(finish.items())),
+        wait_p50_s=_quantile(waits, 0.5),
+        wait_p95_s=_quantile(waits, 0.95),
+        drained=trace.drained,
+    )
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
