@@ -24,7 +24,7 @@ from tests.e2e.conftest import MODELS, Procs, write_config
 pytestmark = pytest.mark.e2e
 
 LIMITS = {"US": 3, "EU": 3, "ASIA": 3}
-TIME_SCALE = 0.01  # a 7B call takes 1.5 s, a container stays warm 1.25 s after its last call
+TIME_SCALE = 0.005  # a 7B call takes 0.75 s, a container stays warm 0.65 s after its last call
 ROOT_KEY = "dashboard-root-key-4d1f"  # not secrets: the test's own users
 ALICE_KEY = "dashboard-alice-key-93ab"
 ARTIFACTS = Path(
@@ -146,11 +146,27 @@ def test_the_dashboard_follows_the_first_job_live(procs: Procs, browser: Browser
     expect(account).to_contain_text("10 free of 10 GPUs", timeout=10_000)
     expect(us).to_contain_text("No containers up.")
 
-    # A user sees their own jobs only, and neither the owners nor the region controls.
+    # A user sees their own jobs only, and neither the owners nor the region controls; what
+    # a job says is shown as text, never run as markup.
     other = browser.new_page()
+    other.on("pageerror", lambda error: errors.append(str(error)))
     _sign_in(other, router.url, ALICE_KEY)
+    expect(other.locator("#who")).to_have_text(re.compile(r"alice \(user\)"))
     expect(other.locator(".region h3")).to_have_count(3)
     expect(other.locator("#jobs-empty")).to_be_visible()
     expect(other.get_by_role("button", name="Pause")).to_have_count(0)
-    expect(other.locator("#who")).to_have_text(re.compile(r"alice \(user\)"))
+    markup = '<img src="x" onerror="document.title=1"><b>bold?</b>'
+    mine = router.http.post(
+        "/jobs",
+        headers={"Authorization": f"Bearer {ALICE_KEY}"},
+        json={"job_id": "markup", "models": ["llama3.2-1b"], "regions": ["ASIA"], "prompt": markup},
+    )
+    assert mine.status_code == 202, mine.text
+    expect(other.locator("#jobs-body tr")).to_have_count(1)  # not root's first-job
+    expect(other.get_by_role("columnheader", name="Owner")).to_have_count(0)
+    other.get_by_role("button", name="markup").click()
+    result = other.locator("#executions td.result")
+    expect(result).to_contain_text(markup, timeout=10_000)
+    assert result.locator("img, b").count() == 0
+    assert other.title() == "hybrid-router"
     assert errors == []

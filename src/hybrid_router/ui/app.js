@@ -6,8 +6,8 @@
 // The router's root, wherever the page is mounted (/ui/ -> /).
 const API = new URL("../", location.href);
 const KEY_ITEM = "hybrid-router.api-key";
-const REFRESH_GAP_MS = 300; // at most ~3 reads a second however many events arrive
-const POLL_MS = 2000; // without the all-jobs stream (not an admin), and as a safety net
+const REFRESH_GAP_MS = 500; // at most two rounds of reads a second however many events arrive
+const POLL_MS = 1000; // without the all-jobs stream (not an admin), as `hybrid-router watch`
 const RECONNECT_MS = 1500;
 const JOBS_SHOWN = 50;
 const FAILED_JOBS_SHOWN = 5;
@@ -466,7 +466,9 @@ function renderFailures() {
       el(
         "li",
         {},
-        `${clock(e.finished_at)} · job ${job.job_id} · ${e.region} · ${e.model}: `,
+        `${clock(e.finished_at)} · job `,
+        el("button", { type: "button", class: "link", onclick: () => select(job) }, job.job_id),
+        ` · ${e.region} · ${e.model}: `,
         e.error ? el("span", { class: "code" }, e.error.code) : e.status,
         e.error ? ` ${e.error.message}` : "",
       ),
@@ -582,12 +584,12 @@ async function start() {
       }),
     );
   } else {
-    setLive(true, "live (the queues every 2 s, an open job's events)");
+    setLive(true, "live (the queues every second, an open job's events)");
   }
   if (view.timers) return;
   view.timers = true;
   setInterval(() => {
-    if (view.me.role !== "admin" || performance.now() - lastRefresh > POLL_MS * 2) scheduleRefresh();
+    if (view.me.role !== "admin" || performance.now() - lastRefresh > POLL_MS * 5) scheduleRefresh();
   }, POLL_MS);
   setInterval(tick, 1000);
   scheduleRefresh();
