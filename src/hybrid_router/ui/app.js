@@ -12,6 +12,7 @@ const RECONNECT_MS = 1500;
 const JOBS_SHOWN = 50;
 const FAILED_JOBS_SHOWN = 5;
 const FAILURES_SHOWN = 10;
+const EXECUTIONS_SHOWN = 500; // of a job's, in queue order (the counts cover them all)
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
 const view = {
@@ -234,7 +235,9 @@ async function refresh() {
 async function refreshJob() {
   const { job_id, owner } = view.selected;
   try {
-    view.job = await api(`jobs/${encodeURIComponent(job_id)}`, { query: ownerQuery(owner) });
+    view.job = await api(`jobs/${encodeURIComponent(job_id)}`, {
+      query: { ...ownerQuery(owner), executions_limit: String(EXECUTIONS_SHOWN) },
+    });
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) view.job = null;
     else throw error;
@@ -252,7 +255,7 @@ async function refreshFailures(jobs) {
     const key = `${job.owner}/${job.job_id}`;
     if (view.failedJobs.has(key)) continue;
     const full = await api(`jobs/${encodeURIComponent(job.job_id)}`, {
-      query: ownerQuery(job.owner),
+      query: { ...ownerQuery(job.owner), executions_limit: String(EXECUTIONS_SHOWN) },
     });
     const failed = full.executions
       .filter((e) => e.status === "failed" || e.status === "expired")
@@ -437,6 +440,7 @@ function renderJob() {
     job.estimated_finish_s !== null && job.estimated_finish_s !== undefined
       ? ` · done in about ${seconds(job.estimated_finish_s)}`
       : "",
+    job.executions.length < p.total ? ` · the first ${job.executions.length} shown` : "",
   );
   $("job-cancel").hidden = FINISHED.has(job.status);
   fill(
