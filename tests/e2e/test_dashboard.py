@@ -53,7 +53,7 @@ def _chromium() -> str:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
+def browser() -> Iterator[Browser]:
     """Headless Chromium with a profile of its own, closed after the test."""
     executable = _chromium()
     with sync_playwright() as playwright:

@@ -525,6 +525,7 @@ class ContainerOut(BaseModel):
 
     @classmethod
     def from_container(cls, c: Container, now: float) -> ContainerOut:
+        """From a ledger entry, its window's remainder counted from `now`."""
         idle = not c.in_flight
         return cls(
             provider=c.provider,

@@ -321,4 +321,4 @@ class RegionStatus:
     mode: RegionMode = RegionMode.OPEN
     providers: tuple[ProviderStatus, ...] = ()
     containers: tuple[Container, ...] = ()  # those holding GPUs at `at`
-    at: float = 0.0  # the instant the picture is of (when each warm container's window ends)
+    at: float = 0.0  # the instant the picture is of: warm windows are left from it

@@ -134,11 +134,12 @@ async function api(path, { method = "GET", query } = {}) {
 }
 
 // Server-sent events over fetch(): EventSource cannot send the key in a header.
-async function follow(path, query, onEvent, signal) {
+async function follow(path, query, onEvent, signal, onOpen) {
   const url = new URL(path, API);
   for (const [k, v] of Object.entries(query || {})) if (v) url.searchParams.set(k, v);
   const response = await fetch(url, { headers: headers("text/event-stream"), signal });
   if (!response.ok) throw await failure(response);
+  onOpen();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -169,8 +170,7 @@ function keepFollowing(path, query, onEvent, { once = false, onState = () => {} 
   (async () => {
     while (!control.signal.aborted) {
       try {
-        onState(true);
-        await follow(path, query, onEvent, control.signal);
+        await follow(path, query, onEvent, control.signal, () => onState(true));
         if (once) return;
       } catch (error) {
         if (control.signal.aborted) return;
@@ -190,19 +190,25 @@ function keepFollowing(path, query, onEvent, { once = false, onState = () => {} 
 // ------------------------------------------------------------------ refreshing
 
 let refreshing = null;
+let reading = false;
 let again = false;
 let lastRefresh = 0;
 
-// Coalesces bursts of events into one read of what they changed.
+// Coalesces bursts of events into one read of what they changed: an event arriving while
+// a read is waiting its turn is covered by it; one arriving during the read, by the next.
 function scheduleRefresh() {
   if (refreshing) {
-    again = true;
+    again = again || reading;
     return;
   }
   const wait = Math.max(0, lastRefresh + REFRESH_GAP_MS - performance.now());
   refreshing = new Promise((resolve) => setTimeout(resolve, wait))
-    .then(refresh)
+    .then(() => {
+      reading = true;
+      return refresh();
+    })
     .finally(() => {
+      reading = false;
       refreshing = null;
       lastRefresh = performance.now();
       if (again) {
