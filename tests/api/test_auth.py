@@ -113,6 +113,20 @@ async def test_wrong_key_is_401_invalid_api_key(router: httpx.AsyncClient) -> No
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
+async def test_me_names_the_callers_role_so_a_client_knows_what_it_may_do(
+    router: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    assert_error(await router.get("/me"), 401, "UNAUTHENTICATED")
+    alice = await router.get("/me", headers=key_of("alice"))
+    assert alice.json() == {"name": "alice", "role": "user", "keys_required": True}
+    root = await router.get("/me", headers={"X-API-Key": KEYS["root"]})
+    assert root.json() == {"name": "root", "role": "admin", "keys_required": True}
+    (tmp_path / "open").mkdir()
+    async with started(settings_from_mapping(default_config(tmp_path / "open"))) as open_router:
+        anyone = (await open_router.get("/me")).json()
+    assert anyone == {"name": "anonymous", "role": "admin", "keys_required": False}
+
+
 async def test_bad_body_without_a_key_is_still_401(router: httpx.AsyncClient) -> None:
     # Who is asking comes first: an anonymous caller learns nothing about the API's checks.
     response = await router.post("/jobs", json={"models": "nope"})

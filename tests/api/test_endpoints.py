@@ -11,7 +11,7 @@ import httpx
 
 from hybrid_router.api import create_app
 from hybrid_router.settings import settings_from_mapping
-from tests.api.conftest import default_config
+from tests.api.conftest import default_config, started
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 MODELS = ["llama3.2-1b", "mistral-7b", "qwen2.5-1.5b"]
@@ -196,6 +196,43 @@ async def test_queue_status_shows_what_runs(client: httpx.AsyncClient) -> None:
     assert region["running"][0]["provider"] == "sim-eu"
     assert region["gpus_in_use"] >= 1
     await wait_finished(client, job_id)
+
+
+async def test_queue_status_shows_each_container_busy_then_warm_with_its_window_left(
+    tmp_path: Path,
+) -> None:
+    config = default_config(tmp_path)
+    config["providers"]["sim-eu"]["scaledown_window_s"] = 30.0  # long enough to see it warm
+    async with started(config) as client:
+        submitted = await client.post(
+            "/jobs", json={"models": ["mistral-7b"], "regions": ["EU"], "prompt": "long"}
+        )
+        job_id = submitted.json()["job_id"]
+        for _ in range(600):
+            eu = (await client.get("/queue/status")).json()["queues"]["EU"]
+            if eu["processing"]:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the execution never showed as running")
+        [busy] = eu["containers"]
+        assert busy == {
+            "provider": "sim-eu",
+            "model": "mistral-7b",
+            "gpus": 1,
+            "state": "busy",
+            "in_flight": 1,
+            "warm_until": None,
+            "warm_left_s": None,
+        }
+        await wait_finished(client, job_id)
+        status = (await client.get("/queue/status")).json()
+        [warm] = status["queues"]["EU"]["containers"]
+        assert warm["state"] == "warm" and warm["in_flight"] == 0
+        assert 0 < warm["warm_left_s"] <= 30.0
+        assert ISO.match(warm["warm_until"]) and warm["warm_until"] > status["timestamp"]
+        assert status["queues"]["US"]["containers"] == []
+        assert (await client.get("/queue/status/EU")).json()["containers"][0]["state"] == "warm"
 
 
 async def test_not_ready_before_the_service_started(tmp_path: Path) -> None:

@@ -130,6 +130,7 @@ async def test_every_error_answered_is_documented_for_its_route(
         ("GET", "/v1/models/{model}", "/v1/models/nope", user, None),
         ("POST", "/v1/chat/completions", "/v1/chat/completions", user, {"model": 1}),
         ("GET", "/metrics", "/metrics", {}, None),
+        ("GET", "/me", "/me", {}, None),
     ]
     documented = operations(spec)
     async with started(keyed_config(tmp_path)) as client:

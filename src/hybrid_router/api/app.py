@@ -10,12 +10,23 @@ from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from hybrid_router import __version__
-from hybrid_router.api import events, health, inference, jobs, metrics, openai, queue, regions
+from hybrid_router.api import (
+    events,
+    health,
+    inference,
+    jobs,
+    metrics,
+    openai,
+    queue,
+    regions,
+    users,
+)
 from hybrid_router.api.auth import Authenticator, authenticate
 from hybrid_router.api.errors import install_error_handlers
 from hybrid_router.api.middleware import BodyLimit, HeadAsGet, ReadConcurrencyLimit
 from hybrid_router.api.openapi import document
 from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
+from hybrid_router.api.ui import Dashboard
 from hybrid_router.errors import RouterError
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
@@ -77,9 +88,11 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     )
     # Keys on the routers, not per route, so a route added later cannot forget them;
     # health stays open for probes (and /openapi.json, /docs are FastAPI's own).
-    authenticated = (jobs, events, inference, openai, queue, regions, metrics)
+    authenticated = (jobs, events, inference, openai, queue, regions, metrics, users)
     for module in authenticated:
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
+    # The page is public (it asks for the key); a mount stays out of the OpenAPI document.
+    app.mount("/ui", Dashboard(), name="ui")
     document(app, [m.router for m in authenticated])
     return app

@@ -55,6 +55,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/regions/{region}/drain"): Operation("drainRegion", (401, 403, 404, 503)),
     ("POST", "/regions/{region}/resume"): Operation("resumeRegion", (401, 403, 404, 503)),
     ("GET", "/metrics"): Operation("getMetrics", (401, 503)),
+    ("GET", "/me"): Operation("getCaller", (401,)),
     ("GET", "/health"): Operation("getHealth", ()),
     ("GET", "/ready"): Operation("getReady", (503,)),
 }

@@ -22,6 +22,7 @@ from pydantic import (
 
 from hybrid_router.core.chat import ChatMessage
 from hybrid_router.core.model import (
+    Container,
     Execution,
     ExecutionState,
     ExecutionStatus,
@@ -533,6 +534,37 @@ class ProviderHealth(BaseModel):
         )
 
 
+class ContainerOut(BaseModel):
+    """A container the router counts as holding GPUs: busy, or warm for its scaledown window."""
+
+    provider: str
+    model: str
+    gpus: int
+    state: Literal["busy", "warm", "orphan"] = Field(
+        description="busy (calls in flight); warm (idle, reusable until its scaledown window "
+        "ends); orphan (a call the router gave up on may still run: held, never reused)"
+    )
+    in_flight: int = Field(description="Calls in flight")
+    warm_until: str | None = Field(description="When its scaledown window ends; idle only")
+    warm_left_s: float | None = Field(
+        description="Seconds left in its scaledown window at the answer's time; idle only"
+    )
+
+    @classmethod
+    def from_container(cls, c: Container, now: float) -> ContainerOut:
+        """From a ledger entry, its window's remainder counted from `now`."""
+        idle = not c.in_flight
+        return cls(
+            provider=c.provider,
+            model=c.model,
+            gpus=c.gpus,
+            state="orphan" if c.orphan and idle else "warm" if idle else "busy",
+            in_flight=len(c.in_flight),
+            warm_until=iso(c.warm_until) if idle else None,
+            warm_left_s=round(max(0.0, c.warm_until - now), 3) if idle else None,
+        )
+
+
 class RegionQueue(BaseModel):
     """One region: the seed's status fields plus the GPU picture."""
 
@@ -553,6 +585,10 @@ class RegionQueue(BaseModel):
     )
     providers: list[ProviderHealth] = Field(
         default_factory=list, description="The region's providers and their health"
+    )
+    containers: list[ContainerOut] = Field(
+        default_factory=list,
+        description="The containers holding the region's GPUs, by model, busy ones first",
     )
 
     @classmethod
@@ -600,6 +636,13 @@ class RegionQueue(BaseModel):
                 for e in running
             ],
             providers=[ProviderHealth.from_status(p) for p in status.providers],
+            containers=[
+                ContainerOut.from_container(c, status.at)
+                for c in sorted(
+                    status.containers,
+                    key=lambda c: (c.model, not c.in_flight, c.warm_until, c.id),
+                )
+            ],
         )
 
 
@@ -851,6 +894,19 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelOut]
+
+
+# ---------------------------------------------------------------------------- users
+
+
+class Caller(BaseModel):
+    """GET /me: whose key this is."""
+
+    name: str
+    role: Literal["user", "admin"] = Field(
+        description="admin: every job, the region controls; user: their own jobs"
+    )
+    keys_required: bool = Field(description="Whether the router has users (and asks for keys)")
 
 
 # ---------------------------------------------------------------------------- health

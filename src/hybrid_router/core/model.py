@@ -384,3 +384,5 @@ class RegionStatus:
     max_running: int | None = None
     mode: RegionMode = RegionMode.OPEN
     providers: tuple[ProviderStatus, ...] = ()
+    containers: tuple[Container, ...] = ()  # those holding GPUs at `at`
+    at: float = 0.0  # the instant the picture is of: warm windows are left from it

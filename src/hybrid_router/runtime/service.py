@@ -677,6 +677,9 @@ class RouterService:
         shared = self.topology.shared
         containers = ledger.held(all_containers, now, shared)
         use = ledger.usage(containers, now, shared)
+        containers_by_region: dict[str, list[Container]] = {}
+        for c in containers:
+            containers_by_region.setdefault(c.region, []).append(c)
         result = {}
         for name, region in self.topology.regions.items():
             region_counts = counts.get(name, {})
@@ -697,6 +700,8 @@ class RouterService:
                 max_running=region.max_running,
                 mode=modes.get(name, RegionMode.OPEN),
                 providers=tuple(providers.get(name, ())),
+                containers=tuple(containers_by_region.get(name, ())),
+                at=now,
             )
         return result
 
