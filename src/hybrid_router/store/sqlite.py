@@ -3,9 +3,12 @@
 Writes go through one connection, one transaction at a time under an asyncio.Lock, and take
 SQLite's write lock up front (BEGIN IMMEDIATE), so a compare-and-set reads and writes under
 the same lock even when another process (a standby replica, the CLI) has the file open.
-A transaction runs whole in the writer's own thread, one call from the event loop: through
-aiosqlite each statement would go to its thread and back, and on a busy loop each return
-waits its turn, so a write of a few statements took that many turns of the loop.
+A transaction's statements run on the event loop's thread, and its COMMIT (the fsync) in
+the writer's own thread, so a slow disk never stalls the loop. Statements in a thread of
+their own paid for the GIL: SQLite lets it go at every step, and taking it back from a busy
+event loop costs up to a switch interval (5 ms), once per row written; through aiosqlite
+each statement also waited a turn of the loop. If another process holds SQLite's write lock,
+the whole transaction waits for it in the writer's thread instead.
 Submissions that arrive while a write is in progress are group-committed: written together
 after it, in one transaction and so one fsync.
 Reads go through a few connections of their own: in WAL mode a reader sees the last commit
@@ -331,7 +334,8 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        # The one write connection, used only from the writer's one thread.
+        # The one write connection: statements on the loop, COMMIT in the writer's thread,
+        # never both at once (the mutex).
         self._db: sqlite3.Connection | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._mutex = asyncio.Lock()
@@ -715,7 +719,14 @@ class SQLiteStore:
 
     async def _transact(self, db: sqlite3.Connection, body: Transaction[_T]) -> _T:
         try:
-            return await self._in_writer(_transaction, db, body)
+            try:
+                _begin(db, wait=False)
+            except _WriteLockTaken:
+                # Another process writes (a standby replica, a tool): wait for it off the loop.
+                return await self._in_writer(_transaction, db, body)
+            result = _run(db, body)
+            await self._in_writer(_commit, db)
+            return result
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
         finally:
@@ -723,10 +734,12 @@ class SQLiteStore:
 
 
 _BUSY_TIMEOUT = "PRAGMA busy_timeout = 5000"
+# The write connection's own: on the event loop's thread a wait for the lock would stall it.
+_NO_BUSY_TIMEOUT = "PRAGMA busy_timeout = 0"
 
 
 def _connect_writer(path: Path) -> sqlite3.Connection:
-    """The write connection, in WAL mode (in the writer's thread)."""
+    """The write connection, in WAL mode (opened in the writer's thread: it may wait)."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         # busy_timeout before anything else: switching to WAL needs the write lock another
@@ -736,6 +749,7 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
         # FULL fsyncs the WAL on every commit, so an accepted job also survives a power
         # cut, not only a process crash; one commit per scheduling round keeps it cheap.
         db.execute("PRAGMA synchronous = FULL")
+        db.execute(_NO_BUSY_TIMEOUT)
     except BaseException:
         db.close()
         raise
@@ -743,22 +757,62 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
     return db
 
 
+class _WriteLockTaken(Exception):
+    """Another connection holds SQLite's write lock."""
+
+
 def _transaction(db: sqlite3.Connection, body: Transaction[_T]) -> _T:
-    """`body` in one write transaction: committed if it returns, rolled back if not."""
+    """`body` in one write transaction, waiting for the write lock: committed if it returns,
+    rolled back if not."""
+    _begin(db, wait=True)
+    result = _run(db, body)
+    _commit(db)
+    return result
+
+
+def _begin(db: sqlite3.Connection, *, wait: bool) -> None:
+    """BEGIN IMMEDIATE: take SQLite's write lock, waiting up to the busy timeout for another
+    process to let it go, or not at all (then _WriteLockTaken)."""
     if db.in_transaction:  # a ROLLBACK that failed (I/O error) left one open
         db.execute("ROLLBACK")
-    db.execute("BEGIN IMMEDIATE")
+    if not wait:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise _WriteLockTaken from e
+            raise
+        return
+    db.execute(_BUSY_TIMEOUT)
     try:
-        result = body(db)
+        db.execute("BEGIN IMMEDIATE")
+    finally:
+        db.execute(_NO_BUSY_TIMEOUT)
+
+
+def _run(db: sqlite3.Connection, body: Transaction[_T]) -> _T:
+    """The body of a begun transaction; rolled back if it raises."""
+    try:
+        return body(db)
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    try:
         db.execute("COMMIT")
     except BaseException:
-        # Not if SQLite already rolled back by itself (disk full, I/O error); but a COMMIT
-        # that failed (SQLITE_BUSY) leaves the transaction open.
-        if db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+        _rollback(db)
         raise
-    return result
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # Not if SQLite already rolled back by itself (disk full, I/O error); but a COMMIT that
+    # failed (SQLITE_BUSY) leaves the transaction open.
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 def _submit_batch(
