@@ -27,7 +27,7 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/hybrid-router serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 4
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
