@@ -35,13 +35,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hybrid_router import __version__
+from hybrid_router import DEFAULT_URL, __version__
 from hybrid_router.api.schemas import ExecutionOut, JobOut, QueueStatus, RegionQueue
-from hybrid_router.client import DEFAULT_URL, Client, JobHandle, JobOptions
 from hybrid_router.core.model import JobState
 from hybrid_router.errors import ConfigError, RateLimited, RouterError, Unauthenticated, Unreachable
 
 if TYPE_CHECKING:
+    # Imported where a command uses them: `serve` needs no HTTP client (httpx) to start.
+    from hybrid_router.client import Client, JobHandle, JobOptions
     from hybrid_router.redaction import Redactor
 
 app = typer.Typer(
@@ -355,6 +356,8 @@ OutputOption = Annotated[
 @contextlib.contextmanager
 def _router(url: str, api_key: str | None) -> Iterator[Client]:
     """A client of the router; an API error or no answer ends the command with exit 1."""
+    from hybrid_router.client import Client
+
     try:
         with Client(url, api_key=api_key) as client:
             yield client
@@ -443,7 +446,7 @@ def submit(
         "deadline_s": deadline,
     }
     # Unset options are left out, so the router's defaults apply.
-    options = cast(JobOptions, {k: v for k, v in given.items() if v is not None})
+    options = cast("JobOptions", {k: v for k, v in given.items() if v is not None})
     with _router(url, api_key) as router:
         handle = router.submit(_split(models), _split(regions), question, prompt=prompt, **options)
         accepted = handle.accepted

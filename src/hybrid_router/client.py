@@ -35,7 +35,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from hybrid_router import errors
+from hybrid_router import DEFAULT_URL, errors
 from hybrid_router.api.schemas import (
     EventOut,
     Health,
@@ -60,7 +60,6 @@ __all__ = [
     "RegionQueue",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "HYBRID_ROUTER_URL"
 API_KEY_ENV = "HYBRID_ROUTER_API_KEY"
 # Reads are quick; the timeout only guards against a hung router.
