@@ -31,6 +31,8 @@ from hybrid_router.errors import RouterError
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
 
+# The longest a status read waits for the scheduler's step in progress (runtime.turns).
+READ_WAITS_FOR_SCHEDULER_S = 0.02
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
@@ -80,7 +82,17 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
     app.state.authenticator = Authenticator.from_settings(settings)
     app.state.quotas = Quotas(rate_limit_storage_uri(settings.store_url))
     install_error_handlers(app)
-    app.add_middleware(ReadConcurrencyLimit, max_concurrent=settings.max_concurrent_reads)
+
+    async def scheduler_first() -> None:
+        running: RouterService | None = app.state.service
+        if running is not None:
+            await running.steps.wait_idle(READ_WAITS_FOR_SCHEDULER_S)
+
+    app.add_middleware(
+        ReadConcurrencyLimit,
+        max_concurrent=settings.max_concurrent_reads,
+        before_read=scheduler_first,
+    )
     app.add_middleware(HeadAsGet)
     # Outermost (added last): a body still on its way holds no read slot.
     app.add_middleware(

@@ -4,6 +4,7 @@ and HEAD."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,7 +95,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class ReadConcurrencyLimit:
-    """Serves at most `max_concurrent` reads (GET, HEAD) at once; the others wait their turn.
+    """Serves at most `max_concurrent` reads (GET, HEAD) at once; the others wait their turn,
+    and each waits for `before_read` (the scheduler's step in progress) before it starts.
 
     The scheduler shares the event loop with the API. Every step of a call (sending it,
     recording its result) waits behind whatever is ready to run, so fifty readers in flight
@@ -102,15 +104,23 @@ class ReadConcurrencyLimit:
     nothing. Event streams (long-lived by design) and health probes are not counted.
     """
 
-    def __init__(self, app: ASGIApp, max_concurrent: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_concurrent: int,
+        before_read: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._before_read = before_read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not _counted_read(scope):
             await self.app(scope, receive, send)
             return
         async with self._slots:
+            if self._before_read is not None:
+                await self._before_read()
             await self.app(scope, receive, send)
 
 

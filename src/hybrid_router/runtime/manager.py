@@ -44,6 +44,7 @@ from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFai
 from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import JOB_FINISHED, execution_event, job_event
 from hybrid_router.runtime.metrics import SchedulerMetrics
+from hybrid_router.runtime.turns import SchedulerSteps
 from hybrid_router.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class RegionQueueManager:
         rng: random.Random | None = None,
         redactor: Redactor | None = None,
         metrics: SchedulerMetrics | None = None,
+        steps: SchedulerSteps | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -112,6 +114,8 @@ class RegionQueueManager:
         self.health = health or HealthBoard()
         # What /metrics counts of outcomes: told here, where they happen.
         self.metrics = metrics or SchedulerMetrics()
+        # What status reads wait for (runtime.turns): rounds and group commits.
+        self.steps = steps or SchedulerSteps()
         self._wakeup = asyncio.Event()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
@@ -276,7 +280,8 @@ class RegionQueueManager:
                 if self.clock() >= reconcile_at:
                     mismatched = await self._reconcile(mismatched)
                     reconcile_at = self.clock() + RECONCILE_S
-                wake_at = await self._admit_round()
+                with self.steps.step():
+                    wake_at = await self._admit_round()
             except StoreFenced:
                 log.warning("another replica leads now: this one stops admitting")
                 self._admitting = False
@@ -470,7 +475,8 @@ class RegionQueueManager:
             delay = 0.2
             while True:
                 try:
-                    await self._record(batch)
+                    with self.steps.step():
+                        await self._record(batch)
                     break
                 except StoreFenced:
                     log.warning("%d results dropped, this replica no longer leads", len(batch))

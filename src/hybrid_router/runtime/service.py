@@ -52,6 +52,7 @@ from hybrid_router.runtime.events import (
 from hybrid_router.runtime.leadership import Leadership
 from hybrid_router.runtime.manager import RegionQueueManager
 from hybrid_router.runtime.metrics import SchedulerMetrics, queue_head_ages
+from hybrid_router.runtime.turns import SchedulerSteps
 from hybrid_router.settings import Settings
 from hybrid_router.store import RedisStore, store_from_url
 from hybrid_router.store.base import Store, Submitted
@@ -144,6 +145,7 @@ class RouterService:
         self.health = HealthBoard(settings.provider_health.rules())
         # Counted by whichever term as leader this process serves (see runtime.metrics).
         self.metrics = SchedulerMetrics()
+        self.steps = SchedulerSteps()
         self.leadership = Leadership(
             store,
             self._new_manager,
@@ -170,6 +172,7 @@ class RouterService:
             clock=self.clock,
             redactor=self.redactor,
             metrics=self.metrics,
+            steps=self.steps,
         )
 
     async def start(self) -> None:
