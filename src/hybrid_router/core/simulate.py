@@ -41,6 +41,14 @@ class Trace:
     idle_warm_gpu_s: float = 0.0
     # Whether every execution started before the step budget ran out.
     drained: bool = True
+    # Every admission, as the policy made it (the execution running on its container).
+    admitted: dict[str, Execution] = field(default_factory=dict)
+    # Where the run stopped (see replay's `until`): its instant, what is still queued, the
+    # calls in flight (each with when it ends and its container) and the containers up.
+    now: float = 0.0
+    queued: list[Execution] = field(default_factory=list)
+    running: dict[str, tuple[float, str]] = field(default_factory=dict)
+    containers: list[Container] = field(default_factory=list)
 
 
 def replay(
@@ -54,13 +62,17 @@ def replay(
     arrivals: Sequence[tuple[float, Sequence[Execution]]] = (),
     cooling: Mapping[str, float] | None = None,
     max_steps: int | None = None,
+    until: float | None = None,
 ) -> Trace:
     """Run the policy from `now` until everything has started (or `max_steps` rounds).
 
     `running`: calls in flight, each execution's id with when it ends and its container.
     `arrivals`: executions submitted later, each batch with its instant, in time order.
     Every call succeeds after `call_seconds`. Providers in `cooling` stay down until their
-    cooldowns end.
+    cooldowns end. `until`: run to that instant instead, started or not, and stop before
+    its round; the trace keeps the state there, to estimate from or to go on from (a
+    replay from it makes the same decisions as one that never stopped: between events the
+    policy has nothing new to decide).
     """
     pending = QueueIndex(queued)
     live = {c.id: c for c in containers}
@@ -73,11 +85,13 @@ def replay(
     later = list(arrivals)
     t = now
     steps = 0
-    while pending or later:
+    while True:
         while later and later[0][0] <= t:
             for e in later.pop(0)[1]:
                 pending.add(e)
                 trace.queued_at[e.id] = e.queued_at
+        if (until is None and not (pending or later)) or (until is not None and t >= until):
+            break
         if max_steps is not None and steps >= max_steps:
             trace.drained = not pending
             break
@@ -96,11 +110,14 @@ def replay(
             ends = t + call_seconds(e, admission.opened)
             finishing[e.id] = (ends, container.id)
             trace.ends[e.id] = ends
+            trace.admitted[e.id] = e
         upcoming = [ends for ends, _ in finishing.values()]
         if decision.wake_at is not None:
             upcoming.append(decision.wake_at)
         if later:
             upcoming.append(later[0][0])
+        if until is not None:
+            upcoming.append(until)
         if not upcoming:
             break  # what is left waits for nothing that will happen (a closed region)
         t = max(t, min(upcoming))
@@ -122,6 +139,10 @@ def replay(
         if (idle := live.get(container_id)) is not None:
             trace.idle_warm_gpu_s += max(0.0, min(idle.warm_until, t) - since) * idle.gpus
     trace.drained = trace.drained and not pending
+    trace.now = t
+    trace.queued = list(pending)
+    trace.running = finishing
+    trace.containers = list(live.values())
     return trace
 
 
