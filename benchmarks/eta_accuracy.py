@@ -90,7 +90,6 @@ class Errors:
 
 
 def errors(
-    burst: list[Execution],
     actual: dict[str, float],
     now: float,
     queued: list[Execution],
@@ -131,11 +130,8 @@ def measure(seed: int, spread: float, jobs: int) -> dict[str, Errors]:
     assert {**half.starts, **rest.starts} == whole.starts, "stopping halfway changed the run"
 
     results = {
-        "at submission": errors(
-            world.burst, whole.starts, at, world.burst, [], world.submitted, [world.warm]
-        ),
+        "at submission": errors(whole.starts, at, world.burst, [], world.submitted, [world.warm]),
         "halfway": errors(
-            world.burst,
             whole.starts,
             halfway,
             half.queued,
