@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hybrid_router.core.estimate import Durations, forecast
-from hybrid_router.core.model import Job
-from hybrid_router.core.simulate import Timings, replay, simulate
+from hybrid_router.core.model import Container, Job
+from hybrid_router.core.simulate import Timings, replay, simulate, simulate_queue
 
 from .test_policy import topology
 
@@ -102,3 +102,19 @@ def test_estimates_on_exact_durations_are_the_schedule_the_replay_runs() -> None
             durations.observe(region, model, seconds + TIMINGS.cold_start_s, cold=True)
     estimated = forecast(executions, [], [], topo, 0.0, durations)
     assert actual.cold_starts > 3 and estimated.starts == actual.starts
+
+
+def test_a_queue_as_it_stands_goes_on_from_its_calls_in_flight() -> None:
+    # One GPU, held by a cold call of "a" that started 20 s ago (10 s cold + 30 s): the queued
+    # one reuses its container when it ends, 20 s from now, and finishes 30 s later.
+    first, second = (
+        replace(e, seq=n) for n, e in enumerate(Job("j", ("a",), ("US",), ("q1", "q2")).expand(), 1)
+    )
+    container_id = f"{first.id}@-20.000000"
+    running = replace(first, started_at=-20.0, container_id=container_id, provider="p-US")
+    container = Container(container_id, "p-US", "a", "US", 1, in_flight=(first.id,))
+    report = simulate_queue(
+        [second], [running], [container], topology(region_limit=1), TIMINGS, 0.0
+    )
+    assert report.region_finish_s == {"US": 50.0} and report.cold_starts == 0
+    assert report.executions == 1 and report.wait_p50_s == 20.0

@@ -35,7 +35,6 @@ class Trace:
     starts: dict[str, float] = field(default_factory=dict)
     ends: dict[str, float] = field(default_factory=dict)
     queued_at: dict[str, float] = field(default_factory=dict)
-    region_of: dict[str, str] = field(default_factory=dict)
     cold_starts: int = 0
     # GPU-seconds idle warm containers held before the last execution started.
     idle_warm_gpu_s: float = 0.0
@@ -100,7 +99,6 @@ def replay(
         for admission in decision.admissions:
             e, container = admission.execution, admission.container
             trace.starts[e.id] = t
-            trace.region_of[e.id] = e.region
             pending.discard(e.id)
             if admission.opened:
                 trace.cold_starts += 1
@@ -248,20 +246,67 @@ def simulate(
         everything += batch
     start = jobs[0][0] if jobs else 0.0
     trace = replay((), topology, start, timings.sampler(), arrivals=arrivals, max_steps=max_steps)
-    bound, usable = lower_bound(everything, topology, timings)
+    return _report(trace, everything, topology, timings, start)
+
+
+def simulate_queue(
+    queued: Sequence[Execution],
+    running: Iterable[Execution],
+    containers: Iterable[Container],
+    topology: Topology,
+    timings: Timings,
+    now: float,
+    max_steps: int | None = None,
+) -> Report:
+    """Run a queue as it stands at `now` to its end: the calls in flight end after their
+    drawn durations (counted from when they started), the containers up stay up.
+
+    Times are from `now`; the lower bound is that of the queued work alone, from an idle
+    account (the calls in flight only make the real one later)."""
+    draw = timings.sampler()
+    calls = in_flight(running, now, draw)
+    trace = replay(
+        queued, topology, now, draw, running=calls, containers=containers, max_steps=max_steps
+    )
+    return _report(trace, list(queued), topology, timings, now)
+
+
+def in_flight(
+    running: Iterable[Execution], now: float, call_seconds: CallSeconds
+) -> dict[str, tuple[float, str]]:
+    """Calls in flight as `replay` takes them: each ending `call_seconds` after it started
+    (cold if it opened its container, which the policy names after it), not before `now`."""
+    calls = {}
+    for e in running:
+        if e.container_id is not None and e.started_at is not None:
+            cold = e.container_id.startswith(f"{e.id}@")
+            calls[e.id] = (max(now, e.started_at + call_seconds(e, cold)), e.container_id)
+    return calls
+
+
+def _report(
+    trace: Trace,
+    executions: list[Execution],
+    topology: Topology,
+    timings: Timings,
+    start: float,
+) -> Report:
+    """The figures of a run of `executions` from `start` (calls in flight before it count
+    towards the regions' finish only)."""
+    bound, usable = lower_bound(executions, topology, timings)
     finish: dict[str, float] = {}
     busy = 0.0
-    by_id = {e.id: e for e in everything}
     for execution_id, ends in trace.ends.items():
-        region = trace.region_of[execution_id]
-        finish[region] = max(finish.get(region, start), ends - start)
-        e = by_id[execution_id]
+        e = trace.admitted.get(execution_id)
+        if e is None:
+            continue  # in flight at the start: its region is known to the caller only
+        finish[e.region] = max(finish.get(e.region, 0.0), ends - start)
         busy += (ends - trace.starts[execution_id]) * topology.gpus(e.model)
     waits = sorted(trace.starts[i] - trace.queued_at[i] for i in trace.starts)
     return Report(
         makespan_s=max(finish.values(), default=0.0),
         lower_bound_s=bound,
-        executions=len(everything),
+        executions=len(executions),
         cold_starts=trace.cold_starts,
         gpu_busy_s=busy,
         usable_gpus=usable,
