@@ -224,22 +224,27 @@ def start_router(config: dict[str, Any], tmp: Path, *, wait: bool = True) -> Pro
 
 
 def start_emulator(
-    tmp: Path, *, gpu_limit: int = 100_000, time_scale: float = 1e-6, wait: bool = True
+    tmp: Path,
+    *,
+    gpu_limit: int = 100_000,
+    time_scale: float = 1e-6,
+    wait: bool = True,
+    poll_after_s: float | None = 1.0,
 ) -> Process:
     """`hybrid-router emulate-modal` on a free port (no token: it accepts any caller); waits
-    for it to answer unless told not."""
+    for it to answer unless told not. `poll_after_s` None: Modal's 150 s, scaled."""
     port = free_port()
     log = tmp / f"emulator-{port}.log"
     env = {k: v for k, v in os.environ.items() if k != "MODAL_API_TOKEN"}
     args = [
         str(BIN / "hybrid-router"), "emulate-modal", "--port", str(port),
         "--gpu-limit", str(gpu_limit), "--time-scale", str(time_scale),
-        # Modal answers a call with a 303 after 150 s of real time. Scaled down with the
-        # calls, that would be 150 µs: less than the emulator takes to serve any call, so
-        # every call would pay a 303 and a poll, which a real endpoint never makes a short
-        # call do.
-        "--poll-after-s", "1",
     ]  # fmt: skip
+    # Modal answers a call with a 303 after 150 s of real time. Scaled down with the calls
+    # to 1e-6, that would be 150 µs: less than the emulator takes to serve any call, so every
+    # call would pay a 303 and a poll, which a real endpoint never makes a short call do.
+    if poll_after_s is not None:
+        args += ["--poll-after-s", str(poll_after_s)]
     process = Process(_spawn(args, log, env), f"http://127.0.0.1:{port}", log)
     if wait:
         wait_ready(process, "/stats")

@@ -1,126 +1,172 @@
-"""How close are estimated start times to actual ones? A trace on the simulated account.
+"""How close are estimated start times to actual ones? The Beacon burst in virtual time.
 
-Runs the real service in-process (SQLite in a temp dir, simulated providers at 1/500 of
-production time), submits a burst of bias-detection jobs, records every queued execution's
-`estimated_start_s` right after submission and again halfway, and compares them with when each
-actually started. Prints the errors in production-equivalent seconds, and the ratio of the
-estimate's mean absolute error to a naive baseline (position × mean duration), computed on
-the same trace.
+The account and the burst of the scheduling benchmark (benchmarks/scheduling.py: 20 jobs x
+3 models x 3 questions x 3 regions, region caps 3, account 10, cold start 40 s, scaledown
+120 s), with every call's duration and cold start drawn at random within ±`--spread`
+(seeded: the same figure on every run, whatever the machine is doing). The "actual" run is
+core.simulate's replay of the real policy and ledger on those random durations; the
+estimates are the router's own (core.estimate.forecast, on the moving averages the router
+would have learned from the calls that ended so far, one warm-up job before the burst).
 
-    .venv/bin/python benchmarks/eta_accuracy.py [--jobs 6]
+Estimates are taken right after the burst is submitted and again halfway (when half of its
+executions have started, with calls in flight). Prints the mean absolute error of the
+router's estimate, that of the naive estimate on the same executions ((position - 1) x the
+mean call duration / the region's GPUs), and their ratio.
+
+    .venv/bin/python benchmarks/eta_accuracy.py [--spread 0.2] [--seed 0] [--seeds 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from hybrid_router.core.model import ExecutionState
-from hybrid_router.providers import build_provider
-from hybrid_router.providers.simulated import SimulatedCloud
-from hybrid_router.runtime.service import JobRequest, RouterService
-from hybrid_router.settings import settings_from_mapping
-from hybrid_router.store.sqlite import SQLiteStore
+from scheduling import CALL_S, MODELS, QUESTIONS, REGIONS, beacon_jobs, topology
 
-TIME_SCALE = 0.002
-DEBUG = False
-MODELS = ("llama3.2-1b", "mistral-7b", "qwen2.5-1.5b")
+from hybrid_router.core.estimate import Durations, forecast
+from hybrid_router.core.model import Execution, Job
+from hybrid_router.core.policy import Topology, positions
+from hybrid_router.core.simulate import CallSeconds, Timings, Trace, replay
+
+COLD_START_S = 40.0
+REGION_GPUS = 3
 
 
-def config(db: Path) -> dict[str, object]:
-    return {
-        "gpu_limit": 10,
-        "store": {"url": f"sqlite:///{db}"},
-        "regions": {r: {"gpu_limit": 3} for r in ("US", "EU")},
-        "models": {m: {"gpus": 1} for m in MODELS},
-        "providers": {
-            f"sim-{r}": {
-                "kind": "simulated",
-                "region": r,
-                "models": list(MODELS),
-                "time_scale": TIME_SCALE,
-                "timeout_s": 600 * TIME_SCALE,
-                "scaledown_window_s": 120 * TIME_SCALE,
-            }
-            for r in ("US", "EU")
-        },
+def learned(traces: list[Trace], topo: Topology, now: float) -> tuple[Durations, float]:
+    """The router's moving averages after the calls of `traces` that ended by `now`, folded
+    in the order they ended, cold (the call opened its container) and warm apart; and the
+    plain mean of those calls' durations."""
+    ended = []
+    for trace in traces:
+        for execution_id, e in trace.admitted.items():
+            ends = trace.ends[execution_id]
+            if ends <= now and e.started_at is not None:
+                cold = e.container_id is not None and e.container_id.startswith(f"{e.id}@")
+                ended.append((ends, e.region, e.model, ends - e.started_at, cold))
+    durations = Durations.seeded(topo)
+    for _, region, model, seconds, cold in sorted(ended):
+        durations.observe(region, model, seconds, cold=cold)
+    return durations, statistics.mean(seconds for _, _, _, seconds, _ in ended)
+
+
+@dataclass(frozen=True)
+class World:
+    """The account after its warm-up job, the instant the burst is submitted."""
+
+    calls: CallSeconds  # the provider's random durations, drawn in order of admission
+    warm: Trace
+    submitted: Trace  # stopped at the burst's submission: the burst queued, nothing running
+    burst: list[Execution]
+
+    @classmethod
+    def build(cls, seed: int, spread: float, jobs: int) -> World:
+        topo = topology(REGION_GPUS)
+        calls = Timings(CALL_S, COLD_START_S, spread, seed).sampler()
+        warm_job = Job("warm", MODELS, REGIONS, tuple(f"w{q}" for q in range(QUESTIONS)))
+        warm = replay(numbered(warm_job.expand()), topo, 0.0, calls)
+        at = max(warm.ends.values())
+        burst = [e for _, job in beacon_jobs(single_model=False)[:jobs] for e in job.expand()]
+        burst = numbered([replace(e, queued_at=at) for e in burst], after=len(warm.ends))
+        submitted = replay(
+            (), topo, warm.now, calls, running=warm.running, containers=warm.containers, until=at
+        )
+        return cls(calls, warm, submitted, burst)
+
+
+def numbered(executions: list[Execution], after: int = 0) -> list[Execution]:
+    """In queue order, as the store numbers them at submission."""
+    return [replace(e, seq=n) for n, e in enumerate(executions, start=after + 1)]
+
+
+@dataclass(frozen=True)
+class Errors:
+    estimate: list[float]
+    naive: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.mean(self.estimate) / statistics.mean(self.naive)
+
+
+def errors(
+    actual: dict[str, float],
+    now: float,
+    queued: list[Execution],
+    running: list[Execution],
+    at: Trace,
+    seen: list[Trace],
+) -> Errors:
+    """The router's estimate and the naive one of when each of `queued` starts, at `now`
+    (the state of `at`), against when it actually did."""
+    topo = topology(REGION_GPUS)
+    durations, per_call = learned(seen, topo, now)
+    estimated = forecast(queued, running, at.containers, topo, now, durations).starts
+    place = positions(queued)
+    result = Errors([], [])
+    for e in queued:
+        if e.id in estimated:
+            result.estimate.append(abs(estimated[e.id] - (actual[e.id] - now)))
+            naive = (place[e.id] - 1) * per_call / REGION_GPUS
+            result.naive.append(abs(naive - (actual[e.id] - now)))
+    return result
+
+
+def measure(seed: int, spread: float, jobs: int) -> dict[str, Errors]:
+    topo = topology(REGION_GPUS)
+    world = World.build(seed, spread, jobs)
+    at = world.submitted.now
+    whole = replay(world.burst, topo, at, world.calls, containers=world.submitted.containers)
+    halfway = sorted(whole.starts.values())[len(world.burst) // 2]
+
+    # The same world again, stopped halfway: the same draws, in the same order of admission.
+    again = World.build(seed, spread, jobs)
+    half = replay(
+        again.burst, topo, at, again.calls, containers=again.submitted.containers, until=halfway
+    )
+    rest = replay(
+        half.queued, topo, half.now, again.calls, running=half.running, containers=half.containers
+    )
+    assert {**half.starts, **rest.starts} == whole.starts, "stopping halfway changed the run"
+
+    results = {
+        "at submission": errors(whole.starts, at, world.burst, [], world.submitted, [world.warm]),
+        "halfway": errors(
+            whole.starts,
+            halfway,
+            half.queued,
+            [half.admitted[i] for i in half.running],
+            half,
+            [world.warm, half],
+        ),
     }
-
-
-async def trace(job_count: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = settings_from_mapping(config(Path(tmp) / "router.db"))
-        cloud = SimulatedCloud(10, TIME_SCALE, 120 * TIME_SCALE, seed=3)
-        providers = {
-            n: build_provider(s, env={}, cloud=cloud) for n, s in settings.provider_specs().items()
-        }
-        service = RouterService(settings, SQLiteStore(Path(tmp) / "router.db"), providers)
-        await service.start()
-        # Warm the moving averages with one job, as a running router would have.
-        warm = JobRequest(MODELS, ("US", "EU"), ("warm-up",), job_id="warm")
-        await service.submit(warm)
-        await service.wait("warm", 60)
-
-        ids = [f"job{n}" for n in range(job_count)]
-        for job_id in ids:
-            await service.submit(JobRequest(MODELS, ("US", "EU"), ("a", "b", "c"), job_id=job_id))
-        submitted_at = service.clock()
-        estimates: dict[str, tuple[float, int]] = {}
-        for job_id in ids:
-            for s in (await service.job(job_id)).executions:
-                if s.estimated_start_s is not None and s.position is not None:
-                    estimates[s.execution.id] = (submitted_at + s.estimated_start_s, s.position)
-        for job_id in ids:
-            await service.wait(job_id, 120)
-        actual = {}
-        for job_id in ids:
-            for s in (await service.job(job_id)).executions:
-                e = s.execution
-                if e.state is ExecutionState.SUCCEEDED and e.started_at is not None:
-                    actual[e.id] = e.started_at
-        await service.stop()
-
-    durations = list(service.durations.observed.values())
-    per_slot = statistics.mean(durations) if durations else 1.0
-    errors, naive = [], []
-    for execution_id, (estimated, position) in estimates.items():
-        if execution_id in actual:
-            errors.append(abs(estimated - actual[execution_id]))
-            if DEBUG:
-                print(
-                    execution_id,
-                    position,
-                    round((estimated - submitted_at) / TIME_SCALE),
-                    round((actual[execution_id] - submitted_at) / TIME_SCALE),
-                )
-            naive_start = submitted_at + (position - 1) * per_slot / 3  # 3 GPUs per region
-            naive.append(abs(naive_start - actual[execution_id]))
-    to_production = 1 / TIME_SCALE
-    errors.sort()
-    print(f"executions traced: {len(errors)}")
-    print(
-        f"estimate error, production seconds: mean {statistics.mean(errors) * to_production:.1f}"
-        f", p50 {errors[len(errors) // 2] * to_production:.1f}"
-        f", p90 {errors[int(len(errors) * 0.9)] * to_production:.1f}"
-        f", max {errors[-1] * to_production:.1f}"
+    results["both"] = Errors(
+        [x for r in results.values() for x in r.estimate],
+        [x for r in results.values() for x in r.naive],
     )
-    print(
-        f"naive baseline error, production seconds: mean "
-        f"{statistics.mean(naive) * to_production:.1f}"
-    )
-    print(
-        "ratio estimate/naive (mean abs error):",
-        f"{statistics.mean(errors) / statistics.mean(naive):.2f}",
-    )
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=6)
-    asyncio.run(trace(parser.parse_args().jobs))
+    parser.add_argument("--spread", type=float, default=0.2, help="durations drawn within ±")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed")
+    parser.add_argument("--jobs", type=int, default=20)
+    args = parser.parse_args()
+    print(
+        "| seed | when | executions | estimate MAE (s) | p90 | max "
+        "| naive MAE (s) | ratio estimate/naive |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for seed in range(args.seed, args.seed + args.seeds):
+        for moment, errors in measure(seed, args.spread, args.jobs).items():
+            ordered = sorted(errors.estimate)
+            print(
+                f"| {seed} | {moment} | {len(ordered)} | {statistics.mean(ordered):,.1f} "
+                f"| {ordered[int(len(ordered) * 0.9)]:,.1f} | {ordered[-1]:,.1f} "
+                f"| {statistics.mean(errors.naive):,.1f} | {errors.ratio:.3f}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
@@ -618,8 +618,32 @@ def cancel(
 
 @app.command()
 def simulate(
-    jobs: Annotated[int, typer.Option(min=1, metavar="N", help="Jobs submitted at once.")] = 20,
-    questions: Annotated[int, typer.Option(min=1, metavar="Q", help="Questions per job.")] = 3,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="Jobs submitted at once (default 20).", show_default=False
+        ),
+    ] = None,
+    questions: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="Q", help="Questions per job (default 3).", show_default=False),
+    ] = None,
+    workload: Annotated[
+        Path | None,
+        typer.Option(
+            "--workload",
+            metavar="FILE",
+            help="Jobs in the POST /jobs shape instead: a JSON array, or JSON Lines (one "
+            "job a line), submitted at once in the file's order.",
+            show_default=False,
+        ),
+    ] = None,
+    from_queue: Annotated[
+        bool,
+        typer.Option(
+            "--from-queue", help="The queue as it stands now in the configured store instead."
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -638,6 +662,15 @@ def simulate(
     scaledown: Annotated[
         float | None,
         typer.Option(min=0, metavar="SECONDS", help="Every provider's scaledown window."),
+    ] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="Also plan a variant with these limits and show both side by side; KEY is "
+            "gpu-limit, region-limit, max-running or scaledown (repeat, or separate by commas).",
+            show_default=False,
+        ),
     ] = None,
     cold_start: Annotated[
         float | None,
@@ -664,50 +697,42 @@ def simulate(
 ) -> None:
     """What-if planning: the router's own policy in virtual time, in production seconds.
 
-    Every job asks each configured model in each configured region `--questions` questions,
-    all submitted at once. Prints the makespan, the lower bound no schedule beats (GPU-busy
+    The workload: by default `--jobs` jobs, each asking every configured model in every
+    configured region `--questions` questions, all submitted at once; or `--workload FILE`;
+    or `--from-queue`. Prints the makespan, the lower bound no schedule beats (GPU-busy
     seconds over the usable GPUs, plus one cold start), their ratio and what the schedule
-    cost.
+    cost; with `--compare`, for a second set of limits too.
     """
     import json
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
-    from hybrid_router.core.model import Job
-    from hybrid_router.core.simulate import Timings
+    from hybrid_router import planning
+    from hybrid_router.core.simulate import Report, Timings, simulate_queue
     from hybrid_router.core.simulate import simulate as run
+    from hybrid_router.errors import InvalidRequest
     from hybrid_router.providers.simulated import COLD_START_S, call_bounds
     from hybrid_router.settings import settings_from_environment
 
+    if workload is not None and from_queue:
+        _fail("--workload and --from-queue: give one workload, not both", code=2)
+    if (workload is not None or from_queue) and (jobs is not None or questions is not None):
+        _fail("--jobs and --questions make a workload: not with --workload or --from-queue", code=2)
     try:
         settings = settings_from_environment(config)
     except ConfigError as exc:
         _fail(exc.message, code=2)
+    base = planning.Overrides(gpu_limit, region_limit, max_running, scaledown)
+    variants = [base]
+    try:
+        if compare:
+            variants.append(planning.Overrides.parse(compare, base))
+        if workload is not None:
+            submitted = planning.workload_file(workload, settings)
+        elif not from_queue:
+            submitted = planning.shorthand(settings, jobs or 20, questions or 3)
+    except InvalidRequest as exc:
+        _fail(exc.message, code=2)
     topology = settings.topology()
-    regions = {
-        name: replace(
-            r,
-            gpu_limit=region_limit or r.gpu_limit,
-            max_running=max_running or r.max_running,
-        )
-        for name, r in topology.regions.items()
-    }
-    providers = {
-        # Simulated providers' windows are sped up like their calls: planning is in
-        # production seconds.
-        name: replace(
-            p,
-            scaledown_window_s=scaledown
-            if scaledown is not None
-            else p.scaledown_window_s / p.time_scale,
-        )
-        for name, p in topology.providers.items()
-    }
-    topology = replace(
-        topology,
-        gpu_limit=gpu_limit or topology.gpu_limit,
-        regions=regions,
-        providers=providers,
-    )
     durations = {m: sum(call_bounds(m)) / 2 for m in topology.models}
     for given in call or []:
         model, _, seconds = given.partition("=")
@@ -720,39 +745,78 @@ def simulate(
     if cold_start is None:
         cold_start = sum(COLD_START_S) / 2
     timings = Timings(durations, cold_start_s=cold_start, spread=spread, seed=seed)
-    workload = [
-        (
-            0.0,
-            Job(
-                f"job{n}",
-                tuple(topology.models),
-                tuple(topology.regions),
-                tuple(f"question {q}" for q in range(questions)),
-            ),
-        )
-        for n in range(jobs)
+    if from_queue:
+        try:
+            queue = planning.queue_in_store(settings)
+        except InvalidRequest as exc:
+            _fail(exc.message, code=2)
+        except RouterError as exc:
+            _fail(f"--from-queue: {exc.message}")
+        now = time.time()
+        reports = [
+            simulate_queue(
+                queue.queued, queue.running, queue.containers, v.apply(topology), timings, now
+            )
+            for v in variants
+        ]
+    else:
+        reports = [run(submitted, v.apply(topology), timings) for v in variants]
+    names = [
+        ", ".join(f"{k}={v}" for k, v in variant.given().items()) or "the config"
+        for variant in variants
     ]
-    report = run(workload, topology, timings)
+
+    def figures(report: Report) -> dict[str, Any]:
+        return {**asdict(report), "ratio": report.ratio, "utilisation": report.utilisation}
+
     if output is Output.json:
-        figures = {**asdict(report), "ratio": report.ratio, "utilisation": report.utilisation}
-        print(json.dumps(figures))
+        if compare:
+            print(
+                json.dumps(
+                    {
+                        "variants": [
+                            {"name": name, "limits": v.given(), **figures(r)}
+                            for name, v, r in zip(names, variants, reports, strict=True)
+                        ]
+                    }
+                )
+            )
+        else:
+            print(json.dumps(figures(reports[0])))
         return
-    table = Table(title=f"{report.executions} executions, virtual time", show_header=False)
+    what = "queued" if from_queue else "executions"
+    table = Table(
+        title=f"{reports[0].executions} {what}, virtual time",
+        show_header=len(reports) > 1,
+    )
     table.add_column("")
-    table.add_column("", justify="right")
-    rows = [
-        ("makespan", f"{report.makespan_s:,.0f} s"),
-        ("lower bound", f"{report.lower_bound_s:,.0f} s"),
-        ("ratio", f"{report.ratio:.3f}x"),
-        ("GPU utilisation", f"{report.utilisation:.0%} of {report.usable_gpus}"),
-        ("cold starts", str(report.cold_starts)),
-        ("idle warm GPU-seconds", f"{report.idle_warm_gpu_s:,.0f}"),
-        ("wait p50 / p95", f"{report.wait_p50_s:,.0f} / {report.wait_p95_s:,.0f} s"),
-        *((f"{region} finishes", f"{at:,.0f} s") for region, at in report.region_finish_s.items()),
+    for name in names:
+        table.add_column(name, justify="right")
+    regions = sorted({region for r in reports for region in r.region_finish_s})
+    rows: list[tuple[str, Callable[[Report], str]]] = [
+        ("makespan", lambda r: f"{r.makespan_s:,.0f} s"),
+        ("lower bound", lambda r: f"{r.lower_bound_s:,.0f} s"),
+        ("ratio", lambda r: f"{r.ratio:.3f}x"),
+        ("GPU utilisation", lambda r: f"{r.utilisation:.0%} of {r.usable_gpus}"),
+        ("cold starts", lambda r: str(r.cold_starts)),
+        ("idle warm GPU-seconds", lambda r: f"{r.idle_warm_gpu_s:,.0f}"),
+        ("wait p50 / p95", lambda r: f"{r.wait_p50_s:,.0f} / {r.wait_p95_s:,.0f} s"),
+        *(
+            (f"{region} finishes", lambda r, region=region: _finish(r.region_finish_s, region))
+            for region in regions
+        ),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
+    for label, shown in rows:
+        table.add_row(label, *(shown(r) for r in reports))
     out.print(table)
+    if not all(r.drained for r in reports):
+        err.print(
+            "[yellow]some executions never start (a region or model no longer configured)[/yellow]"
+        )
+
+
+def _finish(finishes: dict[str, float], region: str) -> str:
+    return f"{finishes[region]:,.0f} s" if region in finishes else "-"
 
 
 region_app = typer.Typer(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from hybrid_router.cli import app
+from hybrid_router.core.model import Job
+from hybrid_router.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +53,121 @@ def test_a_table_for_people_and_a_clear_error_for_a_bad_flag() -> None:
     assert shown.exit_code == 0 and "lower bound" in shown.stdout and "ratio" in shown.stdout
     bad = CliRunner().invoke(app, ["simulate", "--call", "gpt-9=3"])
     assert bad.exit_code == 2 and "no model 'gpt-9' in the config" in bad.output
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, ["simulate", *args])
+
+
+JOBS = [
+    {"models": ["llama3.2-1b", "Mistral-7B"], "regions": ["us", "EU"], "questions": ["a", "b"]},
+    {"job_id": "late", "models": ["qwen2.5-1.5b"], "regions": ["ASIA"], "prompt": "c"},
+]
+
+
+def test_a_workload_file_of_post_jobs_bodies_json_or_jsonl(tmp_path: Path) -> None:
+    as_json, as_lines = tmp_path / "jobs.json", tmp_path / "jobs.jsonl"
+    as_json.write_text(json.dumps(JOBS))
+    as_lines.write_text("\n".join(json.dumps(j) for j in JOBS) + "\n\n")
+    planned = figures("--workload", str(as_json))
+    assert planned == figures("--workload", str(as_lines))
+    assert planned["executions"] == 2 * 2 * 2 + 1
+    assert set(planned["region_finish_s"]) == {"US", "EU", "ASIA"}
+    # ASIA: one qwen call, cold (37.5 s + 37.5 s).
+    assert planned["region_finish_s"]["ASIA"] == 75.0
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('[{"models": ["gpt-9"], "regions": ["US"], "prompt": "x"}]', "job 1: no model 'gpt-9'"),
+        ('{"models": ["llama3.2-1b"], "regions": ["Mars"], "prompt": "x"}', "no region 'Mars'"),
+        ('{"models": [], "regions": ["US"], "prompt": "x"}', "job 1: models: List should have"),
+        ('{"models": ["llama3.2-1b"], "regions": ["US"]}', "exactly one of 'questions'"),
+        ('{"models": ["llama3.2-1b"], "regions": ["US"], "prompt": "x"}\n{oops', "line 2:"),
+        ("", "no jobs in it"),
+    ],
+)
+def test_a_bad_workload_file_is_refused_naming_the_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text(content)
+    refused = invoke("--workload", str(path))
+    assert refused.exit_code == 2 and problem in " ".join(refused.output.split())
+
+
+def test_compare_plans_a_second_set_of_limits_side_by_side() -> None:
+    result = invoke("--jobs", "4", "--questions", "1", "--compare", "gpu-limit=20,region-limit=8")
+    assert result.exit_code == 0, result.output
+    assert "the config" in result.stdout and "gpu-limit=20, region-limit=8" in result.stdout
+    both = json.loads(
+        invoke(
+            "--jobs",
+            "4",
+            "--questions",
+            "1",
+            "--compare",
+            "region-limit=8",
+            "--compare",
+            "gpu-limit=30",
+            "-o",
+            "json",
+        ).stdout
+    )["variants"]
+    assert [v["name"] for v in both] == ["the config", "gpu-limit=30, region-limit=8"]
+    assert both[0]["usable_gpus"] == 9 and both[1]["usable_gpus"] == 24
+    assert both[1]["makespan_s"] < both[0]["makespan_s"]
+    assert both[0] == {
+        "name": "the config",
+        "limits": {},
+        **figures("--jobs", "4", "--questions", "1"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--compare", "gpus=3"], "KEY one of gpu-limit, region-limit, max-running, scaledown"),
+        (["--compare", "gpu-limit=lots"], "'lots' is not a whole number"),
+        (["--compare", "region-limit=0"], "out of range"),
+        (["--from-queue", "--workload", "x.json"], "give one workload"),
+        (["--workload", "x.json", "--jobs", "3"], "not with --workload or --from-queue"),
+        (["--workload", "/nonexistent/x.json"], "cannot be read: No such file"),
+    ],
+)
+def test_bad_planning_flags_are_refused_naming_the_problem(args: list[str], problem: str) -> None:
+    refused = invoke(*args)
+    assert refused.exit_code == 2 and problem in " ".join(refused.output.split())
+
+
+def test_from_queue_plans_the_queue_in_the_store_as_it_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "router.db"
+    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{db}")
+    missing = invoke("--from-queue")
+    assert missing.exit_code == 2 and "does not exist" in " ".join(missing.output.split())
+    assert not db.exists()
+
+    async def queue_two_jobs() -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        for n in range(2):
+            job = Job(f"j{n}", ("llama3.2-1b", "mistral-7b"), ("US", "EU"), ("a", "b"))
+            await store.submit_job(job, job.expand())
+        await store.close()
+
+    asyncio.run(queue_two_jobs())
+    body = {
+        "models": ["llama3.2-1b", "mistral-7b"],
+        "regions": ["US", "EU"],
+        "questions": ["a", "b"],
+    }
+    (tmp_path / "jobs.json").write_text(json.dumps([body, body]))
+    queued = figures("--from-queue")
+    assert queued["executions"] == 16 and queued["drained"]
+    # An idle account: the queue plans as the same jobs submitted now.
+    same = figures("--workload", str(tmp_path / "jobs.json"))
+    assert queued["makespan_s"] == same["makespan_s"]
+    assert queued["region_finish_s"] == same["region_finish_s"]

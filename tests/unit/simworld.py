@@ -231,6 +231,9 @@ class World:
             provider = self.topology.providers[container.provider]
             until = e.started_at + provider.timeout_s + provider.scaledown_window_s
             self.containers[container.id] = ledger.abandon(container, e.id, until)
+            if provider.max_inputs > 1:
+                for sibling in ledger.hold_siblings(self.containers.values(), container, until):
+                    self.containers[sibling.id] = sibling
             self.executions[e.id] = retry.recovered(e)
             self.index.add(self.executions[e.id])
             del self.finishing[execution_id]

@@ -83,12 +83,6 @@ def forecast(
     cooling down (`cooling`, see core.health) stay down until their cooldowns end.
     Executions whose start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
-    running_calls: dict[str, tuple[float, str]] = {}
-    for e in running:
-        if e.container_id is not None and e.started_at is not None:
-            cold = e.container_id.startswith(f"{e.id}@")  # the policy names what it opens so
-            ends = max(now, e.started_at + duration(e.region, e.model, cold))
-            running_calls[e.id] = (ends, e.container_id)
 
     def call_seconds(e: Execution, opened: bool) -> float:
         return duration(e.region, e.model, opened)
@@ -98,7 +92,7 @@ def forecast(
         topology,
         now,
         call_seconds,
-        running=running_calls,
+        running=simulate.in_flight(running, now, call_seconds),
         containers=containers,
         cooling=cooling,
         max_steps=MAX_STEPS,

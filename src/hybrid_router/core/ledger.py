@@ -92,14 +92,27 @@ def warm_siblings(
     is held for the scaledown window from now. (With one input per container, booking each
     call on the idle entry that expires first is enough: see policy._free_slot.)
     """
+    held = hold_siblings(containers, released, now + scaledown_s)
+    return [c for c in held if not c.in_flight]
+
+
+def hold_siblings(
+    containers: Iterable[Container], container: Container, until: float
+) -> list[Container]:
+    """The other containers of `container`'s provider and model, each held until `until` at
+    least (those already held as long are left out).
+
+    With several inputs per container the provider picks the container of each call: a call
+    booked on one entry may run in any container of its group. So a call the router gives
+    up on (abandon) may keep any of them up until `until`, busy or idle, not only its own.
+    """
     return [
-        replace(c, warm_until=now + scaledown_s)
+        replace(c, warm_until=until)
         for c in containers
-        if c.id != released.id
-        and c.provider == released.provider
-        and c.model == released.model
-        and not c.in_flight
-        and c.warm_until < now + scaledown_s
+        if c.id != container.id
+        and c.provider == container.provider
+        and c.model == container.model
+        and c.warm_until < until
     ]
 
 
@@ -116,7 +129,8 @@ def abandon(container: Container, execution_id: str, until: float) -> Container:
 
     A cancelled or timed-out call is not stopped at the provider (a Modal function runs on),
     nor is one whose router died: its container is no longer reused (an orphan) and holds
-    its GPUs until `until`.
+    its GPUs until `until`. With several inputs per container, hold its siblings as long
+    (hold_siblings): the call may be running in any of them.
     """
     in_flight = tuple(e for e in container.in_flight if e != execution_id)
     return replace(

@@ -35,12 +35,19 @@ class Trace:
     starts: dict[str, float] = field(default_factory=dict)
     ends: dict[str, float] = field(default_factory=dict)
     queued_at: dict[str, float] = field(default_factory=dict)
-    region_of: dict[str, str] = field(default_factory=dict)
     cold_starts: int = 0
     # GPU-seconds idle warm containers held before the last execution started.
     idle_warm_gpu_s: float = 0.0
     # Whether every execution started before the step budget ran out.
     drained: bool = True
+    # Every admission, as the policy made it (the execution running on its container).
+    admitted: dict[str, Execution] = field(default_factory=dict)
+    # Where the run stopped (see replay's `until`): its instant, what is still queued, the
+    # calls in flight (each with when it ends and its container) and the containers up.
+    now: float = 0.0
+    queued: list[Execution] = field(default_factory=list)
+    running: dict[str, tuple[float, str]] = field(default_factory=dict)
+    containers: list[Container] = field(default_factory=list)
 
 
 def replay(
@@ -54,13 +61,17 @@ def replay(
     arrivals: Sequence[tuple[float, Sequence[Execution]]] = (),
     cooling: Mapping[str, float] | None = None,
     max_steps: int | None = None,
+    until: float | None = None,
 ) -> Trace:
     """Run the policy from `now` until everything has started (or `max_steps` rounds).
 
     `running`: calls in flight, each execution's id with when it ends and its container.
     `arrivals`: executions submitted later, each batch with its instant, in time order.
     Every call succeeds after `call_seconds`. Providers in `cooling` stay down until their
-    cooldowns end.
+    cooldowns end. `until`: run to that instant instead, started or not, and stop before
+    its round; the trace keeps the state there, to estimate from or to go on from (a
+    replay from it makes the same decisions as one that never stopped: between events the
+    policy has nothing new to decide).
     """
     pending = QueueIndex(queued)
     live = {c.id: c for c in containers}
@@ -73,11 +84,13 @@ def replay(
     later = list(arrivals)
     t = now
     steps = 0
-    while pending or later:
+    while True:
         while later and later[0][0] <= t:
             for e in later.pop(0)[1]:
                 pending.add(e)
                 trace.queued_at[e.id] = e.queued_at
+        if (until is None and not (pending or later)) or (until is not None and t >= until):
+            break
         if max_steps is not None and steps >= max_steps:
             trace.drained = not pending
             break
@@ -86,7 +99,6 @@ def replay(
         for admission in decision.admissions:
             e, container = admission.execution, admission.container
             trace.starts[e.id] = t
-            trace.region_of[e.id] = e.region
             pending.discard(e.id)
             if admission.opened:
                 trace.cold_starts += 1
@@ -96,11 +108,14 @@ def replay(
             ends = t + call_seconds(e, admission.opened)
             finishing[e.id] = (ends, container.id)
             trace.ends[e.id] = ends
+            trace.admitted[e.id] = e
         upcoming = [ends for ends, _ in finishing.values()]
         if decision.wake_at is not None:
             upcoming.append(decision.wake_at)
         if later:
             upcoming.append(later[0][0])
+        if until is not None:
+            upcoming.append(until)
         if not upcoming:
             break  # what is left waits for nothing that will happen (a closed region)
         t = max(t, min(upcoming))
@@ -122,6 +137,10 @@ def replay(
         if (idle := live.get(container_id)) is not None:
             trace.idle_warm_gpu_s += max(0.0, min(idle.warm_until, t) - since) * idle.gpus
     trace.drained = trace.drained and not pending
+    trace.now = t
+    trace.queued = list(pending)
+    trace.running = finishing
+    trace.containers = list(live.values())
     return trace
 
 
@@ -227,20 +246,67 @@ def simulate(
         everything += batch
     start = jobs[0][0] if jobs else 0.0
     trace = replay((), topology, start, timings.sampler(), arrivals=arrivals, max_steps=max_steps)
-    bound, usable = lower_bound(everything, topology, timings)
+    return _report(trace, everything, topology, timings, start)
+
+
+def simulate_queue(
+    queued: Sequence[Execution],
+    running: Iterable[Execution],
+    containers: Iterable[Container],
+    topology: Topology,
+    timings: Timings,
+    now: float,
+    max_steps: int | None = None,
+) -> Report:
+    """Run a queue as it stands at `now` to its end: the calls in flight end after their
+    drawn durations (counted from when they started), the containers up stay up.
+
+    Times are from `now`; the lower bound is that of the queued work alone, from an idle
+    account (the calls in flight only make the real one later)."""
+    draw = timings.sampler()
+    calls = in_flight(running, now, draw)
+    trace = replay(
+        queued, topology, now, draw, running=calls, containers=containers, max_steps=max_steps
+    )
+    return _report(trace, list(queued), topology, timings, now)
+
+
+def in_flight(
+    running: Iterable[Execution], now: float, call_seconds: CallSeconds
+) -> dict[str, tuple[float, str]]:
+    """Calls in flight as `replay` takes them: each ending `call_seconds` after it started
+    (cold if it opened its container, which the policy names after it), not before `now`."""
+    calls = {}
+    for e in running:
+        if e.container_id is not None and e.started_at is not None:
+            cold = e.container_id.startswith(f"{e.id}@")
+            calls[e.id] = (max(now, e.started_at + call_seconds(e, cold)), e.container_id)
+    return calls
+
+
+def _report(
+    trace: Trace,
+    executions: list[Execution],
+    topology: Topology,
+    timings: Timings,
+    start: float,
+) -> Report:
+    """The figures of a run of `executions` from `start` (calls in flight before it count
+    towards the regions' finish only)."""
+    bound, usable = lower_bound(executions, topology, timings)
     finish: dict[str, float] = {}
     busy = 0.0
-    by_id = {e.id: e for e in everything}
     for execution_id, ends in trace.ends.items():
-        region = trace.region_of[execution_id]
-        finish[region] = max(finish.get(region, start), ends - start)
-        e = by_id[execution_id]
+        e = trace.admitted.get(execution_id)
+        if e is None:
+            continue  # in flight at the start: its region is known to the caller only
+        finish[e.region] = max(finish.get(e.region, 0.0), ends - start)
         busy += (ends - trace.starts[execution_id]) * topology.gpus(e.model)
     waits = sorted(trace.starts[i] - trace.queued_at[i] for i in trace.starts)
     return Report(
         makespan_s=max(finish.values(), default=0.0),
         lower_bound_s=bound,
-        executions=len(everything),
+        executions=len(executions),
         cold_starts=trace.cold_starts,
         gpu_busy_s=busy,
         usable_gpus=usable,

@@ -221,6 +221,11 @@ class RegionQueueManager:
                         containers[container.id] = ledger.abandon(
                             containers[container.id], e.id, until
                         )
+                        if spec.max_inputs > 1:
+                            for sibling in ledger.hold_siblings(
+                                containers.values(), container, until
+                            ):
+                                containers[sibling.id] = sibling
                 # A job cancelled while its calls were in flight stays cancelled: the request
                 # to close them may have died with the process that ran them.
                 for key in {e.job_key for e in running}:
@@ -561,17 +566,22 @@ class RegionQueueManager:
         spec = ended[0].spec
         scaledown = spec.scaledown_window_s
         answered = []
+        changed = {container_id}
         for result in ended:
             execution, now = result.execution, result.answered_at
             if _abandoned(result.outcome):
                 assert execution.started_at is not None
-                until = execution.started_at + spec.timeout_s + scaledown
-                container = ledger.abandon(container, execution.id, max(until, now + scaledown))
+                until = max(execution.started_at + spec.timeout_s + scaledown, now + scaledown)
+                container = ledger.abandon(container, execution.id, until)
+                if spec.max_inputs > 1:
+                    current = {**self.ledger, **work, container_id: container}
+                    for sibling in ledger.hold_siblings(current.values(), container, until):
+                        work[sibling.id] = sibling
+                        changed.add(sibling.id)
             elif not result.reached:
                 container = ledger.unsent(container, execution.id)
             else:
                 answered.append(result)
-        changed = {container_id}
         if answered:
             # Released together as of the last answer: warm no shorter than the truth.
             now = max(r.answered_at for r in answered)
