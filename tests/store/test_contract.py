@@ -964,3 +964,17 @@ async def test_writes_cancelled_at_any_moment_leave_the_store_whole(store: Store
     recorded = await store.finish(done, [])
     assert recorded.executions == {e.id for e in running}
     assert key("j1") in recorded.finished_jobs
+
+
+async def test_an_owners_queued_executions_are_counted_across_their_jobs(store: Store) -> None:
+    assert await store.queued_of("alice") == 0
+    first = await submit(store, make_job("first"))  # 4 executions
+    await submit(store, make_job("second", questions=("q",)))  # 2
+    await submit(store, make_job("bobs", owner="bob"))  # 4, another owner's
+    started = await admitted(store, first[0])
+    await store.finish([(replace(started, state=SUCCEEDED), started.container_id)], [])
+    await store.cancel_queued(key("second"), now=101.0)
+
+    assert await store.queued_of("alice") == 3
+    assert await store.queued_of("bob") == 4
+    assert await store.queued_of("nobody") == 0

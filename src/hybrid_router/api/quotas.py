@@ -29,9 +29,6 @@ from hybrid_router.runtime.service import JobRequest, RouterService
 from hybrid_router.store.redis_connect import SCHEMES as REDIS_SCHEMES
 from hybrid_router.store.redis_connect import redis_client
 
-# Jobs read per query when counting a user's queued executions.
-_PAGE = 200
-
 
 def rate_limit_storage_uri(store_url: str) -> str:
     """Where rate counters live: in the router's Redis when it has one, else in memory.
@@ -92,7 +89,7 @@ class Quotas:
         if user.max_queued is not None:
             if executions > user.max_queued:
                 raise _too_large(executions, f"max_queued {user.max_queued}")
-            queued = await _queued_executions(service, user.name)
+            queued = await service.queued_of(user.name)
             if queued + executions > user.max_queued:
                 # No Retry-After: room appears as executions start, which no clock predicts.
                 raise RateLimited(
@@ -120,22 +117,6 @@ class Quotas:
             f"({stats.remaining} left, this job has {executions}); retry in {retry_after} s",
             retry_after_s=retry_after,
         )
-
-
-async def _queued_executions(service: RouterService, owner: str) -> int:
-    """Executions of `owner` queued now.
-
-    Reads every job of the owner (O(their jobs), finished ones included): fine for hundreds,
-    a per-owner count in the store would be the fix for users with very many jobs.
-    """
-    total = 0
-    offset = 0
-    while True:
-        page = await service.jobs(owner=owner, limit=_PAGE, offset=offset)
-        total += sum(status.counts.get("queued", 0) for status in page)
-        if len(page) < _PAGE:
-            return total
-        offset += _PAGE
 
 
 def _too_large(executions: int, limit: str) -> Forbidden:

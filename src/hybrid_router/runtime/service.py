@@ -238,6 +238,10 @@ class RouterService:
             )
         return canonical
 
+    async def queued_of(self, owner: str) -> int:
+        """How many of `owner`'s executions are queued now."""
+        return await self.store.queued_of(owner)
+
     async def submit(
         self, request: JobRequest, *, gate: Gate | None = None
     ) -> tuple[JobStatus, bool]:

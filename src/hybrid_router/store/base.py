@@ -156,6 +156,10 @@ class Store(Protocol):
     async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
         """Per region, the count of executions per state, from maintained counters."""
 
+    async def queued_of(self, owner: str) -> int:
+        """How many of `owner`'s executions are queued, from their jobs' maintained counts
+        (what a user's `max_queued` is checked against)."""
+
     async def queue_sizes(self) -> dict[str, int]:
         """Per region with queued executions, how many are queued, from maintained counters."""
 

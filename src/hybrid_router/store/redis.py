@@ -662,6 +662,19 @@ class RedisStore:
         return [_with_counts(fields) for fields in hashes if fields]
 
     @_unavailable_on_connection_error
+    async def queued_of(self, owner: str) -> int:
+        """How many of `owner`'s executions are queued: the `queued` count of each of their
+        jobs (finished ones leave the index with their retention)."""
+        members = cast(
+            list[str], await self.client.zrange(self._key("jobs", "owner", owner), 0, -1)
+        )
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hget(self._key("job", member.split("|", 1)[1]), "queued")
+            counts: list[str | None] = await pipe.execute()
+        return sum(int(n) for n in counts if n)
+
+    @_unavailable_on_connection_error
     async def job_with_counts(self, key: JobKey) -> tuple[Job, dict[ExecutionState, int]] | None:
         """The job and its executions' count per state (zeros included), or None."""
         fields = await self._hash(self._key("job", _job_key(key)))

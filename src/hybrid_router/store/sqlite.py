@@ -649,6 +649,14 @@ class SQLiteStore:
 
         await self._write(requeue)
 
+    async def queued_of(self, owner: str) -> int:
+        """How many of `owner`'s executions are queued (job_counts, by its key's prefix)."""
+        rows = await self._fetch(
+            "SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE owner = ? AND state = 'queued'",
+            (owner,),
+        )
+        return int(rows[0][0])
+
     async def region_counts(self) -> dict[str, dict[ExecutionState, int]]:
         """Per region, the count of executions per state (zeros included)."""
         rows = await self._fetch("SELECT region, state, n FROM region_counts")
