@@ -156,6 +156,9 @@ def test_the_dashboard_follows_the_first_job_live(procs: Procs, browser: Browser
     expect(other.locator("#jobs-empty")).to_be_visible()
     expect(other.get_by_role("button", name="Pause")).to_have_count(0)
     markup = '<img src="x" onerror="document.title=1"><b>bold?</b>'
+    root = {"Authorization": f"Bearer {ROOT_KEY}"}
+    # ASIA paused first: the job waits there, and its page says why.
+    assert router.http.post("/regions/ASIA/pause", headers=root).status_code == 200
     mine = router.http.post(
         "/jobs",
         headers={"Authorization": f"Bearer {ALICE_KEY}"},
@@ -165,6 +168,8 @@ def test_the_dashboard_follows_the_first_job_live(procs: Procs, browser: Browser
     expect(other.locator("#jobs-body tr")).to_have_count(1)  # not root's first-job
     expect(other.get_by_role("columnheader", name="Owner")).to_have_count(0)
     other.get_by_role("button", name="markup").click()
+    expect(other.locator("#executions")).to_contain_text("ASIA is paused or draining")
+    assert router.http.post("/regions/ASIA/resume", headers=root).status_code == 200
     result = other.locator("#executions td.result")
     expect(result).to_contain_text(markup, timeout=10_000)
     assert result.locator("img, b").count() == 0

@@ -401,8 +401,9 @@ function renderJobs() {
 }
 
 function why(e) {
-  // `reason` (why it waits) where the router gives one; its state and provider until then.
-  if (e.reason) return typeof e.reason === "string" ? e.reason : e.reason.message || e.reason.code;
+  // Why it waits, as the leader's last round said (`wait_reason`); else its state, or where
+  // it runs.
+  if (e.wait_reason) return e.wait_reason.message || e.wait_reason.code;
   if (e.status === "queued") return e.attempts > 0 ? "queued again after a failure" : "queued";
   return e.provider || "";
 }
