@@ -32,6 +32,7 @@ from hybrid_router.core.model import (
     RegionStatus,
     job_state,
 )
+from hybrid_router.core.policy import Topology
 from hybrid_router.core.retry import RetryPolicy
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.base import Provider
@@ -97,6 +98,27 @@ class _Snapshot:
     durations: Durations
     # Providers cooling down after failures, with when each may be tried again.
     cooling: Mapping[str, float]
+
+    def forecast(self, topology: Topology, now: float) -> estimate.Forecast:
+        """estimate.forecast from this snapshot."""
+        return estimate.forecast(
+            self.queued, self.running, self.containers, topology, now, self.durations, self.cooling
+        )
+
+    def probe_starts(
+        self, probes: Iterable[Execution], topology: Topology, now: float
+    ) -> dict[str, float]:
+        """estimate.probe_starts from this snapshot."""
+        return estimate.probe_starts(
+            probes,
+            self.queued,
+            self.running,
+            self.containers,
+            topology,
+            now,
+            self.durations,
+            self.cooling,
+        )
 
 
 @dataclass(frozen=True)
@@ -440,16 +462,7 @@ class RouterService:
         places = policy.positions(snapshot.queued, now, self.topology.priority_aging_s)
         # In a thread: tens of milliseconds of policy rounds would otherwise hold up
         # every request and the scheduler's next step.
-        expected = await asyncio.to_thread(
-            estimate.forecast,
-            snapshot.queued,
-            snapshot.running,
-            snapshot.containers,
-            self.topology,
-            now,
-            snapshot.durations,
-            snapshot.cooling,
-        )
+        expected = await asyncio.to_thread(snapshot.forecast, self.topology, now)
         return _Estimate(places, expected.starts, expected.ends, now, current)
 
     async def _snapshot(self, now: float) -> _Snapshot:
@@ -511,17 +524,7 @@ class RouterService:
             )
             for region in candidates
         }
-        starts = await asyncio.to_thread(
-            estimate.probe_starts,
-            probes.values(),
-            snapshot.queued,
-            snapshot.running,
-            snapshot.containers,
-            self.topology,
-            now,
-            snapshot.durations,
-            snapshot.cooling,
-        )
+        starts = await asyncio.to_thread(snapshot.probe_starts, probes.values(), self.topology, now)
         return min(candidates, key=lambda r: starts.get(probes[r].id, math.inf))
 
     async def jobs(
