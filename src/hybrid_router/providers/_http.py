@@ -313,7 +313,8 @@ def number(value: object) -> float | None:
 
 
 def integer(value: object) -> int | None:
-    """A JSON integer (bools excluded), else None."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """A JSON integer (bools excluded) within 64 bits, else None: a count beyond that is
+    no model's, and the Redis store's JSON (orjson) keeps 64 bits."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return value
     return None

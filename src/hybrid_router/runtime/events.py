@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from hybrid_router import _json
 from hybrid_router.core.model import Execution, JobKey
 from hybrid_router.store.redis_connect import redis_client
 
@@ -217,9 +217,9 @@ class RedisBus:
         try:
             while self._outbox:
                 events, self._outbox = self._outbox, []
-                batch = json.dumps([event.to_dict() for event in events])
+                batch = _json.dumps([event.to_dict() for event in events])
                 try:
-                    await self._client.publish(self._channel, f"{self._node_id}|{batch}")
+                    await self._client.publish(self._channel, self._node_id.encode() + b"|" + batch)
                 except RedisError as exc:
                     log.warning(
                         "could not publish %d events (%s ...): %s",
@@ -262,7 +262,7 @@ class RedisBus:
                             continue
                         sender, _, text = message["data"].partition("|")
                         if sender != self._node_id:
-                            for data in json.loads(text):
+                            for data in _json.loads(text):
                                 self._local.deliver(Event.from_dict(data))
             except (RedisError, OSError) as exc:
                 # Redis went away: keep trying; waiters fall back on their own timeouts.

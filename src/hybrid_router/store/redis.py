@@ -50,7 +50,6 @@ Redis (with replicas or Sentinel if wanted, see store.redis_connect for the urls
 from __future__ import annotations
 
 import functools
-import json
 import os
 import secrets
 import socket
@@ -66,6 +65,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from hybrid_router import _json
 from hybrid_router.core.model import (
     Container,
     Execution,
@@ -616,7 +616,7 @@ class RedisStore:
         script = self._script("submit")
         async with self.client.pipeline(transaction=False) as pipe:
             for s in batch:
-                args: list[str | int] = [self.prefix, self._retention_ms, ""]
+                args: list[str | int | bytes] = [self.prefix, self._retention_ms, ""]
                 args += [s.job.id, _dumps(job_record(s.job)), s.job.owner]
                 args.append(_dumps(s.job.created_at))
                 for e in s.executions:
@@ -629,7 +629,7 @@ class RedisStore:
     async def get_job(self, key: JobKey) -> Job | None:
         """The job, or None."""
         raw = await self.client.hget(self._key("job", _job_key(key)), "job")
-        return job_from_record(json.loads(raw)) if raw is not None else None
+        return job_from_record(_json.loads(raw)) if raw is not None else None
 
     @_unavailable_on_connection_error
     async def job_owners(self, job_id: str) -> list[str]:
@@ -705,14 +705,14 @@ class RedisStore:
     async def containers(self) -> list[Container]:
         """Every container in the ledger, by id."""
         rows = await self._hash(self._key("containers"))
-        return [container_from_record(json.loads(rows[cid])) for cid in sorted(rows)]
+        return [container_from_record(_json.loads(rows[cid])) for cid in sorted(rows)]
 
     @_unavailable_on_connection_error
     async def admit(
         self, executions: Sequence[Execution], containers: Sequence[Container]
     ) -> Recorded:
         """Record one round's admissions where still queued, and the ledger without the others."""
-        args: list[str | int] = [len(executions)]
+        args: list[str | int | bytes] = [len(executions)]
         for e in executions:
             args += [e.id, _encode_execution(e), e.state.value]
         for c in containers:
@@ -734,7 +734,7 @@ class RedisStore:
     ) -> Recorded:
         """Record calls' outcomes where still running on their container; then the ledger."""
         # Fenced on the container the run was admitted to, as in SQLiteStore.finish.
-        args: list[str | int] = [len(results)]
+        args: list[str | int | bytes] = [len(results)]
         for e, container_id in results:
             args += [e.id, _encode_execution(e), e.state.value, _optional(container_id)]
         args += [len(removed), *removed]
@@ -747,7 +747,7 @@ class RedisStore:
         """Cancel a job's queued executions atomically; returns them as cancelled."""
         flat = await self._run("cancel", _job_key(key), _dumps(now))
         return [
-            execution_from_record(json.loads(raw), int(seq))
+            execution_from_record(_json.loads(raw), int(seq))
             for seq, raw in zip(flat[::2], flat[1::2], strict=True)
         ]
 
@@ -756,7 +756,7 @@ class RedisStore:
         self, containers: Sequence[Container], removed: Sequence[str] = ()
     ) -> None:
         """Upsert ledger rows and delete the `removed` ids, atomically."""
-        args: list[str | int] = [len(removed), *removed]
+        args: list[str | int | bytes] = [len(removed), *removed]
         for c in containers:
             args += [c.id, _dumps(container_record(c))]
         await self._fenced("save_containers", *args)
@@ -764,7 +764,7 @@ class RedisStore:
     @_unavailable_on_connection_error
     async def expire(self, executions: Sequence[Execution]) -> Recorded:
         """Record these executions (now `expired`) where still queued, in one write."""
-        args: list[str] = []
+        args: list[str | bytes] = []
         for e in executions:
             args += [e.id, _encode_execution(e)]
         return _recorded(await self._fenced("expire", *args))
@@ -783,7 +783,7 @@ class RedisStore:
     @_unavailable_on_connection_error
     async def requeue(self, executions: Sequence[Execution]) -> None:
         """Put running executions back in the queue as given (crash recovery)."""
-        args: list[str] = []
+        args: list[str | bytes] = []
         for e in executions:
             args += [e.id, _encode_execution(e), e.state.value]
         await self._fenced("requeue", *args)
@@ -858,11 +858,11 @@ class RedisStore:
             raise RuntimeError(f"Redis store {self.prefix!r} is not open")
         return script
 
-    async def _run(self, name: str, *args: str | int, token: int | None = None) -> Any:
+    async def _run(self, name: str, *args: str | int | bytes, token: int | None = None) -> Any:
         fence: str | int = "" if token is None else token
         return await self._script(name)(args=[self.prefix, self._retention_ms, fence, *args])
 
-    async def _fenced(self, name: str, *args: str | int) -> Any:
+    async def _fenced(self, name: str, *args: str | int | bytes) -> Any:
         """Run a leader's write; StoreFenced if a newer lease's token has replaced ours."""
         token = self._token
         result = await self._run(name, *args, token=token)
@@ -885,7 +885,7 @@ class RedisStore:
         while True:
             n, last, seqs, raws = await self._run("page", index, after, _PAGE)
             if n:
-                records = json.loads(f"[{raws}]")
+                records = _json.loads(f"[{raws}]")
                 result += map(execution_from_record, records, map(int, seqs.split(",")))
             if n < _PAGE:
                 return result
@@ -900,7 +900,7 @@ class RedisStore:
         raws = [raw for chunk in chunks for raw in chunk]
         # None: its job's retention passed in between.
         return [
-            execution_from_record(json.loads(raw), int(seq))
+            execution_from_record(_json.loads(raw), int(seq))
             for (_, seq), raw in zip(ids, raws, strict=True)
             if raw is not None
         ]
@@ -913,7 +913,7 @@ def _zero_counts() -> dict[ExecutionState, int]:
 def _with_counts(fields: dict[str, str]) -> tuple[Job, dict[ExecutionState, int]]:
     """A job hash's job and its count per state (zeros included)."""
     counts = {state: int(fields.get(state.value, 0)) for state in ExecutionState}
-    return job_from_record(json.loads(fields["job"])), counts
+    return job_from_record(_json.loads(fields["job"])), counts
 
 
 def _recorded(reply: list[list[str]]) -> Recorded:
@@ -932,8 +932,8 @@ def _from_job_key(text: str) -> JobKey:
     return JobKey(owner, job_id)
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _dumps(value: object) -> bytes:
+    return _json.dumps(value)
 
 
 def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
@@ -947,7 +947,7 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     if isinstance(reply, Exception):
         return reply
     if isinstance(reply, str):
-        return Submitted(job_from_record(json.loads(reply)), False)
+        return Submitted(job_from_record(_json.loads(reply)), False)
     first = int(cast(int, reply)) + 1
     executions = submission.executions
     return Submitted(
@@ -960,7 +960,7 @@ def _optional(value: str | None) -> str:
     return "" if value is None else "=" + value
 
 
-def _encode_execution(execution: Execution) -> str:
+def _encode_execution(execution: Execution) -> bytes:
     """The execution's JSON: `state` first, then `finished_at`, then the other fields.
 
     Fields at their default are left out: a queued execution is a third smaller, which is
