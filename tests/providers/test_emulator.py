@@ -38,6 +38,22 @@ async def test_region_is_required_at_the_root(kit: Kit) -> None:
     assert "region" in reply.json()["error"]
 
 
+async def test_a_call_it_cannot_parse_gets_fastapis_422_and_runs_nothing(kit: Kit) -> None:
+    emulator = await kit.emulator()
+
+    missing = await emulator.client.post("/US", json={"model": SMALL})
+    not_json = await emulator.client.post(
+        "/US", content=b"model=x", headers={"content-type": "text/plain"}
+    )
+    fine = await emulator.client.post("/US", json=CALL)
+
+    assert missing.status_code == 422
+    assert [e["loc"] for e in missing.json()["detail"]] == [["body", "prompt"]]
+    assert not_json.status_code == 422
+    assert fine.status_code == 200
+    assert (await emulator.client.get("/stats")).json()["completed"] == 1
+
+
 async def test_a_client_that_stops_polling_does_not_cancel_the_call(kit: Kit) -> None:
     # As on Modal: once answered with a 303, the call runs on whether or not anyone polls.
     # A ~0.75 s call; each exchange waits 0.25 s, so the poll is surely in flight when dropped.
