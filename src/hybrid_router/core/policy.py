@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from hybrid_router.core import ledger
@@ -626,8 +626,7 @@ def _model_up(live: Iterable[Container], providers: list[ProviderSpec], model: s
 
 
 def _started(execution: Execution, container: Container, now: float) -> Execution:
-    return replace(
-        execution,
+    return execution.evolve(
         state=ExecutionState.RUNNING,
         attempts=execution.attempts + 1,
         started_at=now,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from hybrid_router.core.model import (
     Completion,
@@ -46,8 +46,7 @@ class RetryPolicy:
                 waits=execution.waits,
                 not_before=now + self.backoff(execution.attempts, jitter),
             )
-        return replace(
-            execution,
+        return execution.evolve(
             state=ExecutionState.FAILED,
             finished_at=now,
             container_id=None,
@@ -57,8 +56,7 @@ class RetryPolicy:
 
 def succeeded(execution: Execution, completion: Completion, now: float) -> Execution:
     """The execution with its recorded answer."""
-    return replace(
-        execution,
+    return execution.evolve(
         state=ExecutionState.SUCCEEDED,
         finished_at=now,
         container_id=None,
@@ -71,13 +69,12 @@ def succeeded(execution: Execution, completion: Completion, now: float) -> Execu
 
 def cancelled(execution: Execution, now: float) -> Execution:
     """The execution cancelled by its owner."""
-    return replace(execution, state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
+    return execution.evolve(state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
 
 
 def expired(execution: Execution, now: float) -> Execution:
     """A queued execution whose job's deadline passed before it could start."""
-    return replace(
-        execution,
+    return execution.evolve(
         state=ExecutionState.EXPIRED,
         finished_at=now,
         error=Failure(
@@ -93,8 +90,7 @@ def recovered(execution: Execution) -> Execution:
 
     The lost call does not spend an attempt: the execution itself did nothing wrong.
     """
-    return replace(
-        execution,
+    return execution.evolve(
         state=ExecutionState.QUEUED,
         attempts=max(0, execution.attempts - 1),
         started_at=None,
@@ -106,8 +102,7 @@ def recovered(execution: Execution) -> Execution:
 def _requeued(
     execution: Execution, failure: Failure, *, attempts: int, waits: int, not_before: float
 ) -> Execution:
-    return replace(
-        execution,
+    return execution.evolve(
         state=ExecutionState.QUEUED,
         attempts=attempts,
         waits=waits,

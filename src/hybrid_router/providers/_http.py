@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from hybrid_router import _json
 from hybrid_router.core.model import Completion, Failure, FailureKind, ProviderSpec
 from hybrid_router.providers.base import InferenceRequest, ProviderFailure
 from hybrid_router.redaction import Redactor
@@ -241,6 +242,12 @@ class HttpProvider(abc.ABC):
         started = time.monotonic()
         url = URL(url)
         proxy, proxy_auth = self._proxy(url)
+        body: bytes | None = None
+        if payload is not None:
+            # Encoded here rather than by aiohttp's json=, which runs json.dumps and builds
+            # a JsonPayload: a tenth of the router's own work per call over HTTP.
+            body = _json.dumps(payload)
+            headers = {**headers, "Content-Type": "application/json"}
         try:
             # A reply read inside `async with` is released however this ends, cancellation
             # included, which drops the connection instead of leaking it.
@@ -250,20 +257,20 @@ class HttpProvider(abc.ABC):
                     method,
                     url,
                     headers=headers,
-                    json=payload,
+                    data=body,
                     allow_redirects=False,
                     proxy=proxy,
                     proxy_auth=proxy_auth,
                 ) as response,
             ):
-                body = await self._read_capped(response)
+                content = await self._read_capped(response)
         except aiohttp.ClientError as exc:
             reached = follow_up or not isinstance(exc, _NOTHING_SENT)
             raise ProviderFailure(transport_failure(self.spec.name, exc), reached=reached) from exc
         return Reply(
             response.status,
             response.headers.get("Location"),
-            body,
+            content,
             time.monotonic() - started,
         )
 

@@ -54,7 +54,6 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -951,7 +950,7 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     first = int(cast(int, reply)) + 1
     executions = submission.executions
     return Submitted(
-        submission.job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions))
+        submission.job, True, tuple(e.evolve(seq=first + i) for i, e in enumerate(executions))
     )
 
 

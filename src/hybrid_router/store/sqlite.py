@@ -872,7 +872,7 @@ def _submit_batch(
         if isinstance(outcome, Submitted) and outcome.created:
             executions = batch[i].executions
             outcomes[i] = outcome._replace(
-                executions=tuple(replace(e, seq=seq + 1 + k) for k, e in enumerate(executions))
+                executions=tuple(e.evolve(seq=seq + 1 + k) for k, e in enumerate(executions))
             )
             seq += len(executions)
     return outcomes
@@ -933,7 +933,7 @@ def _submit(
         rows = tx.execute("SELECT last_insert_rowid()").fetchall()
         last = int(next(iter(rows))[0])
     first = last - len(executions) + 1
-    return Submitted(job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions)))
+    return Submitted(job, True, tuple(e.evolve(seq=first + i) for i, e in enumerate(executions)))
 
 
 def _duplicate(tx: sqlite3.Connection, executions: Sequence[Execution]) -> DuplicateExecution:
