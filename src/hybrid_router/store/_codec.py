@@ -33,13 +33,13 @@ _EXECUTION_ATTRIBUTES = frozenset(f.name for f in fields(Execution))
 _EXECUTION_PLAIN = tuple(
     f.name for f in fields(Execution) if f.name not in ("seq", "state", "error")
 )
-_ERROR_FIELDS = ("error_code", "error_message", "error_kind")
-EXECUTION_FIELDS = ("state", *_EXECUTION_PLAIN, *_ERROR_FIELDS)
+ERROR_FIELDS = ("error_code", "error_message", "error_kind")
+EXECUTION_FIELDS = ("state", *_EXECUTION_PLAIN, *ERROR_FIELDS)
 # What an execution's life changes (admission, outcome, retry, recovery: core.policy and
 # core.retry); the rest is its request, fixed at submission, which a write never repeats.
 EXECUTION_LIFE_FIELDS = (
     "state", "attempts", "waits", "not_before", "started_at", "finished_at", "provider",
-    "container_id", "response", "inference_time", "tokens_generated", *_ERROR_FIELDS,
+    "container_id", "response", "inference_time", "tokens_generated", *ERROR_FIELDS,
 )  # fmt: skip
 # What decoding assumes for a field an execution's record leaves out.
 EXECUTION_DEFAULTS: dict[str, Any] = {
@@ -48,7 +48,7 @@ EXECUTION_DEFAULTS: dict[str, Any] = {
         for f in fields(Execution)
         if f.name in _EXECUTION_PLAIN and f.default is not MISSING
     },
-    **dict.fromkeys(_ERROR_FIELDS),
+    **dict.fromkeys(ERROR_FIELDS),
 }
 
 
@@ -104,7 +104,7 @@ def execution_from_record(record: Mapping[str, Any], seq: int) -> Execution:
 # A row of every field, `seq` first and the error's last (what SQLite reads select).
 EXECUTION_ROW = ("seq", *EXECUTION_FIELDS)
 # The row's columns before the error's, named as the execution's attributes.
-_ROW_ATTRIBUTES = EXECUTION_ROW[: -len(_ERROR_FIELDS)]
+_ROW_ATTRIBUTES = EXECUTION_ROW[: -len(ERROR_FIELDS)]
 if {*_ROW_ATTRIBUTES, "error"} != _EXECUTION_ATTRIBUTES:
     raise ImportError("EXECUTION_ROW no longer names every field of Execution")
 

@@ -82,11 +82,12 @@ from hybrid_router.errors import (
     StoreUnavailable,
 )
 from hybrid_router.store._codec import (
+    ERROR_FIELDS,
     EXECUTION_DEFAULTS,
+    EXECUTION_FIELDS,
     container_from_record,
     container_record,
     execution_from_record,
-    execution_record,
     job_from_record,
     job_record,
 )
@@ -965,13 +966,32 @@ def _encode_execution(execution: Execution) -> bytes:
     Fields at their default are left out: a queued execution is a third smaller, which is
     most of Redis's memory per execution; but never `owner`, which the scripts read to find
     the job's keys. The cancel script relies on the order to rewrite `state` and
-    `finished_at` without decoding the rest.
+    `finished_at` without decoding the rest. Read from the fields in one pass, not through
+    execution_record: an execution is encoded at submission, admission and outcome.
     """
-    record = execution_record(execution)
-    state = record.pop("state")
-    ordered = {"finished_at": record.pop("finished_at"), **record}
-    defaults = EXECUTION_DEFAULTS
-    compact = {
-        k: v for k, v in ordered.items() if k not in defaults or v != defaults[k] or k == "owner"
-    }
-    return _dumps({"state": state, **compact})
+    values = execution.__dict__
+    record: dict[str, Any] = {"state": execution.state.value}
+    if execution.finished_at is not None:
+        record["finished_at"] = execution.finished_at
+    for name, default in _ENCODED_FIELDS:
+        value = values[name]
+        if default is _ALWAYS or value != default:
+            record[name] = value
+    error = execution.error
+    if error is not None:
+        record["error_code"] = error.code
+        record["error_message"] = error.message
+        record["error_kind"] = error.kind.value
+    return _dumps(record)
+
+
+# Never equal to a field's value: the fields without a default, and `owner`, are always kept.
+_ALWAYS = object()
+# After `state` and `finished_at`, every field a record holds but the error's, in record
+# order, with the default that leaves it out.
+_ENCODED_FIELDS = tuple(
+    (name, _ALWAYS if name not in EXECUTION_DEFAULTS or name == "owner" else default)
+    for name in EXECUTION_FIELDS
+    if name not in ("state", "finished_at", *ERROR_FIELDS)
+    for default in (EXECUTION_DEFAULTS.get(name),)
+)
