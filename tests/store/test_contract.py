@@ -290,6 +290,27 @@ async def test_admit_writes_a_whole_round_and_keeps_refused_calls_out_of_the_led
     assert await store.admit([], []) == Recorded()
 
 
+async def test_a_refused_call_leaves_a_busy_container_with_its_other_calls_in_order(
+    store: Store,
+) -> None:
+    a, b, c, d = await submit(store, make_job("j1"))
+    (other,) = await submit(store, make_job("j2", questions=("q",), models=("m",)))
+    earlier = await admitted(store, d, "c1")
+    await store.cancel_queued(key("j2"), now=105.0)
+    calls = (earlier.id, a.id, other.id, b.id)
+    busy = Container("c1", "modal-us", "m", "US", 1, calls, 1712345678.123456)
+    round_ = [started(a, "c1"), started(other, "c1"), started(b, "c1")]
+
+    recorded = await store.admit(round_, [busy])
+
+    assert recorded == Recorded(frozenset({a.id, b.id}))
+    assert await store.containers() == [replace(busy, in_flight=(earlier.id, a.id, b.id))]
+    assert await store.admit([started(c, "c1")], [replace(busy, in_flight=(c.id,))]) == Recorded(
+        frozenset({c.id})
+    )
+    assert await store.containers() == [replace(busy, in_flight=(c.id,))]
+
+
 async def test_a_cancelled_execution_cannot_be_admitted(store: Store) -> None:
     first, *_ = await submit(store, make_job())
     await store.cancel_queued(key("j1"), now=105.0)

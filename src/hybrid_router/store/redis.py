@@ -236,9 +236,10 @@ retire(key)
 return before
 """,
     # ARGV: the number of executions, then (execution id, JSON, state) triples, then per
-    # container: its id, its JSON up to the in_flight array (which comes last, so the script
-    # writes the rest without re-encoding a number), the number of its in-flight calls, and
-    # (execution id, that id as JSON) pairs. Calls of refused executions are left out.
+    # container: its id, its JSON up to the end of the in_flight array's calls admitted
+    # before this round (the array comes last, so the script writes the rest without
+    # re-encoding a number), the number of the calls that follow, and (execution id, that
+    # id as JSON) pairs of those. Calls of refused executions are left out.
     "admit": """
 if fenced() then return -1 end
 local n = tonumber(ARGV[4])
@@ -260,7 +261,11 @@ while i <= #ARGV do
   for j = i + 3, i + 1 + 2 * calls, 2 do
     if not refused[ARGV[j]] then kept[#kept + 1] = ARGV[j + 1] end
   end
-  local raw = ARGV[i + 1] .. '[' .. table.concat(kept, ',') .. ']}'
+  local raw = ARGV[i + 1]
+  if #kept > 0 then
+    raw = raw .. (string.sub(raw, -1) == '[' and '' or ',') .. table.concat(kept, ',')
+  end
+  raw = raw .. ']}'
   redis.call('HSET', P .. ':containers', ARGV[i], raw)
   i = i + 3 + 2 * calls
 end
@@ -715,13 +720,21 @@ class RedisStore:
         args: list[str | int | bytes] = [len(executions)]
         for e in executions:
             args += [e.id, _encode_execution(e), e.state.value]
+        this_round = {e.id for e in executions}
         for c in containers:
             record = container_record(c)
             in_flight = record.pop("in_flight")
-            # The record's JSON with its closing brace cut off, for the script to complete.
-            head = _dumps({**record, "in_flight": []})[: -len("[]}")]
-            args += [c.id, head, len(in_flight)]
-            for call in in_flight:
+            # Only this round's calls may be refused: the calls before the first of them go
+            # in the JSON, which a container of a few thousand calls in flight would
+            # otherwise send as two arguments each, every round.
+            first = next((k for k, call in enumerate(in_flight) if call in this_round), None)
+            settled = in_flight if first is None else in_flight[:first]
+            # The record's JSON without the closing of in_flight and of the object, for the
+            # script to complete with the kept calls.
+            head = _dumps({**record, "in_flight": settled})[: -len("]}")]
+            fresh = () if first is None else in_flight[first:]
+            args += [c.id, head, len(fresh)]
+            for call in fresh:
                 args += [call, _dumps(call)]
         return _recorded(await self._fenced("admit", *args))
 
