@@ -52,6 +52,9 @@ EXECUTION_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The defaults without the error's fields, which decoding turns into `error` only when the
+# record has them: most have none.
+_RECORD_DEFAULTS = {k: v for k, v in EXECUTION_DEFAULTS.items() if k not in ERROR_FIELDS}
 # The fields an execution's record cannot leave out.
 _EXECUTION_REQUIRED = frozenset(
     _EXECUTION_ATTRIBUTES - EXECUTION_DEFAULTS.keys() - {"seq", "state", "error"}
@@ -85,11 +88,14 @@ def execution_record(execution: Execution) -> dict[str, Any]:
 
 def execution_from_record(record: Mapping[str, Any], seq: int) -> Execution:
     """The execution a record holds, with the `seq` its store kept for it."""
-    values = {**EXECUTION_DEFAULTS, **record}
-    code = values.pop("error_code")
-    message = values.pop("error_message")
-    kind = values.pop("error_kind")
-    values["error"] = None if code is None else Failure(code, message, FailureKind(kind))
+    values = {**_RECORD_DEFAULTS, **record}
+    if "error_code" in values:
+        code = values.pop("error_code")
+        message = values.pop("error_message", None)
+        kind = values.pop("error_kind", None)
+        values["error"] = None if code is None else Failure(code, message, FailureKind(kind))
+    else:  # the Redis store leaves the error's fields out when there is none
+        values["error"] = None
     values["state"] = _STATES[values["state"]]
     values["seq"] = seq
     # As `values.keys() != _EXECUTION_ATTRIBUTES`, at a third of the cost (a new leader
