@@ -23,6 +23,8 @@ SAQ's worker before its clock starts.
   admission (LAUNCH_LATE in its log), the most of any run;
 - accepted: jobs answered 202 per second while submitting (with 16 clients, and the
   scheduler draining meanwhile);
+- router CPU, emulator CPU: ms of CPU (user + system, /proc) the process used per 1,000
+  executions over the drain, which the machine's other work moves far less than the rate;
 - the anchor, in the same run: SAQ (a worker subprocess with a no-op async function, on the
   same Redis, `--saq-concurrency` at once) draining N jobs enqueued by 16 concurrent
   enqueuers: N / (first enqueue -> all complete); and the ratio router / SAQ.
@@ -65,6 +67,10 @@ class Run:
     # Calls the router refused to send because they went out too long after admission
     # (LAUNCH_LATE, from its log): under load they were once most calls.
     late: int = 0
+    # CPU seconds the router and the emulator (None: in-process provider) used while
+    # draining: what the machine's other work barely moves, unlike the rate.
+    router_cpu_s: float | None = None
+    emulator_cpu_s: float | None = None
 
     def rate(self, n: int) -> float | None:
         """Items per second, or None when it did not finish."""
@@ -126,8 +132,11 @@ async def completed(client: httpx.AsyncClient) -> tuple[int, int]:
     return body["completed"], body["failed"]
 
 
-async def drain_router(url: str, n: int, shape: str, timeout_s: float) -> Run:
-    """Submit n executions to the router at `url` and time until all have succeeded."""
+async def drain_router(
+    url: str, n: int, shape: str, timeout_s: float, pids: tuple[int, int | None] | None = None
+) -> Run:
+    """Submit n executions to the router at `url` and time until all have succeeded; with
+    `pids` (the router's, the emulator's or None), what CPU they used meanwhile."""
     items = bodies(n, shape)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as poller:
         # One execution through first, as the SAQ anchor puts one job through its worker
@@ -137,6 +146,7 @@ async def drain_router(url: str, n: int, shape: str, timeout_s: float) -> Run:
         (await poller.post("/jobs", json=warm)).raise_for_status()
         while (await completed(poller))[0] < 1:  # noqa: ASYNC110 (polling an HTTP API)
             await asyncio.sleep(POLL_END_S)
+        cpu_before = _cpu(pids)
         start = time.perf_counter()
         submitting = asyncio.create_task(submit_all(url, items))
         done = failed = 0
@@ -157,7 +167,13 @@ async def drain_router(url: str, n: int, shape: str, timeout_s: float) -> Run:
                 raise RuntimeError(f"{failed} executions failed")
             if done >= n:
                 seconds = time.perf_counter() - start
-                return Run(seconds, done, await submitting)
+                cpu_after = _cpu(pids)
+                run = Run(seconds, done, await submitting)
+                run.router_cpu_s, run.emulator_cpu_s = (
+                    None if a is None or b is None else b - a
+                    for a, b in zip(cpu_before, cpu_after, strict=True)
+                )
+                return run
             if now >= next_progress:
                 log(f"    {done}/{n} done after {now - start:.0f} s")
                 next_progress += PROGRESS_S
@@ -168,6 +184,13 @@ async def drain_router(url: str, n: int, shape: str, timeout_s: float) -> Run:
                 await asyncio.sleep(POLL_END_S)
             else:
                 await asyncio.wait({submitting}, timeout=POLL_S)
+
+
+def _cpu(pids: tuple[int, int | None] | None) -> tuple[float | None, float | None]:
+    if pids is None:
+        return None, None
+    router, emulator = pids
+    return h.cpu_seconds(router), None if emulator is None else h.cpu_seconds(emulator)
 
 
 async def router_case(
@@ -191,7 +214,8 @@ async def router_case(
                 spy = h.Profile(router.pid, out)
                 spy.start()
                 await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
-            run = await drain_router(router.url, n, shape, timeout_s)
+            pids = (router.pid, emulator.pid if emulator else None)
+            run = await drain_router(router.url, n, shape, timeout_s, pids)
             run.late = router.log.read_text(errors="replace").count("LAUNCH_LATE")
             return run
         finally:
@@ -272,12 +296,21 @@ def median_run(runs: list[Run], n: int) -> tuple[float | None, float | None, int
     )
 
 
+def median_cpu(runs: list[Run], n: int, process: str) -> str:
+    """The median CPU ms per 1,000 executions of `process` (router, emulator), or '-'."""
+    used = [getattr(r, f"{process}_cpu_s") for r in runs]
+    if not used or any(u is None for u in used):
+        return "-"
+    return f"{1000 * statistics.median(used) / n * 1000:.0f}"
+
+
 async def main(args: argparse.Namespace) -> None:
     """Every case at every N, K times each, then the table."""
     rows: list[str] = []
     header = (
         f"{'store':7} {'provider':10} {'shape':7} {'N':>7} {'router exec/s':>14} "
-        f"{'SAQ jobs/s':>11} {'router/SAQ':>11} {'accepted jobs/s':>16} {'late':>5}"
+        f"{'SAQ jobs/s':>11} {'router/SAQ':>11} {'accepted jobs/s':>16} {'late':>5} "
+        f"{'router CPU':>10} {'emulator CPU':>12}"
     )
     for n in args.n:
         saq_runs = []
@@ -308,11 +341,15 @@ async def main(args: argparse.Namespace) -> None:
                     ratio = f"{rate / saq_rate:11.3f}" if saq_rate else f"{'-':>11}"
                     accept = f"{accepted:16.1f}" if accepted else f"{'-':>16}"
                     late = max(r.late for r in runs)
-                    rows.append(f"{label} {rate:14.1f} {saq} {ratio} {accept} {late:5d}")
+                    cpu = (
+                        f"{median_cpu(runs, n, 'router'):>10} {median_cpu(runs, n, 'emulator'):>12}"
+                    )
+                    rows.append(f"{label} {rate:14.1f} {saq} {ratio} {accept} {late:5d} {cpu}")
                     log(rows[-1])
     print(
         f"throughput, median of {args.repeat}; {CLIENTS} clients; SAQ concurrency "
-        f"{args.saq_concurrency}; jobs = jobs of {PER_JOB} executions, single = of 1"
+        f"{args.saq_concurrency}; jobs = jobs of {PER_JOB} executions, single = of 1; "
+        "CPU: ms of the process per 1,000 executions while draining"
     )
     print(header)
     print("\n".join(rows))
