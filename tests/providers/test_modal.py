@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 import pytest
@@ -330,3 +331,18 @@ async def test_calls_go_through_the_proxy_the_environment_names(
     with pytest.raises(ProviderFailure) as direct:
         await kit.modal("http://modal.invalid/US").run(request())
     assert direct.value.failure.kind is FailureKind.UNAVAILABLE
+
+
+async def test_a_reported_time_or_count_no_call_could_have_is_left_out(kit: Kit) -> None:
+    # json reads NaN and integers of any size; the stores' JSON keeps neither.
+    emulator = await kit.emulator()
+    modal = kit.modal(f"{emulator.url}/US")
+    reply = {"success": True, "response": "ok", "inference_time": "NaN", "tokens_generated": 0}
+    body = json.dumps(reply).replace('"NaN"', "NaN").replace(": 0}", f": {10**30}}}")
+    await emulator.fault(status=200, body=body)
+
+    completion = await modal.run(request())
+
+    assert completion.response == "ok"
+    assert completion.inference_time is not None and completion.inference_time >= 0
+    assert completion.tokens_generated is None

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -313,9 +314,14 @@ class HttpProvider(abc.ABC):
 
 
 def number(value: object) -> float | None:
-    """A JSON number as a float (bools excluded), else None."""
+    """A finite JSON number as a float (bools excluded), else None: json reads NaN and
+    Infinity, which no duration is and orjson, the Redis store's JSON, writes as null."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
+        return number if math.isfinite(number) else None
     return None
 
 
