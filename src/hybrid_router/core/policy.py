@@ -610,8 +610,14 @@ def _provider_with_room(
     return None
 
 
+def opened_its_container(e: Execution) -> bool:
+    """Whether `e`'s call (running or done) opened the container it ran on, and so paid a
+    cold start: a container is named after the execution that opens it."""
+    return e.container_id is not None and e.container_id.startswith(f"{e.id}@")
+
+
 def _new_container_id(e: Execution, now: float, live: Mapping[str, Container]) -> str:
-    """Named after the execution that opens it (estimates rely on that), never reused."""
+    """Named after the execution that opens it (see opened_its_container), never reused."""
     base = container_id = f"{e.id}@{now:.6f}"
     suffix = 0
     while container_id in live:  # e lost its call and is opening again in the same instant
