@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 from pydantic import BaseModel
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from hybrid_router import planning
     from hybrid_router.client import Client, JobHandle, JobOptions
     from hybrid_router.redaction import Redactor
+
+_T = TypeVar("_T")
 
 app = typer.Typer(
     help="GPU-limit-aware region queues in front of serverless GPU providers.",
@@ -745,12 +747,7 @@ def simulate(
     durations = {m: sum(call_bounds(m)) / 2 for m in topology.models}
     default_cold_start = sum(COLD_START_S) / 2
     if from_history:
-        try:
-            history = planning.history_in_store(settings)
-        except InvalidRequest as exc:
-            _fail(exc.message, code=2)
-        except RouterError as exc:
-            _fail(f"--from-history: {exc.message}")
+        history = _from_store("--from-history", lambda: planning.history_in_store(settings))
         learned = history.timings(Timings(durations, cold_start_s=default_cold_start))
         durations, default_cold_start = dict(learned.call_s), learned.cold_start_s
         err.print(_history_line(history), soft_wrap=True)
@@ -766,12 +763,7 @@ def simulate(
         cold_start = default_cold_start
     timings = Timings(durations, cold_start_s=cold_start, spread=spread, seed=seed)
     if from_queue:
-        try:
-            queue = planning.queue_in_store(settings)
-        except InvalidRequest as exc:
-            _fail(exc.message, code=2)
-        except RouterError as exc:
-            _fail(f"--from-queue: {exc.message}")
+        queue = _from_store("--from-queue", lambda: planning.queue_in_store(settings))
         now = time.time()
         reports = [
             simulate_queue(
@@ -839,6 +831,19 @@ def simulate(
         err.print(
             "[yellow]some executions never start (a region or model no longer configured)[/yellow]"
         )
+
+
+def _from_store(flag: str, read: Callable[[], _T]) -> _T:
+    """What `read` gets from the configured store, or exit naming `flag` and the problem
+    (2: the store is not there; 1: it failed)."""
+    from hybrid_router.errors import InvalidRequest
+
+    try:
+        return read()
+    except InvalidRequest as exc:
+        _fail(exc.message, code=2)
+    except RouterError as exc:
+        _fail(f"{flag}: {exc.message}")
 
 
 def _history_line(history: planning.History) -> str:
