@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 from pydantic import BaseModel
@@ -42,8 +42,11 @@ from hybrid_router.errors import ConfigError, RateLimited, RouterError, Unauthen
 
 if TYPE_CHECKING:
     # Imported where a command uses them: `serve` needs no HTTP client (httpx) to start.
+    from hybrid_router import planning
     from hybrid_router.client import Client, JobHandle, JobOptions
     from hybrid_router.redaction import Redactor
+
+_T = TypeVar("_T")
 
 app = typer.Typer(
     help="GPU-limit-aware region queues in front of serverless GPU providers.",
@@ -644,6 +647,14 @@ def simulate(
             "--from-queue", help="The queue as it stands now in the configured store instead."
         ),
     ] = False,
+    from_history: Annotated[
+        bool,
+        typer.Option(
+            "--from-history",
+            help="Call durations and the cold start learned from the calls of the configured "
+            "store's most recent jobs (medians); --call and --cold-start still win.",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -734,6 +745,12 @@ def simulate(
         _fail(exc.message, code=2)
     topology = settings.topology()
     durations = {m: sum(call_bounds(m)) / 2 for m in topology.models}
+    default_cold_start = sum(COLD_START_S) / 2
+    if from_history:
+        history = _from_store("--from-history", lambda: planning.history_in_store(settings))
+        learned = history.timings(Timings(durations, cold_start_s=default_cold_start))
+        durations, default_cold_start = dict(learned.call_s), learned.cold_start_s
+        err.print(_history_line(history), soft_wrap=True)
     for given in call or []:
         model, _, seconds = given.partition("=")
         if model not in durations:
@@ -743,15 +760,10 @@ def simulate(
         except ValueError:
             _fail(f"--call {given}: SECONDS must be a number", code=2)
     if cold_start is None:
-        cold_start = sum(COLD_START_S) / 2
+        cold_start = default_cold_start
     timings = Timings(durations, cold_start_s=cold_start, spread=spread, seed=seed)
     if from_queue:
-        try:
-            queue = planning.queue_in_store(settings)
-        except InvalidRequest as exc:
-            _fail(exc.message, code=2)
-        except RouterError as exc:
-            _fail(f"--from-queue: {exc.message}")
+        queue = _from_store("--from-queue", lambda: planning.queue_in_store(settings))
         now = time.time()
         reports = [
             simulate_queue(
@@ -767,7 +779,13 @@ def simulate(
     ]
 
     def figures(report: Report) -> dict[str, Any]:
-        return {**asdict(report), "ratio": report.ratio, "utilisation": report.utilisation}
+        assumed = {"call_s": timings.call_s, "cold_start_s": timings.cold_start_s}
+        return {
+            **asdict(report),
+            "ratio": report.ratio,
+            "utilisation": report.utilisation,
+            "timings": assumed,
+        }
 
     if output is Output.json:
         if compare:
@@ -813,6 +831,28 @@ def simulate(
         err.print(
             "[yellow]some executions never start (a region or model no longer configured)[/yellow]"
         )
+
+
+def _from_store(flag: str, read: Callable[[], _T]) -> _T:
+    """What `read` gets from the configured store, or exit naming `flag` and the problem
+    (2: the store is not there; 1: it failed)."""
+    from hybrid_router.errors import InvalidRequest
+
+    try:
+        return read()
+    except InvalidRequest as exc:
+        _fail(exc.message, code=2)
+    except RouterError as exc:
+        _fail(f"{flag}: {exc.message}")
+
+
+def _history_line(history: planning.History) -> str:
+    """What --from-history learned, for the person planning (on stderr)."""
+    if not history.calls:
+        return "--from-history: no finished calls in the store; planning with the defaults"
+    learned = ", ".join(f"{m} {s:,.1f} s" for m, s in sorted(history.call_s.items()))
+    cold = "unknown" if history.cold_start_s is None else f"{history.cold_start_s:,.1f} s"
+    return f"--from-history: {history.calls} calls: {learned}; cold start {cold}"
 
 
 def _finish(finishes: dict[str, float], region: str) -> str:

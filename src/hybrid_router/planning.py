@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
+import statistics
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from hybrid_router.core.model import Container, Execution, Job
-from hybrid_router.core.policy import Topology
+from hybrid_router.core.model import Container, Execution, ExecutionState, Job
+from hybrid_router.core.policy import Topology, opened_its_container
+from hybrid_router.core.simulate import Timings
 from hybrid_router.errors import InvalidRequest
 from hybrid_router.settings import Settings
 from hybrid_router.store.base import Store
@@ -25,6 +27,12 @@ from hybrid_router.store.base import Store
 # A workload file bigger than this is not a plan but a mistake (the API's own limit on one
 # job is far smaller).
 MAX_WORKLOAD_BYTES = 64 * 1024 * 1024
+# --from-history learns from the calls of this many of the most recent jobs, at most this
+# many calls each: enough for a median, and a read that stays quick on any store.
+HISTORY_JOBS = 200
+HISTORY_CALLS_PER_JOB = 1_000
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,66 @@ def queue_in_store(settings: Settings) -> Queue:
     """The configured store's queue now, read through the Store protocol.
 
     A SQLite file that does not exist is refused rather than created."""
+
+    async def read(store: Store) -> Queue:
+        return Queue(await store.queued(), await store.running(), await store.containers())
+
+    return _read_store(settings, "--from-queue", read)
+
+
+@dataclass(frozen=True)
+class History:
+    """Call durations learned from the calls the store has seen end, in production seconds."""
+
+    call_s: dict[str, float]  # per model: the median warm call
+    cold_start_s: float | None  # the median time a call that opened its container took more
+    calls: int  # how many calls it learned from
+
+    def timings(self, defaults: Timings) -> Timings:
+        """`defaults` with what was learned in place of their guesses."""
+        cold = defaults.cold_start_s if self.cold_start_s is None else self.cold_start_s
+        return replace(defaults, call_s={**defaults.call_s, **self.call_s}, cold_start_s=cold)
+
+
+def learn_history(executions: Iterable[Execution], topology: Topology) -> History:
+    """What the succeeded calls among `executions` say of each model's duration and of a
+    cold start. Real seconds become production seconds by their provider's time scale."""
+    warm: dict[str, list[float]] = {}
+    cold: dict[str, list[float]] = {}
+    for e in executions:
+        if e.state is not ExecutionState.SUCCEEDED or e.started_at is None:
+            continue
+        if e.finished_at is None or e.finished_at < e.started_at:
+            continue
+        provider = topology.providers.get(e.provider or "")
+        seconds = (e.finished_at - e.started_at) / (provider.time_scale if provider else 1.0)
+        (cold if opened_its_container(e) else warm).setdefault(e.model, []).append(seconds)
+    call_s = {model: statistics.median(seconds) for model, seconds in warm.items()}
+    extra = [s - call_s[m] for m, calls in cold.items() if m in call_s for s in calls]
+    cold_start_s = max(0.0, statistics.median(extra)) if extra else None
+    if cold_start_s is not None:  # a model only ever seen cold: its calls less a cold start
+        for model, calls in cold.items():
+            call_s.setdefault(model, max(0.0, statistics.median(calls) - cold_start_s))
+    learned_from = sum(map(len, warm.values())) + sum(map(len, cold.values()))
+    return History(call_s, cold_start_s, learned_from)
+
+
+def history_in_store(settings: Settings) -> History:
+    """What the configured store's most recent jobs (HISTORY_JOBS of them) say of the
+    calls' durations, read through the Store protocol."""
+
+    async def read(store: Store) -> list[Execution]:
+        executions: list[Execution] = []
+        for job, _ in await store.list_jobs(limit=HISTORY_JOBS):
+            executions += await store.executions_of(job.key, limit=HISTORY_CALLS_PER_JOB)
+        return executions
+
+    return learn_history(_read_store(settings, "--from-history", read), settings.topology())
+
+
+def _read_store(settings: Settings, flag: str, read: Callable[[Store], Awaitable[_T]]) -> _T:
+    """`read` over the configured store, opened for it and closed after; a SQLite file that
+    does not exist is refused rather than created."""
     from hybrid_router.store import store_from_url
     from hybrid_router.store.sqlite import SQLiteStore
 
@@ -200,16 +268,16 @@ def queue_in_store(settings: Settings) -> Queue:
         lease_ttl_s=settings.store.lease_ttl_s,
     )
     if isinstance(store, SQLiteStore) and not store.path.exists():
-        raise InvalidRequest(f"--from-queue: the store's SQLite file {store.path} does not exist")
-    return asyncio.run(_read_queue(store))
+        raise InvalidRequest(f"{flag}: the store's SQLite file {store.path} does not exist")
 
+    async def run() -> _T:
+        await store.open()
+        try:
+            return await read(store)
+        finally:
+            await store.close()
 
-async def _read_queue(store: Store) -> Queue:
-    await store.open()
-    try:
-        return Queue(await store.queued(), await store.running(), await store.containers())
-    finally:
-        await store.close()
+    return asyncio.run(run())
 
 
 def _canonical(

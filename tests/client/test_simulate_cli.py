@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from hybrid_router.cli import app
-from hybrid_router.core.model import Job
+from hybrid_router.core import ledger
+from hybrid_router.core.model import Container, ExecutionState, Job
+from hybrid_router.core.policy import decide
+from hybrid_router.settings import settings_from_environment
 from hybrid_router.store.sqlite import SQLiteStore
 
 
@@ -171,3 +175,73 @@ def test_from_queue_plans_the_queue_in_the_store_as_it_stands(
     same = figures("--workload", str(tmp_path / "jobs.json"))
     assert queued["makespan_s"] == same["makespan_s"]
     assert queued["region_finish_s"] == same["region_finish_s"]
+
+
+def test_from_history_plans_with_the_durations_the_store_has_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "router.db"
+    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{db}")
+    missing = invoke("--from-history")
+    assert missing.exit_code == 2 and "does not exist" in " ".join(missing.output.split())
+    topology = settings_from_environment(None).topology()
+    # In production seconds: llama 20 s warm, mistral 100 s warm, a cold start 30 s more.
+    call_s = {"llama3.2-1b": 20.0, "mistral-7b": 100.0}
+    cold_start_s = 30.0
+
+    async def run_two_rounds() -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        job = Job("j0", tuple(call_s), ("US",), ("a", "b", "c"))
+        await store.submit_job(job, job.expand())
+        now, live = 1_000.0, list[Container]()
+        for _ in range(2):  # the first round opens containers, the second reuses them
+            decision = decide(await store.queued(), live, topology, now)
+            started = [a.execution for a in decision.admissions]
+            live = [a.container for a in decision.admissions]
+            await store.admit(started, live)
+            results, ends = [], now
+            for e in started:
+                assert e.provider is not None and e.container_id is not None
+                scale = topology.providers[e.provider].time_scale
+                cold = e.container_id.startswith(e.id)
+                seconds = (call_s[e.model] + (cold_start_s if cold else 0.0)) * scale
+                ends = max(ends, now + seconds)
+                done = replace(e, state=ExecutionState.SUCCEEDED, finished_at=now + seconds)
+                results.append((done, e.container_id))
+            live = [ledger.release(c, c.in_flight, ends, 0.1) for c in live]
+            await store.finish(results, live)
+            now = ends + 0.01
+        await store.close()
+
+    asyncio.run(run_two_rounds())
+    result = CliRunner().invoke(
+        app, ["simulate", "--from-history", "--jobs", "1", "--questions", "1", "-o", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    assumed = json.loads(result.stdout)["timings"]
+    assert assumed["call_s"]["llama3.2-1b"] == pytest.approx(20.0)
+    assert assumed["call_s"]["mistral-7b"] == pytest.approx(100.0)
+    assert assumed["cold_start_s"] == pytest.approx(30.0)
+    assert assumed["call_s"]["qwen2.5-1.5b"] == 37.5  # never seen: the simulated default
+    assert "--from-history: 5 calls" in result.stderr  # 3 cold, 2 warm
+    # A flag still wins over what was learned.
+    given = figures("--from-history", "--call", "mistral-7b=50", "--jobs", "1")
+    assert given["timings"]["call_s"]["mistral-7b"] == 50.0
+
+
+def test_from_history_of_an_empty_store_says_it_keeps_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "router.db"
+    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{db}")
+
+    async def create() -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    result = invoke("--from-history", "--jobs", "1", "--questions", "1")
+    assert result.exit_code == 0
+    assert "no finished calls in the store; planning with the defaults" in result.stderr

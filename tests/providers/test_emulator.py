@@ -56,14 +56,14 @@ async def test_a_call_it_cannot_parse_gets_fastapis_422_and_runs_nothing(kit: Ki
 
 async def test_a_client_that_stops_polling_does_not_cancel_the_call(kit: Kit) -> None:
     # As on Modal: once answered with a 303, the call runs on whether or not anyone polls.
-    # A ~0.75 s call; each exchange waits 0.25 s, so the poll is surely in flight when dropped.
+    # A ~0.75 s call; each exchange waits up to 0.25 s for it.
     emulator = await kit.emulator(time_scale=0.004, poll_after_s=0.25)
     reply = await emulator.client.post("/US", json={**CALL, "model": LARGE})
     assert reply.status_code == 303
 
     async with httpx.AsyncClient(base_url=emulator.url) as poller:
         poll = asyncio.create_task(poller.get(reply.headers["location"]))
-        await asyncio.sleep(0.15)  # well inside the 0.25 s the poll waits there
+        await emulator.until(lambda s: s["waiting"] == 1)  # the poll waits there
         poll.cancel()
         await asyncio.gather(poll, return_exceptions=True)
 

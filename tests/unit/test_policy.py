@@ -11,6 +11,7 @@ from hybrid_router.core.model import (
     ProviderKind,
     ProviderSpec,
     Region,
+    WaitCode,
 )
 from hybrid_router.core.policy import Topology, decide, positions
 
@@ -105,6 +106,34 @@ def test_other_models_go_on_while_one_model_waits_for_its_container() -> None:
     topo = topology(region_limit=2)
     topo = replace(topo, providers={"p-US": replace(topo.providers["p-US"], max_containers=1)})
     assert started([execution(2, "a"), execution(3, "b")], [busy("a", "e1")], topo) == ["e3"]
+
+
+def test_each_model_gets_a_container_before_any_model_gets_a_second() -> None:
+    # Three GPUs; three of model a queued first, then one of b: a does not take all three
+    # and leave b's head waiting for one of them to scale down.
+    topo = topology(region_limit=3)
+    queued = [execution(1, "a"), execution(2, "a"), execution(3, "a"), execution(4, "b")]
+    decision = decide(queued, [], topo, 100.0)
+    assert [a.execution.id for a in decision.admissions] == ["e1", "e4", "e2"]
+    # e3 waits for a container of its own model, as FIFO per model has it.
+    wait = decision.waits.of(queued[2])
+    assert wait is not None and wait.code is WaitCode.BEHIND_CONTAINER
+    # b is already up: a's second container comes in queue order, before the others.
+    assert started(
+        [execution(2, "a"), execution(5, "b")], [busy("a", "e1"), busy("b", "e4")], topo
+    ) == ["e2"]
+
+
+def test_a_first_container_of_lower_priority_waits_for_higher_priority_work() -> None:
+    topo = topology(region_limit=2)
+    queued = [execution(1, "a", priority=5), execution(2, "a", priority=5), execution(3, "b")]
+    assert started(queued, [], topo) == ["e1", "e2"]
+
+
+def test_a_first_container_never_passes_in_sequential_mode() -> None:
+    topo = topology(max_running=1)
+    queued = [execution(2, "a"), execution(3, "b")]
+    assert started(queued, [warm("a", 150)], topo) == ["e2"]
 
 
 def test_a_head_waiting_for_a_gpu_keeps_later_ones_off_idle_containers() -> None:

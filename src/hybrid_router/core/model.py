@@ -219,7 +219,7 @@ class Execution:
     started_at: float | None = None
     finished_at: float | None = None
     provider: str | None = None
-    container_id: str | None = None
+    container_id: str | None = None  # of its call running, or of its last one once it ended
     response: str | None = None
     inference_time: float | None = None
     tokens_generated: int | None = None  # as the provider counted them, when it did

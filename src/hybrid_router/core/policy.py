@@ -9,6 +9,15 @@ model, else opens a container if its GPUs fit the region's and the global limit,
   containers, and while the global limit is what binds, younger executions elsewhere may
   not either, so the oldest waiting head gets the first GPU that frees anywhere.
 
+First containers first: before the walk, the head of every lane (region, model) with no
+container of its model up may open one on the GPUs free now, oldest first, before any
+model opens a second container in that region. Otherwise a model whose jobs come first (one
+job per model is a natural way to submit) would take every free GPU, and the next model's
+head would wait a whole scaledown window for one of them while they idle. The walk then
+goes on as above: the executions behind wait for their own model's container, FIFO per
+model. Only heads of the region's highest priority take part, and never in sequential mode
+(`max_running = 1`, strict FIFO); a head that cannot open now waits in its place in the walk.
+
 Backfill: while a head waits for a GPU, later executions still reuse idle containers, but
 only those whose GPUs no waiting head needs: every lane's head with none of its model up may
 wait for GPUs in its region and in the account, and gets the first ones to free there (free
@@ -192,6 +201,7 @@ class _Round:
         self.need: Counter[str] = Counter()
         self.need_total = 0
         self.admissions: list[Admission] = []
+        self.started: set[str] = set()  # admitted this round (open_first's come up again)
         self.waits: dict[str, Wait] = {}
         self.lane_waits: dict[tuple[str, str], Wait] = {}
         self.region_waits = {
@@ -203,6 +213,39 @@ class _Round:
                 self.wake(c.warm_until)
         for until in cooling.values():
             self.wake(until)  # a provider back from its cooldown may take what waits
+
+    def open_first(
+        self, heads: Iterable[Execution], key: Callable[[Execution], tuple[int, int]]
+    ) -> None:
+        """Before the walk, the heads of lanes with no container of their model up open one
+        on the GPUs free now, oldest first: each model in a region gets a container before
+        any opens a second. Only heads of their region's highest priority, and never where
+        a region runs one call at a time (strict FIFO). A head that cannot open now is left
+        to the walk, in its place: this pass makes no one wait (see the module's docstring)."""
+        heads = list(heads)
+        top: dict[str, int] = {}
+        for e in heads:
+            top[e.region] = min(top.get(e.region, key(e)[0]), key(e)[0])
+        for e in sorted(heads, key=key):
+            region = self.topology.regions.get(e.region)
+            if region is None or key(e)[0] != top[e.region] or region.max_running == 1:
+                continue
+            if region.max_running is not None and self.running[e.region] >= region.max_running:
+                continue
+            if e.not_before > self.now or not self.region_open(e.region):
+                continue
+            if e.deadline_at is not None and e.deadline_at <= self.now:
+                continue
+            providers = self.usable(self.topology.providers_for(e.region, e.model))
+            if not providers or _model_up(self.live.values(), providers, e.model):
+                continue
+            gpus = self.topology.gpus(e.model)
+            if self.region_used[e.region] + gpus > region.gpu_limit:
+                continue
+            if self.total_used + gpus > self.topology.gpu_limit or self.full:
+                continue
+            if (opener := _provider_with_room(self.live.values(), providers, e.model)) is not None:
+                self._open(e, opener, gpus)
 
     def expect(self, lanes: Iterable[tuple[str, str]]) -> None:
         """The (region, model) lanes with executions to walk, before the walk: what backfill
@@ -248,7 +291,7 @@ class _Round:
         """Admit `e` now, or note why it waits and what that holds back behind it."""
         if e.deadline_at is not None and e.deadline_at <= self.now:
             return  # expired, not waiting: it blocks no one
-        if not self.lane_open(e.region, e.model):
+        if e.id in self.started or not self.lane_open(e.region, e.model):
             return
         providers = self.usable(self.topology.providers_for(e.region, e.model))
         if not providers:
@@ -383,6 +426,7 @@ class _Round:
 
     def _place(self, e: Execution, placed: Container, *, opened: bool) -> None:
         self.admissions.append(Admission(_started(e, placed, self.now), placed, opened))
+        self.started.add(e.id)
         self.live[placed.id] = placed
         self.running[e.region] += 1
 
@@ -440,6 +484,11 @@ def decide(
     """
     round_ = _Round(containers, topology, now, closed, cooling or {}, limit)
     walked = list(_interleaved(queued, topology, now))
+    heads: dict[tuple[str, str], Execution] = {}
+    for e in walked:
+        if e.deadline_at is None or e.deadline_at > now:
+            heads.setdefault((e.region, e.model), e)
+    round_.open_first(heads.values(), lambda e: queue_key(e, now, topology.priority_aging_s))
     round_.expect(
         {
             (e.region, e.model)
@@ -491,6 +540,7 @@ def decide_indexed(
         heapq.heapify(lanes)
         if lanes:
             turns.append((index.turn(lanes[0][3]), order, lanes, region))
+    round_.open_first((lane[3] for _, _, lanes, _ in turns for lane in lanes), queue_key)
     round_.expect((region, model) for _, _, lanes, region in turns for _, model, _, _ in lanes)
     heapq.heapify(turns)
     while turns and not round_.full:
@@ -610,8 +660,14 @@ def _provider_with_room(
     return None
 
 
+def opened_its_container(e: Execution) -> bool:
+    """Whether `e`'s call (running or done) opened the container it ran on, and so paid a
+    cold start: a container is named after the execution that opens it."""
+    return e.container_id is not None and e.container_id.startswith(f"{e.id}@")
+
+
 def _new_container_id(e: Execution, now: float, live: Mapping[str, Container]) -> str:
-    """Named after the execution that opens it (estimates rely on that), never reused."""
+    """Named after the execution that opens it (see opened_its_container), never reused."""
     base = container_id = f"{e.id}@{now:.6f}"
     suffix = 0
     while container_id in live:  # e lost its call and is opening again in the same instant

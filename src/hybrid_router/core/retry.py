@@ -46,20 +46,16 @@ class RetryPolicy:
                 waits=execution.waits,
                 not_before=now + self.backoff(execution.attempts, jitter),
             )
-        return execution.evolve(
-            state=ExecutionState.FAILED,
-            finished_at=now,
-            container_id=None,
-            error=failure,
-        )
+        # Terminal, it keeps the container of its last call: whether that call opened it
+        # (a cold start) is what planning learns from (planning.learn_history).
+        return execution.evolve(state=ExecutionState.FAILED, finished_at=now, error=failure)
 
 
 def succeeded(execution: Execution, completion: Completion, now: float) -> Execution:
-    """The execution with its recorded answer."""
+    """The execution with its recorded answer (and the container it ran on, as failed)."""
     return execution.evolve(
         state=ExecutionState.SUCCEEDED,
         finished_at=now,
-        container_id=None,
         response=completion.response,
         inference_time=completion.inference_time,
         tokens_generated=completion.tokens_generated,

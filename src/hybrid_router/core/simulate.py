@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import ledger
 from hybrid_router.core.model import Container, Execution, Job
-from hybrid_router.core.policy import Topology, decide_indexed
+from hybrid_router.core.policy import Topology, decide_indexed, opened_its_container
 from hybrid_router.core.queue_index import QueueIndex
 
 # Seconds one call takes, given the execution and whether it opens its container.
@@ -279,8 +279,8 @@ def in_flight(
     calls = {}
     for e in running:
         if e.container_id is not None and e.started_at is not None:
-            cold = e.container_id.startswith(f"{e.id}@")
-            calls[e.id] = (max(now, e.started_at + call_seconds(e, cold)), e.container_id)
+            ends = e.started_at + call_seconds(e, opened_its_container(e))
+            calls[e.id] = (max(now, ends), e.container_id)
     return calls
 
 

@@ -122,6 +122,7 @@ class _Emulator:
         self.faults: list[_Fault] = []
         self.redirects = 0
         self.disconnects = 0
+        self.waiting = 0  # requests held open for a call's outcome right now
 
     def refusal(self, request: Request) -> Response | None:
         """The 401 for a call lacking the credentials required, else None."""
@@ -169,9 +170,11 @@ class _Emulator:
         """True when the call ended, False when it still runs after `wait_s`, None when
         the client went away first."""
         gone = asyncio.create_task(_client_gone(request))
+        self.waiting += 1
         try:
             await asyncio.wait({task, gone}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.waiting -= 1
             left = gone.done()
             gone.cancel()
         if task.done():
@@ -284,12 +287,14 @@ def create_emulator_app(
 
     @app.get("/stats")
     async def stats() -> Response:
-        """The cloud's statistics, with the emulator's redirect and disconnect counts."""
+        """The cloud's statistics, with the emulator's redirect and disconnect counts and
+        the requests it holds open for an outcome now."""
         return JSONResponse(
             {
                 **cloud.stats(),
                 "redirects": emulator.redirects,
                 "disconnects": emulator.disconnects,
+                "waiting": emulator.waiting,
             }
         )
 
