@@ -1,7 +1,7 @@
 """API latency with 1,000 and with 100,000 executions queued, and start-to-first-admission.
 
     .venv/bin/python benchmarks/queries.py [--sizes 1000 100000] [--stores sqlite redis]
-        [--samples 200] [--budget 40]
+        [--samples 200] [--budget 40] [--repeat 1]
 
 For each store (a SQLite file in a temp dir, or Redis DB 15 under a prefix of its own) and
 each size, N executions are queued straight through the store API (jobs of 100, one model,
@@ -19,13 +19,16 @@ starts on that store, as after a restart, and:
 The scheduler is kept busy meanwhile: the region has 1 GPU and a call takes about 94 ms
 (the simulator at time scale 0.0025), so an admission round follows every completion while
 the queue hardly moves (some 10 executions a second). Prints each figure at both sizes and
-the ratio large / small; the small size is the anchor. Progress goes to stderr.
+the ratio large / small; the small size is the anchor. With `--repeat K` every case runs K
+times (the sizes in turns, so a slow minute of the machine falls on both) and each figure
+is the median of its K values, the ratio that of the two medians. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -148,11 +151,14 @@ def ms(seconds: float | None) -> str:
     return f"{'-':>9}" if seconds is None else f"{seconds * 1000:9.2f}"
 
 
-def report(store: str, sizes: list[int], figures: dict[int, dict[str, object]]) -> None:
-    """The table for one store: each figure at each size and large / small."""
+def report(store: str, sizes: list[int], runs: dict[int, list[dict[str, object]]]) -> None:
+    """The table for one store: each figure at each size (the median of its runs) and the
+    ratio of the medians large / small."""
     small, large = sizes[0], sizes[-1]
+    repeat = len(runs[small])
     columns = "".join(f"{f'{s // 1000}k':>9}" for s in sizes)
-    print(f"\n{store}: latency in ms ({len(sizes)} sizes; ratio = {large}/{small})")
+    medians = f"; medians of {repeat} runs" if repeat > 1 else ""
+    print(f"\n{store}: latency in ms ({len(sizes)} sizes; ratio = {large}/{small}{medians})")
     print(f"{'':32}{columns}{'ratio':>9}")
 
     def row(label: str, values: list[float | None]) -> None:
@@ -161,28 +167,48 @@ def report(store: str, sizes: list[int], figures: dict[int, dict[str, object]]) 
         ratio = f"{b / a:9.2f}" if a and b else f"{'-':>9}"
         print(f"{label:32}{cells}{ratio}")
 
-    row("start to first admission", [figures[s]["first_admission_s"] for s in sizes])  # type: ignore[misc]
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if len(known) == len(values) else None
+
+    first = [median([r["first_admission_s"] for r in runs[s]]) for s in sizes]  # type: ignore[misc]
+    row("start to first admission", first)
     for name in ENDPOINTS:
         for q in (50, 99):
-            values = [h.percentile(figures[s]["latencies"][name], q) for s in sizes]  # type: ignore[index]
+            values = [
+                median([h.percentile(r["latencies"][name], q) for r in runs[s]])  # type: ignore[index]
+                for s in sizes
+            ]
             row(f"{name} p{q}", values)
-    counts = "".join(f"{len(figures[s]['latencies'][ENDPOINTS[0]]):>9}" for s in sizes)  # type: ignore[index]
-    print(f"{'samples per request':32}{counts}")
-    left = "".join(f"{figures[s]['queued_at_end']:>9}" for s in sizes)
-    print(f"{'queued at the end':32}{left}")
+    counts = "".join(
+        f"{min(len(r['latencies'][ENDPOINTS[0]]) for r in runs[s]):>9}"  # type: ignore[index]
+        for s in sizes
+    )
+    print(f"{'samples per request (fewest)':32}{counts}")
+    left = "".join(f"{max(int(r['queued_at_end']) for r in runs[s]):>9}" for s in sizes)  # type: ignore[call-overload]
+    print(f"{'queued at the end (most)':32}{left}")
+    if repeat > 1:
+        for name in ENDPOINTS:
+            each = " ".join(
+                f"{h.percentile(r['latencies'][name], 99) * 1000:.1f}"  # type: ignore[index]
+                for s in sizes
+                for r in runs[s]
+            )
+            print(f"  {name} p99 of each run ({', '.join(f'{s // 1000}k' for s in sizes)}): {each}")
 
 
 async def main(args: argparse.Namespace) -> None:
-    """Every store at every size, then the tables."""
+    """Every store at every size, `--repeat` times, then the tables."""
     tables = {}
     for store in args.stores:
-        figures = {}
-        for n in args.sizes:
-            log(f"{store}, {n} queued")
-            figures[n] = await case(store, n, args.samples, args.budget)
-        tables[store] = figures
-    for store, figures in tables.items():
-        report(store, args.sizes, figures)
+        runs: dict[int, list[dict[str, object]]] = {n: [] for n in args.sizes}
+        for k in range(args.repeat):
+            for n in args.sizes:
+                log(f"{store}, {n} queued, run {k + 1}/{args.repeat}")
+                runs[n].append(await case(store, n, args.samples, args.budget))
+        tables[store] = runs
+    for store, runs in tables.items():
+        report(store, args.sizes, runs)
 
 
 if __name__ == "__main__":
@@ -191,4 +217,5 @@ if __name__ == "__main__":
     parser.add_argument("--stores", nargs="+", default=["sqlite", "redis"])
     parser.add_argument("--samples", type=int, default=200, help="rounds of the five requests")
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of timing per case")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case (medians printed)")
     asyncio.run(main(parser.parse_args()))

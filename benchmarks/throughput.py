@@ -13,10 +13,12 @@ concurrent clients (keep-alive connections of a minimal HTTP/1.1 client, as wrk'
 costs 2 ms of CPU a request, which on two cores would cap the rate it measures) submit N
 no-op executions, as jobs of 100 (`jobs`:
 100 questions x 1 model x 1 region) or as single-execution jobs (`single`); the script polls
-`GET /queue/status/US` until `completed` reaches N (twice a second while submitting, then
-20 times a second from the moment all are submitted, so the poll takes little from the drain
-it measures yet marks its end). One execution goes through first, as one job goes through
-SAQ's worker before its clock starts.
+`GET /queue/status/US` until `completed` reaches N: twice a second while submitting, then
+(`EndPoll`) 20 times a second from the moment all are submitted, and every 5 ms once, at the
+pace of the last two looks, the rest would be done by the look after next, so the poll takes
+little from the drain it measures yet marks its end within 5 ms. SAQ's end is looked for
+the same way (its count of incomplete jobs, on the same schedule). One execution goes
+through first, as one job goes through SAQ's worker before its clock starts.
 
 - router rate: N / (first submit -> first poll that sees all N succeeded);
 - late: calls the router would not send because they went out too long after their
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
@@ -48,11 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _harness as h
-import httpx
 
 CLIENTS = 16
-POLL_S = 0.5
-POLL_END_S = 0.05
+POLL_S = 0.5  # while submitting
+POLL_END_S = 0.05  # once all is submitted
+POLL_FINAL_S = 0.005  # once the end is near (EndPoll)
 PROGRESS_S = 5.0
 PER_JOB = 100
 
@@ -75,6 +78,35 @@ class Run:
     def rate(self, n: int) -> float | None:
         """Items per second, or None when it did not finish."""
         return None if self.seconds is None else n / self.seconds
+
+
+class EndPoll:
+    """When to look again at how much is done, the same for the router and for SAQ.
+
+    Every POLL_END_S once all is submitted; every POLL_FINAL_S from the first look after
+    which, at the pace between the last two looks (for the first one: since the clock
+    started), the rest would take less than twice the time to the next look: POLL_END_S
+    plus what the look itself took (while the router drains, a status read waits its turn
+    and answers up to a tenth of a second later). A drain of 1,000 lasts about a third of a
+    second: at 50 ms the end was marked 25 ms late on average, and polling every 5 ms
+    throughout would load what it measures.
+    """
+
+    def __init__(self, n: int, started_at: float) -> None:
+        self.n = n
+        # The first look's pace is the drain's since its clock started.
+        self._last = (started_at, 0)
+        self._final = False
+
+    def wait_s(self, asked_at: float, answered_at: float, done: int) -> float:
+        """Seconds until the next look, after one asked at `asked_at` (its count is at least
+        that fresh) and answered at `answered_at` said `done` of n."""
+        last, self._last = self._last, (asked_at, done)
+        if not self._final and asked_at > last[0]:
+            pace = (done - last[1]) / (asked_at - last[0])
+            next_look_s = POLL_END_S + (answered_at - asked_at)
+            self._final = pace > 0 and (self.n - done) / pace <= 2 * next_look_s
+        return POLL_FINAL_S if self._final else POLL_END_S
 
 
 def log(message: str) -> None:
@@ -124,11 +156,12 @@ async def submit_all(url: str, items: list[dict[str, object]]) -> float:
     return accepted / (time.perf_counter() - start)
 
 
-async def completed(client: httpx.AsyncClient) -> tuple[int, int]:
+async def completed(client: h.KeepAlive) -> tuple[int, int]:
     """(succeeded, failed) in the region, from GET /queue/status/US."""
-    reply = await client.get(f"/queue/status/{h.REGION}")
-    reply.raise_for_status()
-    body = reply.json()
+    status, reply = await client.get(f"/queue/status/{h.REGION}")
+    if status != 200:
+        raise RuntimeError(f"GET /queue/status/{h.REGION} answered {status}: {reply[:200]!r}")
+    body = json.loads(reply)
     return body["completed"], body["failed"]
 
 
@@ -138,17 +171,23 @@ async def drain_router(
     """Submit n executions to the router at `url` and time until all have succeeded; with
     `pids` (the router's, the emulator's or None), what CPU they used meanwhile."""
     items = bodies(n, shape)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as poller:
+    # The same minimal client as the submitters' (httpx would cost the machine 2 ms of CPU
+    # a poll, on the cores the router runs on); SAQ's end is polled with its Redis client.
+    poller = h.KeepAlive(url)
+    try:
         # One execution through first, as the SAQ anchor puts one job through its worker
         # before its clock starts: the first request's and the first call's one-off costs
         # (connections, lazy imports, caches) are not the drain's.
         warm = {"models": [h.MODEL], "regions": [h.REGION], "prompt": "warm-up"}
-        (await poller.post("/jobs", json=warm)).raise_for_status()
+        status, reply = await poller.post_json("/jobs", warm)
+        if status != 202:
+            raise RuntimeError(f"POST /jobs answered {status}: {reply[:200]!r}")
         while (await completed(poller))[0] < 1:  # noqa: ASYNC110 (polling an HTTP API)
             await asyncio.sleep(POLL_END_S)
         cpu_before = _cpu(pids)
         start = time.perf_counter()
         submitting = asyncio.create_task(submit_all(url, items))
+        end_poll = EndPoll(n, start)
         done = failed = 0
         next_progress = start + PROGRESS_S
         while True:
@@ -158,10 +197,12 @@ async def drain_router(
                 return Run(None, done)
             if submitting.done() and submitting.exception() is not None:
                 raise submitting.exception()  # type: ignore[misc]
+            asked_at = time.perf_counter()
             try:
                 done, failed = await asyncio.wait_for(completed(poller), timeout_s)
                 done -= 1  # the warm-up's
             except TimeoutError:
+                await poller.aclose()  # a request cut short leaves its connection unusable
                 continue
             if failed:
                 raise RuntimeError(f"{failed} executions failed")
@@ -177,13 +218,13 @@ async def drain_router(
             if now >= next_progress:
                 log(f"    {done}/{n} done after {now - start:.0f} s")
                 next_progress += PROGRESS_S
-            # Polling often would take the router's time from what it measures; once all is
-            # submitted the end is near (a run of 1,000 lasts a fifth of a second) and a quick
-            # poll marks it precisely.
+            # Polling often would take the router's time from what it measures.
             if submitting.done():
-                await asyncio.sleep(POLL_END_S)
+                await asyncio.sleep(end_poll.wait_s(asked_at, time.perf_counter(), done))
             else:
                 await asyncio.wait({submitting}, timeout=POLL_S)
+    finally:
+        await poller.aclose()
 
 
 def _cpu(pids: tuple[int, int | None] | None) -> tuple[float | None, float | None]:
@@ -267,14 +308,21 @@ async def drain_saq(n: int, concurrency: int, timeout_s: float) -> Run:
 
         start = time.perf_counter()
         enqueuing = asyncio.ensure_future(asyncio.gather(*(enqueuer() for _ in range(CLIENTS))))
+        end_poll = EndPoll(n, start)
         while True:
             elapsed = time.perf_counter() - start
             if elapsed > timeout_s:
                 enqueuing.cancel()
                 return Run(None, 0)
-            if enqueuing.done() and await queue.count("incomplete") == 0:
+            if not enqueuing.done():
+                await asyncio.wait({enqueuing}, timeout=POLL_S)
+                continue
+            enqueuing.result()  # an enqueue that failed fails the run
+            asked_at = time.perf_counter()
+            left = await queue.count("incomplete")
+            if left == 0:
                 return Run(time.perf_counter() - start, n)
-            await asyncio.sleep(POLL_END_S / 5)
+            await asyncio.sleep(end_poll.wait_s(asked_at, time.perf_counter(), n - left))
     finally:
         worker.terminate()
         worker.wait(15)

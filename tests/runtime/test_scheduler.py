@@ -4,13 +4,22 @@ over its limit (so a ledger bug shows up as refusals), real asyncio concurrency.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from pathlib import Path
 
 import pytest
 
+from hybrid_router.core import estimate
 from hybrid_router.core.model import ExecutionState, JobKey, JobState, JobStatus, RegionMode
+from hybrid_router.core.policy import Topology
 from hybrid_router.errors import StoreUnavailable
-from hybrid_router.runtime.service import JobRequest, RouterService
+from hybrid_router.runtime.service import (
+    ESTIMATE_MAX_SHARE,
+    JobRequest,
+    RouterService,
+    _Snapshot,
+)
 from hybrid_router.settings import settings_from_mapping
 
 from .conftest import MODELS, ServiceFactory, new_cloud, settings_for
@@ -285,3 +294,32 @@ async def test_a_job_stored_without_an_announcement_still_runs(
         await other.close()
     status = await service.wait("silent", 10)
     assert status.state is JobState.SUCCEEDED
+
+
+async def test_the_shared_estimate_takes_at_most_its_share_of_the_time(
+    tmp_path: Path, make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[float] = []
+    forecast = _Snapshot.forecast
+
+    def slow_forecast(self: _Snapshot, topology: Topology, now: float) -> estimate.Forecast:
+        made.append(time.monotonic())
+        time.sleep(0.05)  # as a forecast over a long queue takes
+        return forecast(self, topology, now)
+
+    monkeypatch.setattr(_Snapshot, "forecast", slow_forecast)
+    monkeypatch.setattr("hybrid_router.runtime.service.ESTIMATE_MAX_AGE_S", 0.0)
+    service = make_service(settings_for(tmp_path, region_limit=1), new_cloud())
+    await service.start()
+    await service.submit(one_lane_job("l", 6))
+    await until_something_runs(service)
+
+    began = time.monotonic()
+    while time.monotonic() - began < 1.5:  # a round after every call, ~0.15 s apart
+        status = await service.job("l")
+        assert any(s.estimated_start_s is not None for s in status.executions)
+        await asyncio.sleep(0.01)
+
+    assert len(made) >= 2  # still made again while rounds go on
+    shortest = min(b - a for a, b in itertools.pairwise(made))
+    assert shortest >= 0.9 * 0.05 / ESTIMATE_MAX_SHARE

@@ -43,6 +43,7 @@ from hybrid_router.logs import about, calling
 from hybrid_router.providers.base import InferenceRequest, Provider, ProviderFailure
 from hybrid_router.redaction import Redactor
 from hybrid_router.runtime.events import JOB_FINISHED, execution_event, job_event
+from hybrid_router.runtime.memory import long_lived
 from hybrid_router.runtime.metrics import SchedulerMetrics
 from hybrid_router.runtime.turns import SchedulerSteps
 from hybrid_router.store.base import Store
@@ -245,7 +246,8 @@ class RegionQueueManager:
                 log.warning("recovered %d executions no call of this process runs", len(running))
             self.ledger = containers
             self._announced.clear()
-            self.index = QueueIndex(await self.store.queued())
+            with long_lived():
+                self.index = QueueIndex(await self.store.queued())
         events = [execution_event(e, at=now) for e in after if e.state.terminal]
         for key in cancelled_jobs:
             found = await self.store.job_with_counts(key)
@@ -321,7 +323,8 @@ class RegionQueueManager:
         log.warning("queue index out of step with the store (lost events?): rebuilding it")
         async with self.lock:
             self._announced.clear()
-            self.index = QueueIndex(await self.store.queued())
+            with long_lived():
+                self.index = QueueIndex(await self.store.queued())
         return 0
 
     async def _admit_round(self) -> float | None:

@@ -69,8 +69,12 @@ TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired", JOB_
 ESTIMATE_MAX_QUEUED = 3_000
 # A region's status lists this many of its running executions (the longest-running).
 RUNNING_SHOWN = 100
-# Readers share one estimate, made again at most this often (and only after a round).
+# Readers share one estimate, made again at most this often (and only after a round)...
 ESTIMATE_MAX_AGE_S = 1.0
+# ...and taking at most this share of the time: at 1,000 queued with the scheduler busy, a
+# forecast remade every second held the GIL a third of the time (py-spy --gil), and every
+# request and round waited behind it.
+ESTIMATE_MAX_SHARE = 0.1
 # Jobs read from the store at a time when listing those in one state.
 JOBS_PAGE = 200
 
@@ -178,6 +182,8 @@ class RouterService:
         self._estimate: _Estimate | None = None
         self._estimating = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
+        # Seconds the last estimate took to make (real time, whatever `clock` is).
+        self._estimate_cost_s = 0.0
         # Cancellations started on behalf of waiters that could not await them, and estimates
         # being made again for readers: awaited before the store closes.
         self._detached: set[asyncio.Task[None]] = set()
@@ -414,10 +420,10 @@ class RouterService:
     async def _shared_estimate(self) -> _Estimate | None:
         """The estimate readers share; None when the queue is too long to estimate.
 
-        Made again once it is older than a round and than ESTIMATE_MAX_AGE_S, in the
-        background: readers get the last one meanwhile (a forecast takes tens of
-        milliseconds, which a reader would otherwise wait for once a second). Only the
-        first one is waited for.
+        Made again once it is older than a round, than ESTIMATE_MAX_AGE_S and than its
+        making took over ESTIMATE_MAX_SHARE, in the background: readers get the last one
+        meanwhile (a forecast takes tens of milliseconds or more, which a reader would
+        otherwise wait for). Only the first one is waited for.
         """
         manager = self.leadership.manager
         if manager is not None:
@@ -434,9 +440,10 @@ class RouterService:
                 if self._estimate is None:
                     self._estimate = await self._make_estimate(current)
                 return self._estimate
+        min_age_s = max(ESTIMATE_MAX_AGE_S, self._estimate_cost_s / ESTIMATE_MAX_SHARE)
         stale = not (
             (current is not None and cached.round == current)
-            or self.clock() - cached.made_at < ESTIMATE_MAX_AGE_S
+            or self.clock() - cached.made_at < min_age_s
         )
         if stale and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = task = asyncio.create_task(
@@ -457,12 +464,14 @@ class RouterService:
                 log.exception("estimate not refreshed")
 
     async def _make_estimate(self, current: tuple[int, int] | None) -> _Estimate:
+        began = time.perf_counter()
         now = self.clock()
         snapshot = await self._snapshot(now)
         places = policy.positions(snapshot.queued, now, self.topology.priority_aging_s)
         # In a thread: tens of milliseconds of policy rounds would otherwise hold up
         # every request and the scheduler's next step.
         expected = await asyncio.to_thread(snapshot.forecast, self.topology, now)
+        self._estimate_cost_s = time.perf_counter() - began
         return _Estimate(places, expected.starts, expected.ends, now, current)
 
     async def _snapshot(self, now: float) -> _Snapshot:
