@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 
@@ -251,6 +251,27 @@ class Container:
     def held_at(self, now: float) -> bool:
         """Whether this container still holds its GPUs at `now`."""
         return bool(self.in_flight) or self.warm_until > now
+
+
+_Frozen = TypeVar("_Frozen", "Execution", "Container", "Completion", "Failure")
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def evolve(record: _Frozen, **changes: Any) -> _Frozen:
+    """`dataclasses.replace(record, **changes)` at a fifth of its cost, for the frozen
+    records the scheduler remakes on every call (an execution admitted, answered, recorded;
+    a container occupied): replace() runs the frozen __init__, which sets each of the 26
+    fields of an execution through object.__setattr__, a tenth of a submission's CPU in
+    all. These classes have no __post_init__ and keep their fields in __dict__."""
+    cls = type(record)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(record))
+    if not names.issuperset(changes):
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(set(changes) - names))}")
+    new = object.__new__(cls)
+    new.__dict__.update(record.__dict__, **changes)
+    return new
 
 
 def job_state(states: list[ExecutionState]) -> JobState:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from hybrid_router.core import ledger
@@ -45,6 +45,7 @@ from hybrid_router.core.model import (
     Region,
     Wait,
     WaitCode,
+    evolve,
 )
 from hybrid_router.core.queue_index import QueueIndex
 
@@ -626,7 +627,7 @@ def _model_up(live: Iterable[Container], providers: list[ProviderSpec], model: s
 
 
 def _started(execution: Execution, container: Container, now: float) -> Execution:
-    return replace(
+    return evolve(
         execution,
         state=ExecutionState.RUNNING,
         attempts=execution.attempts + 1,

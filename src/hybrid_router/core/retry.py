@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from hybrid_router.core.model import (
     Completion,
@@ -10,6 +10,7 @@ from hybrid_router.core.model import (
     ExecutionState,
     Failure,
     FailureKind,
+    evolve,
 )
 
 
@@ -46,7 +47,7 @@ class RetryPolicy:
                 waits=execution.waits,
                 not_before=now + self.backoff(execution.attempts, jitter),
             )
-        return replace(
+        return evolve(
             execution,
             state=ExecutionState.FAILED,
             finished_at=now,
@@ -57,7 +58,7 @@ class RetryPolicy:
 
 def succeeded(execution: Execution, completion: Completion, now: float) -> Execution:
     """The execution with its recorded answer."""
-    return replace(
+    return evolve(
         execution,
         state=ExecutionState.SUCCEEDED,
         finished_at=now,
@@ -71,12 +72,12 @@ def succeeded(execution: Execution, completion: Completion, now: float) -> Execu
 
 def cancelled(execution: Execution, now: float) -> Execution:
     """The execution cancelled by its owner."""
-    return replace(execution, state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
+    return evolve(execution, state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
 
 
 def expired(execution: Execution, now: float) -> Execution:
     """A queued execution whose job's deadline passed before it could start."""
-    return replace(
+    return evolve(
         execution,
         state=ExecutionState.EXPIRED,
         finished_at=now,
@@ -93,7 +94,7 @@ def recovered(execution: Execution) -> Execution:
 
     The lost call does not spend an attempt: the execution itself did nothing wrong.
     """
-    return replace(
+    return evolve(
         execution,
         state=ExecutionState.QUEUED,
         attempts=max(0, execution.attempts - 1),
@@ -106,7 +107,7 @@ def recovered(execution: Execution) -> Execution:
 def _requeued(
     execution: Execution, failure: Failure, *, attempts: int, waits: int, not_before: float
 ) -> Execution:
-    return replace(
+    return evolve(
         execution,
         state=ExecutionState.QUEUED,
         attempts=attempts,

@@ -55,7 +55,6 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -73,6 +72,7 @@ from hybrid_router.core.model import (
     Job,
     JobKey,
     RegionMode,
+    evolve,
 )
 from hybrid_router.errors import (
     ConfigError,
@@ -951,7 +951,7 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     first = int(cast(int, reply)) + 1
     executions = submission.executions
     return Submitted(
-        submission.job, True, tuple(replace(e, seq=first + i) for i, e in enumerate(executions))
+        submission.job, True, tuple(evolve(e, seq=first + i) for i, e in enumerate(executions))
     )
 
 
