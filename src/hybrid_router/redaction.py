@@ -18,10 +18,9 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from urllib.parse import urlsplit
 
-from hybrid_router.core.model import Completion, Failure
+from hybrid_router.core.model import Completion, Failure, evolve
 from hybrid_router.settings import Settings
 
 MASK = "[redacted]"
@@ -91,8 +90,8 @@ class Redactor:
     def outcome(self, outcome: Completion | Failure) -> Completion | Failure:
         """A provider's outcome as the router may keep it: its message or text masked."""
         if isinstance(outcome, Failure):
-            return replace(outcome, message=self(outcome.message))
-        return replace(outcome, response=self(outcome.response))
+            return evolve(outcome, message=self(outcome.message))
+        return evolve(outcome, response=self(outcome.response))
 
 
 class RedactingFilter(logging.Filter):

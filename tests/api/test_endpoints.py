@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,33 @@ async def test_same_job_id_is_idempotent_and_a_different_body_conflicts(
     other = await client.post("/jobs", json={**payload, "prompt": "something else"})
     assert other.status_code == 409
     assert other.json()["code"] == "JOB_CONFLICT"
+
+
+async def test_a_job_is_answered_alike_whatever_json_content_type_it_comes_with(
+    client: httpx.AsyncClient,
+) -> None:
+    """`application/json` exactly takes the route's short path; others go through FastAPI's
+    own handling: a client sees no difference."""
+    payload = {"job_id": "typed", "models": ["llama3.2-1b"], "regions": ["US"], "prompt": "hi"}
+    raw = json.dumps(payload)
+    answers = []
+    for content_type in ("application/json; charset=utf-8", "application/json"):
+        response = await client.post("/jobs", content=raw, headers={"content-type": content_type})
+        job = response.json()
+        del job["status"]  # the scheduler may have started it meanwhile
+        answers.append((response.status_code, response.headers["content-type"], job))
+    assert [status for status, _, _ in answers] == [202, 200]
+    assert answers[0][1:] == answers[1][1:]
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        bad = await client.post("/jobs", content=raw[:-1], headers={"content-type": content_type})
+        assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_JSON")
+        invalid = await client.post(
+            "/jobs",
+            content=json.dumps({**payload, "priority": "high"}),
+            headers={"content-type": content_type},
+        )
+        assert invalid.status_code == 422
+        assert invalid.json()["detail"][0]["field"] == "body.priority"
 
 
 async def test_job_status_shape_until_it_succeeds(client: httpx.AsyncClient) -> None:

@@ -441,3 +441,21 @@ async def test_unreachable_redis_is_store_unavailable() -> None:
             await store.acquire_scheduler_lock()
     finally:
         await store.close()
+
+
+async def test_submissions_go_through_when_redis_has_lost_the_script(make: RedisFactory) -> None:
+    """As after a restart or a failover: the batch's EVALSHA are refused, the script is
+    loaded again and the batch stored, in order. (A sha Redis never saw stands in for a
+    flush, which would take every other user's scripts on this Redis.)"""
+    store = await opened(make)
+    submit_script = store._script("submit")
+    real_sha = submit_script.sha
+    submit_script.sha = "0" * 40
+    jobs = [make_job(f"lost-{i}") for i in range(5)]
+    outcomes = await asyncio.gather(*(store.submit_job(j, j.expand()) for j in jobs))
+    assert [(o.job, o.created) for o in outcomes] == [(j, True) for j in jobs]
+    seqs = [e.seq for o in outcomes for e in o.executions]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert submit_script.sha == real_sha
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        assert list(outcome.executions) == await store.executions_of(job.key)

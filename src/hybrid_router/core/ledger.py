@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from hybrid_router.core.model import Container
+from hybrid_router.core.model import Container, evolve
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def usage(
 
 def occupy(container: Container, execution_id: str) -> Container:
     """The container with one more call in flight."""
-    return replace(container, in_flight=(*container.in_flight, execution_id))
+    return evolve(container, in_flight=(*container.in_flight, execution_id))
 
 
 def release(
@@ -79,7 +79,7 @@ def release(
     warm_until = container.warm_until
     if not in_flight:
         warm_until = max(warm_until, now + scaledown_s)
-    return replace(container, in_flight=in_flight, warm_until=warm_until)
+    return evolve(container, in_flight=in_flight, warm_until=warm_until)
 
 
 def warm_siblings(
@@ -107,7 +107,7 @@ def hold_siblings(
     up on (abandon) may keep any of them up until `until`, busy or idle, not only its own.
     """
     return [
-        replace(c, warm_until=until)
+        evolve(c, warm_until=until)
         for c in containers
         if c.id != container.id
         and c.provider == container.provider
@@ -121,7 +121,7 @@ def unsent(container: Container, execution_id: str) -> Container:
     before it was booked. Nothing ran, so its warm window is neither started nor extended;
     opened for that call alone, it now holds no GPU and expires."""
     in_flight = tuple(e for e in container.in_flight if e != execution_id)
-    return replace(container, in_flight=in_flight)
+    return evolve(container, in_flight=in_flight)
 
 
 def abandon(container: Container, execution_id: str, until: float) -> Container:
@@ -133,6 +133,6 @@ def abandon(container: Container, execution_id: str, until: float) -> Container:
     (hold_siblings): the call may be running in any of them.
     """
     in_flight = tuple(e for e in container.in_flight if e != execution_id)
-    return replace(
+    return evolve(
         container, in_flight=in_flight, orphan=True, warm_until=max(container.warm_until, until)
     )

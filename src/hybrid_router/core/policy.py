@@ -54,6 +54,7 @@ from hybrid_router.core.model import (
     Region,
     Wait,
     WaitCode,
+    evolve,
 )
 from hybrid_router.core.queue_index import QueueIndex
 
@@ -682,7 +683,8 @@ def _model_up(live: Iterable[Container], providers: list[ProviderSpec], model: s
 
 
 def _started(execution: Execution, container: Container, now: float) -> Execution:
-    return execution.evolve(
+    return evolve(
+        execution,
         state=ExecutionState.RUNNING,
         attempts=execution.attempts + 1,
         started_at=now,

@@ -10,6 +10,7 @@ from hybrid_router.core.model import (
     ExecutionState,
     Failure,
     FailureKind,
+    evolve,
 )
 
 
@@ -48,12 +49,13 @@ class RetryPolicy:
             )
         # Terminal, it keeps the container of its last call: whether that call opened it
         # (a cold start) is what planning learns from (planning.learn_history).
-        return execution.evolve(state=ExecutionState.FAILED, finished_at=now, error=failure)
+        return evolve(execution, state=ExecutionState.FAILED, finished_at=now, error=failure)
 
 
 def succeeded(execution: Execution, completion: Completion, now: float) -> Execution:
     """The execution with its recorded answer (and the container it ran on, as failed)."""
-    return execution.evolve(
+    return evolve(
+        execution,
         state=ExecutionState.SUCCEEDED,
         finished_at=now,
         response=completion.response,
@@ -65,12 +67,13 @@ def succeeded(execution: Execution, completion: Completion, now: float) -> Execu
 
 def cancelled(execution: Execution, now: float) -> Execution:
     """The execution cancelled by its owner."""
-    return execution.evolve(state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
+    return evolve(execution, state=ExecutionState.CANCELLED, finished_at=now, container_id=None)
 
 
 def expired(execution: Execution, now: float) -> Execution:
     """A queued execution whose job's deadline passed before it could start."""
-    return execution.evolve(
+    return evolve(
+        execution,
         state=ExecutionState.EXPIRED,
         finished_at=now,
         error=Failure(
@@ -86,7 +89,8 @@ def recovered(execution: Execution) -> Execution:
 
     The lost call does not spend an attempt: the execution itself did nothing wrong.
     """
-    return execution.evolve(
+    return evolve(
+        execution,
         state=ExecutionState.QUEUED,
         attempts=max(0, execution.attempts - 1),
         started_at=None,
@@ -98,7 +102,8 @@ def recovered(execution: Execution) -> Execution:
 def _requeued(
     execution: Execution, failure: Failure, *, attempts: int, waits: int, not_before: float
 ) -> Execution:
-    return execution.evolve(
+    return evolve(
+        execution,
         state=ExecutionState.QUEUED,
         attempts=attempts,
         waits=waits,

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hybrid_router.core import ledger, policy, retry
 from hybrid_router.core.estimate import Durations
@@ -35,6 +35,7 @@ from hybrid_router.core.model import (
     FailureKind,
     JobKey,
     ProviderSpec,
+    evolve,
 )
 from hybrid_router.core.policy import Topology
 from hybrid_router.core.queue_index import QueueIndex
@@ -199,7 +200,7 @@ class RegionQueueManager:
         for execution_id in execution_ids:
             # Still indexed: cancelled while queued (a running one is counted when recorded).
             if (e := self.index.discard(execution_id)) is not None:
-                self.metrics.settled(replace(e, state=ExecutionState.CANCELLED), None)
+                self.metrics.settled(evolve(e, state=ExecutionState.CANCELLED), None)
         self.wake()
 
     async def recover(self) -> None:
@@ -365,7 +366,7 @@ class RegionQueueManager:
         for container in placed.values():
             if refused:
                 kept = tuple(i for i in container.in_flight if i not in refused)
-                container = replace(container, in_flight=kept)
+                container = evolve(container, in_flight=kept)
             self.ledger[container.id] = container
         for e in executions:
             self.index.discard(e.id)

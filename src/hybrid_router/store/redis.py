@@ -61,7 +61,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hybrid_router import _json
@@ -72,6 +72,7 @@ from hybrid_router.core.model import (
     Job,
     JobKey,
     RegionMode,
+    evolve,
 )
 from hybrid_router.errors import (
     ConfigError,
@@ -619,6 +620,20 @@ class RedisStore:
     async def _write_submissions(self, batch: Sequence[Submission]) -> list[Submitted | Exception]:
         """One pipeline of submit scripts: one round trip, replies in order."""
         script = self._script("submit")
+        replies = await self._submit_pipeline(script.sha, batch)
+        # Redis lost its scripts (a restart, a failover, SCRIPT FLUSH): none from there on ran,
+        # so the ones refused are a tail of the batch, and are sent again in order.
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            script.sha = await self.client.script_load(script.script)
+            again = await self._submit_pipeline(script.sha, [batch[i] for i in refused])
+            for i, reply in zip(refused, again, strict=True):
+                replies[i] = reply
+        return [_submitted(s, reply) for s, reply in zip(batch, replies, strict=True)]
+
+    async def _submit_pipeline(self, sha: str, batch: Sequence[Submission]) -> list[Any]:
+        # EVALSHA itself, not the script object on the pipeline: that made every pipeline ask
+        # SCRIPT EXISTS first, a round trip of its own in every group commit.
         async with self.client.pipeline(transaction=False) as pipe:
             for s in batch:
                 args: list[str | int | bytes] = [self.prefix, self._retention_ms, ""]
@@ -626,9 +641,9 @@ class RedisStore:
                 args.append(_dumps(s.job.created_at))
                 for e in s.executions:
                     args += [e.id, _encode_execution(e)]
-                await script(args=args, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
-        return [_submitted(s, reply) for s, reply in zip(batch, replies, strict=True)]
+                pipe.evalsha(sha, 0, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     @_unavailable_on_connection_error
     async def get_job(self, key: JobKey) -> Job | None:
@@ -964,7 +979,7 @@ def _submitted(submission: Submission, reply: object) -> Submitted | Exception:
     first = int(cast(int, reply)) + 1
     executions = submission.executions
     return Submitted(
-        submission.job, True, tuple(e.evolve(seq=first + i) for i, e in enumerate(executions))
+        submission.job, True, tuple(evolve(e, seq=first + i) for i, e in enumerate(executions))
     )
 
 

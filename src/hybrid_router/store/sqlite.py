@@ -31,7 +31,6 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from hybrid_router.core.model import (
     Job,
     JobKey,
     RegionMode,
+    evolve,
 )
 from hybrid_router.errors import (
     ConfigError,
@@ -547,7 +547,7 @@ class SQLiteStore:
                 _UPSERT_CONTAINER,
                 [
                     _container_params(
-                        replace(c, in_flight=tuple(i for i in c.in_flight if i not in refused))
+                        evolve(c, in_flight=tuple(i for i in c.in_flight if i not in refused))
                     )
                     for c in containers
                 ],
@@ -595,7 +595,7 @@ class SQLiteStore:
                 (now, *key),
             )
             return [
-                replace(execution_from_row(row), state=ExecutionState.CANCELLED, finished_at=now)
+                evolve(execution_from_row(row), state=ExecutionState.CANCELLED, finished_at=now)
                 for row in rows
             ]
 
@@ -872,7 +872,7 @@ def _submit_batch(
         if isinstance(outcome, Submitted) and outcome.created:
             executions = batch[i].executions
             outcomes[i] = outcome._replace(
-                executions=tuple(e.evolve(seq=seq + 1 + k) for k, e in enumerate(executions))
+                executions=tuple(evolve(e, seq=seq + 1 + k) for k, e in enumerate(executions))
             )
             seq += len(executions)
     return outcomes
@@ -933,7 +933,7 @@ def _submit(
         rows = tx.execute("SELECT last_insert_rowid()").fetchall()
         last = int(next(iter(rows))[0])
     first = last - len(executions) + 1
-    return Submitted(job, True, tuple(e.evolve(seq=first + i) for i, e in enumerate(executions)))
+    return Submitted(job, True, tuple(evolve(e, seq=first + i) for i, e in enumerate(executions)))
 
 
 def _duplicate(tx: sqlite3.Connection, executions: Sequence[Execution]) -> DuplicateExecution:
