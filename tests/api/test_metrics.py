@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from prometheus_client.samples import Sample
 
 from hybrid_router.core.model import Completion, Execution, ExecutionState, Failure, FailureKind
 from hybrid_router.runtime.metrics import SchedulerMetrics
+from tests.api.conftest import default_config, started
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 FAMILY_TYPES = {
@@ -84,8 +86,16 @@ def exposed_names(types: dict[str, str]) -> set[str]:
 
 
 @pytest.fixture
-async def scraped(client: httpx.AsyncClient) -> str:
+async def scraped(tmp_path: Path) -> AsyncIterator[str]:
     """/metrics once a job has succeeded in US, one expired and one was cancelled in EU."""
+    config = default_config(tmp_path)
+    # Long enough for US's container to be warm still when /metrics is read, however slow.
+    config["providers"]["sim-us"]["scaledown_window_s"] = 30.0
+    async with started(config) as client:
+        yield await _scrape(client)
+
+
+async def _scrape(client: httpx.AsyncClient) -> str:
     await client.post("/jobs", json=job("ran", "US"))
     await until_finished(client, "ran")
     await client.post("/regions/EU/pause")
