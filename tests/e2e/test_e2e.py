@@ -401,9 +401,15 @@ def test_provider_faults_are_retried_and_a_down_region_keeps_its_queue(procs: Pr
             assert e["error"]["code"] == "PROVIDER_UNAVAILABLE" and e["error"]["transient"], e
         if e["status"] == "queued":
             assert e["attempts"] == 0 and e["position"] is not None, e
-    eu_queue = router.queues()["EU"]
-    assert eu_queue["failed"] == 0 and eu_queue["completed"] == 0, eu_queue
-    assert eu_queue["queue_size"] + len(eu_queue["running"]) == 6, eu_queue
+
+    def eu_holds_all_six() -> dict[str, Any] | None:
+        # Counts come from the store and running calls from the leader: a read that lands
+        # during a write (it waits 20 ms for one at most) may see a call in neither.
+        eu_queue: dict[str, Any] = router.queues()["EU"]
+        assert eu_queue["failed"] == 0 and eu_queue["completed"] == 0, eu_queue
+        return eu_queue if eu_queue["queue_size"] + len(eu_queue["running"]) == 6 else None
+
+    wait_until(eu_holds_all_six, within_s=5, what="EU's six executions queued or running")
 
     # The provider comes back: the queue drains.
     eu_emulator = procs.emulator(gpu_limit=3, time_scale=time_scale, port=eu_port)
