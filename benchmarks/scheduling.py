@@ -9,7 +9,10 @@ once. For each of four configurations it prints the makespan, its anchor from th
 ratio, and what the schedule cost (cold starts, GPU-seconds idle warm before the last call
 started); then the same under the rule before backfill (`Topology.backfill = False`).
 
-    .venv/bin/python benchmarks/scheduling.py [--spread 0.1] [--seed 0]
+    .venv/bin/python benchmarks/scheduling.py [--spread 0.1] [--seed 0] [--gap 0]
+
+`--gap`: the jobs are submitted that many seconds apart instead of all at once (each job
+may then start before the next is queued).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spread", type=float, default=0.0, help="call durations within ±")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds between submissions")
     args = parser.parse_args()
     timings = Timings(CALL_S, cold_start_s=40.0, spread=args.spread, seed=args.seed)
     print(
@@ -78,7 +82,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, topo, single in WORKLOADS:
-        jobs = beacon_jobs(single_model=single)
+        jobs = [(n * args.gap, job) for n, (_, job) in enumerate(beacon_jobs(single_model=single))]
         began = time.perf_counter()
         report = simulate(jobs, topo, timings)
         seconds = time.perf_counter() - began
