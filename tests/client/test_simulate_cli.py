@@ -145,15 +145,23 @@ def test_bad_planning_flags_are_refused_naming_the_problem(args: list[str], prob
     assert refused.exit_code == 2 and problem in " ".join(refused.output.split())
 
 
-def test_from_queue_plans_the_queue_in_the_store_as_it_stands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = tmp_path / "router.db"
-    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{db}")
-    missing = invoke("--from-queue")
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The configured store's SQLite file, not created yet."""
+    path = tmp_path / "router.db"
+    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{path}")
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--from-queue", "--from-history"])
+def test_reading_a_store_that_is_not_there_is_refused_not_created(db: Path, flag: str) -> None:
+    missing = invoke(flag)
     assert missing.exit_code == 2 and "does not exist" in " ".join(missing.output.split())
+    assert flag in missing.output
     assert not db.exists()
 
+
+def test_from_queue_plans_the_queue_in_the_store_as_it_stands(db: Path, tmp_path: Path) -> None:
     async def queue_two_jobs() -> None:
         store = SQLiteStore(db)
         await store.open()
@@ -177,13 +185,7 @@ def test_from_queue_plans_the_queue_in_the_store_as_it_stands(
     assert queued["region_finish_s"] == same["region_finish_s"]
 
 
-def test_from_history_plans_with_the_durations_the_store_has_seen(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = tmp_path / "router.db"
-    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{db}")
-    missing = invoke("--from-history")
-    assert missing.exit_code == 2 and "does not exist" in " ".join(missing.output.split())
+def test_from_history_plans_with_the_durations_the_store_has_seen(db: Path) -> None:
     topology = settings_from_environment(None).topology()
     # In production seconds: llama 20 s warm, mistral 100 s warm, a cold start 30 s more.
     call_s = {"llama3.2-1b": 20.0, "mistral-7b": 100.0}
@@ -230,12 +232,7 @@ def test_from_history_plans_with_the_durations_the_store_has_seen(
     assert given["timings"]["call_s"]["mistral-7b"] == 50.0
 
 
-def test_from_history_of_an_empty_store_says_it_keeps_the_defaults(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = tmp_path / "router.db"
-    monkeypatch.setenv("HYBRID_ROUTER_STORE__URL", f"sqlite:///{db}")
-
+def test_from_history_of_an_empty_store_says_it_keeps_the_defaults(db: Path) -> None:
     async def create() -> None:
         store = SQLiteStore(db)
         await store.open()

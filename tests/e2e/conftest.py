@@ -32,6 +32,7 @@ import redis
 from redis.exceptions import RedisError
 
 from tests.store.conftest import REDIS_URL, redis_prefix
+from tests.unavailable import unavailable
 
 HYBRID_ROUTER = Path(sys.executable).parent / "hybrid-router"
 TOKEN = "e2e-test-token"  # not a secret: the emulator and the router share it per test
@@ -500,10 +501,7 @@ def _redis_server() -> str:
     """The `redis-server` program: missing, it skips the test, or fails it in CI."""
     program = shutil.which("redis-server")
     if program is None:
-        message = "redis-server is not on PATH"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {message}", pytrace=False)
-        pytest.skip(message)
+        unavailable("redis-server is not on PATH")
     return program
 
 

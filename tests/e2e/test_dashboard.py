@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import MODELS, Procs, write_config
+from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +46,7 @@ CHROMIUM_ARGS = [
 def _chromium() -> str:
     path = os.environ.get("HYBRID_ROUTER_CHROMIUM") or shutil.which("chromium")
     if path is None:
-        message = "Chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {message}", pytrace=False)
-        pytest.skip(message)
+        unavailable("Chromium is not installed (apt-get install chromium)")
     return path
 
 
