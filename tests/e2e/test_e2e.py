@@ -403,7 +403,7 @@ def test_provider_faults_are_retried_and_a_down_region_keeps_its_queue(procs: Pr
             assert e["attempts"] == 0 and e["position"] is not None, e
 
     def eu_holds_all_six() -> dict[str, Any] | None:
-        # Counts come from the store and running calls from the leader: a read that lands
+        # The queue size comes from the store and what runs from the leader: a read that lands
         # during a write (it waits 20 ms for one at most) may see a call in neither.
         eu_queue: dict[str, Any] = router.queues()["EU"]
         assert eu_queue["failed"] == 0 and eu_queue["completed"] == 0, eu_queue

@@ -702,14 +702,23 @@ class RouterService:
         result = {}
         for name, region in self.topology.regions.items():
             region_counts = counts.get(name, {})
+            in_region = by_region.get(name, ())
             longest = heapq.nsmallest(
-                RUNNING_SHOWN, by_region.get(name, ()), key=lambda e: (e.started_at or 0.0, e.seq)
+                RUNNING_SHOWN, in_region, key=lambda e: (e.started_at or 0.0, e.seq)
+            )
+            # On the leader, what runs comes from one place, its own calls, as its
+            # containers do: the store's count changes at a write's commit, the leader's
+            # view when the write returns, and a read between the two saw a call in one only.
+            running_count = (
+                len(in_region)
+                if manager is not None
+                else region_counts.get(ExecutionState.RUNNING, 0)
             )
             result[name] = RegionStatus(
                 region=name,
                 queue_size=sizes.get(name, 0),
                 running=tuple(longest),
-                running_count=region_counts.get(ExecutionState.RUNNING, 0),
+                running_count=running_count,
                 completed=region_counts.get(ExecutionState.SUCCEEDED, 0),
                 failed=region_counts.get(ExecutionState.FAILED, 0)
                 + region_counts.get(ExecutionState.EXPIRED, 0),
