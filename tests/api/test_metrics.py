@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 from hybrid_router.core.model import Completion, Execution, ExecutionState, Failure, FailureKind
 from hybrid_router.runtime.metrics import SchedulerMetrics
 from tests.api.conftest import default_config, started
+from tests.unavailable import unavailable
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 FAMILY_TYPES = {
@@ -135,8 +136,8 @@ async def test_metrics_have_the_counters_histograms_and_gauges_with_their_labels
     assert value(found, "hybrid_router_leader") == 1
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_finds_nothing_to_fix_in_the_metrics(scraped: str) -> None:
+    _need_promtool()
     checked = subprocess.run(
         ["promtool", "check", "metrics"], input=scraped, capture_output=True, text=True
     )
@@ -163,6 +164,11 @@ def test_failures_are_counted_by_code_kind_and_provider() -> None:
     assert value(found, "hybrid_router_execution_retries_total", kind="capacity", **labels) == 1
     assert value(found, "hybrid_router_executions_finished_total", outcome="failed") == 1
     assert value(found, "hybrid_router_call_duration_seconds_sum", start="warm") == 2.0
+
+
+def _need_promtool() -> None:
+    if shutil.which("promtool") is None:
+        unavailable("promtool is not installed (Debian's prometheus package has it)")
 
 
 def _latest(metrics: SchedulerMetrics) -> str:
@@ -193,10 +199,10 @@ def test_the_alert_rules_and_the_dashboard_use_only_metrics_that_exist(scraped: 
         assert used and used <= exposed, (expression, used - exposed)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_the_waiting_while_gpus_are_free_alert_fires_only_when_gpus_are_free(
     tmp_path: Path,
 ) -> None:
+    _need_promtool()
     # Work queued 20 minutes in US; the account has 10 GPUs: 1 held in US (limit 3), then 3.
     series = {
         'hybrid_router_queue_head_age_seconds{region="US"}': "1200+60x30",
