@@ -3,8 +3,10 @@
 Writes go through one connection, one transaction at a time under an asyncio.Lock, and take
 SQLite's write lock up front (BEGIN IMMEDIATE), so a compare-and-set reads and writes under
 the same lock even when another process (a standby replica, the CLI) has the file open.
-A transaction's statements run on the event loop's thread, and its COMMIT (the fsync) in
-the writer's own thread, so a slow disk never stalls the loop. Statements in a thread of
+A transaction's statements run on the event loop's thread, and so does its COMMIT (the
+fsync) while commits are quick; after a slow one (a slow disk, a checkpoint) they run in the
+writer's own thread until one is quick again, so a slow disk stalls the loop for one commit
+at most (see COMMIT_IN_LOOP_S). Statements in a thread of
 their own paid for the GIL: SQLite lets it go at every step, and taking it back from a busy
 event loop costs up to a switch interval (5 ms), once per row written; through aiosqlite
 each statement also waited a turn of the loop. If another process holds SQLite's write lock,
@@ -28,6 +30,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -343,6 +346,9 @@ class SQLiteStore:
         self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._lock_fd: int | None = None
         self._submissions = GroupCommit(self._write_submissions)
+        # Where the next COMMIT runs: on the loop while the last one was quick (see
+        # COMMIT_IN_LOOP_S), else in the writer's thread.
+        self._commit_in_loop = True
         self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
     async def open(self) -> None:
@@ -733,7 +739,10 @@ class SQLiteStore:
                 # Another process writes (a standby replica, a tool): wait for it off the loop.
                 return await self._in_writer(_transaction, db, body)
             result = _run(db, body)
-            await self._in_writer(_commit, db)
+            if self._commit_in_loop:
+                self._commit_in_loop = _timed_commit(db) <= COMMIT_IN_LOOP_S
+            else:
+                self._commit_in_loop = await self._in_writer(_timed_commit, db) <= COMMIT_IN_LOOP_S
             return result
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
@@ -741,6 +750,13 @@ class SQLiteStore:
             self._mutex.release()
 
 
+# A COMMIT runs on the event loop's thread while the last one took at most this long, and
+# in the writer's thread once one took longer (a slow disk, a checkpoint), until one there is
+# quick again. The hop to the thread and back costs more than a quick commit: the thread
+# waits for the GIL a busy loop holds, twice, and the switches cost CPU; commits in the loop
+# took a sixth off the router's CPU per accepted job (fsync here: 0.15 ms). A slow disk
+# stalls the loop for one commit at most.
+COMMIT_IN_LOOP_S = 0.002
 _BUSY_TIMEOUT = "PRAGMA busy_timeout = 5000"
 # The write connection's own: on the event loop's thread a wait for the lock would stall it.
 _NO_BUSY_TIMEOUT = "PRAGMA busy_timeout = 0"
@@ -810,6 +826,13 @@ def _run(db: sqlite3.Connection, body: Transaction[_T]) -> _T:
     except BaseException:
         _rollback(db)
         raise
+
+
+def _timed_commit(db: sqlite3.Connection) -> float:
+    """COMMIT; the seconds it took (writing and fsyncing the WAL, a checkpoint at times)."""
+    started = time.perf_counter()
+    _commit(db)
+    return time.perf_counter() - started
 
 
 def _commit(db: sqlite3.Connection) -> None:
