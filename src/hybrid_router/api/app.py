@@ -94,6 +94,8 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
         before_read=scheduler_first,
     )
     app.add_middleware(HeadAsGet)
+    # Just inside BodyLimit: POST /jobs of a well-formed body skips the layers below.
+    app.add_middleware(jobs.SubmitFastPath)
     # Outermost (added last): a body still on its way holds no read slot.
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.http.body_timeout_s
