@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hybrid_router._asgi import replay_body
 from hybrid_router.api.auth import UserDep, authenticate, current_user
 from hybrid_router.api.deps import ServiceDep, get_quotas, get_service
 from hybrid_router.api.schemas import JobAccepted, JobCreate, JobList, JobOut, JobSummary
@@ -84,7 +85,7 @@ class SubmitFastPath:
             # As FastAPI validates a body: the JSON decoded first, then the model.
             body = JobCreate.model_validate(json.loads(raw))
         except ValueError:  # malformed JSON or ValidationError: FastAPI's answer
-            await self.app(scope, _replay(raw, receive), send)
+            await self.app(scope, replay_body(raw, receive), send)
             return
         try:
             await authenticate(request)
@@ -95,20 +96,6 @@ class SubmitFastPath:
                 raise  # to the app's error middleware, as from the route
             response = await handler(request, exc)
         await response(scope, receive, send)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The body once more (this middleware read it), then the client's own messages."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def _handler_for(request: Request, exc: Exception) -> Callable[..., Any] | None:

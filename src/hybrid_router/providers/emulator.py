@@ -28,8 +28,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel, Field, ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hybrid_router._asgi import replay_body
 from hybrid_router.core.model import Completion, Failure, FailureKind
 from hybrid_router.providers.base import InferenceRequest, ProviderFailure
 from hybrid_router.providers.modal import ProxyAuth
@@ -429,24 +430,10 @@ class _CallsFirst:
         try:
             body = ModalBody.model_validate_json(raw)
         except ValidationError:
-            await self.app(scope, _replay(raw, receive), send)
+            await self.app(scope, replay_body(raw, receive), send)
             return
         response = await self.invoke(request, body, region or body.region)
         await response(scope, receive, send)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """`receive` with the request's body, already read, given again first."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
 
 
 def serve_emulator(
