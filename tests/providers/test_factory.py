@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from hybrid_router.core.model import ProviderKind, ProviderSpec
@@ -93,3 +97,23 @@ def test_missing_proxy_auth_variable_is_named_never_valued(env: dict[str, str], 
         build_provider(proxied, env=env)
     assert "ws-secret" not in failed.value.message
     assert "wk-id" not in failed.value.message
+
+
+def test_a_router_with_simulated_providers_only_loads_no_http_client() -> None:
+    # A restart with a long queue waits for every import: the HTTP providers' client
+    # library is loaded only when one of them is configured.
+    code = (
+        "import sys\n"
+        "from hybrid_router.api import create_app\n"
+        "from hybrid_router.runtime import build_service\n"
+        "from hybrid_router.settings import settings_from_environment\n"
+        "build_service(settings_from_environment())\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp imported'\n"
+    )
+    # The built-in config, whose providers are simulated.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_ROUTER_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from hybrid_router.core.model import ProviderKind, ProviderSpec
 from hybrid_router.errors import ConfigError
 from hybrid_router.providers.base import Provider
-from hybrid_router.providers.modal import ModalProvider, ProxyAuth
-from hybrid_router.providers.openai import OpenAIProvider
 from hybrid_router.providers.simulated import SimulatedCloud, SimulatedProvider
 
 
@@ -20,6 +18,11 @@ def build_provider(
         if cloud is None:
             raise ConfigError(f"provider {spec.name!r} is simulated but no simulated cloud exists")
         return SimulatedProvider(spec, cloud)
+    # The HTTP providers are imported only when configured: their client library (aiohttp)
+    # is a tenth of a second of every start, which a restart with a long queue waits for.
+    from hybrid_router.providers.modal import ModalProvider, ProxyAuth
+    from hybrid_router.providers.openai import OpenAIProvider
+
     token = _from_env(spec, spec.token_env, env)
     if spec.kind is ProviderKind.MODAL:
         token_id = _from_env(spec, spec.token_id_env, env)

@@ -1,5 +1,5 @@
-"""What the providers share: the call deadline and, for the HTTP ones, one client and one
-failure classification, so Modal and OpenAI-compatible servers are judged by the same rules."""
+"""What the HTTP providers share: one client and one failure classification, so Modal and
+OpenAI-compatible servers are judged by the same rules (the call deadline is in base)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,24 +39,6 @@ _APP_STOPPED = "app for invoked web endpoint is stopped"
 _CANNOT_CONNECT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 _BAD_URL = (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
 _NOTHING_SENT = (*_CANNOT_CONNECT, *_BAD_URL)
-
-
-@asynccontextmanager
-async def deadline(spec: ProviderSpec) -> AsyncIterator[None]:
-    """Bound the block by `spec.timeout_s` from now; past it, raise PROVIDER_TIMEOUT."""
-    timeout = asyncio.timeout(spec.timeout_s)
-    try:
-        async with timeout:
-            yield
-    except TimeoutError:
-        if not timeout.expired():
-            raise
-        failure = Failure(
-            "PROVIDER_TIMEOUT",
-            f"{spec.name}: no answer within {spec.timeout_s:g} s of the call's start",
-            FailureKind.TRANSIENT,
-        )
-        raise ProviderFailure(failure) from None
 
 
 def status_failure(provider: str, status: int, body: bytes) -> Failure:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from hybrid_router.core import chat
-from hybrid_router.core.model import Completion, Failure, ProviderSpec
+from hybrid_router.core.model import Completion, Failure, FailureKind, ProviderSpec
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,21 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Close connections."""
+
+
+@asynccontextmanager
+async def deadline(spec: ProviderSpec) -> AsyncIterator[None]:
+    """Bound the block by `spec.timeout_s` from now; past it, raise PROVIDER_TIMEOUT."""
+    timeout = asyncio.timeout(spec.timeout_s)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        failure = Failure(
+            "PROVIDER_TIMEOUT",
+            f"{spec.name}: no answer within {spec.timeout_s:g} s of the call's start",
+            FailureKind.TRANSIENT,
+        )
+        raise ProviderFailure(failure) from None

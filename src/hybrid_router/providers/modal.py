@@ -18,12 +18,11 @@ from hybrid_router.providers._http import (
     HttpProvider,
     Reply,
     bad_response,
-    deadline,
     integer,
     number,
     status_failure,
 )
-from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+from hybrid_router.providers.base import InferenceRequest, ProviderFailure, deadline
 
 # Modal's result URL blocks until the call ends (or ~150 s pass), so polls normally go
 # out back to back; these bound the pause only when a server answers a poll at once.

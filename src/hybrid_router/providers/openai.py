@@ -9,11 +9,10 @@ from hybrid_router.providers._http import (
     HttpProvider,
     Reply,
     bad_response,
-    deadline,
     integer,
     status_failure,
 )
-from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+from hybrid_router.providers.base import InferenceRequest, ProviderFailure, deadline
 
 
 def chat_completions_url(base: str) -> str:

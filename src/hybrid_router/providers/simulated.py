@@ -17,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hybrid_router.core.model import Completion, Failure, FailureKind, ProviderSpec
-from hybrid_router.providers._http import deadline
-from hybrid_router.providers.base import InferenceRequest, ProviderFailure
+from hybrid_router.providers.base import InferenceRequest, ProviderFailure, deadline
 
 # Production seconds, from the design's section 1.
 COLD_START_S = (30.0, 45.0)

@@ -49,6 +49,8 @@ Redis (with replicas or Sentinel if wanted, see store.redis_connect for the urls
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
 import secrets
@@ -907,17 +909,31 @@ class RedisStore:
         that leaves the index meanwhile moves none of the others past the next page's start.
         One that comes back meanwhile behind the pages read (a retry keeps its early seq) is
         missed: only the leader writes those, and it reads the queue before it writes.
+
+        The next page is asked for before this one is decoded: Redis runs its script while
+        Python decodes (a new leader reads 100,000 queued executions this way, and the two
+        took about as long as each other one after the other).
         """
         result: list[Execution] = []
-        after = "0"
+        page = await self._run("page", index, "0", _PAGE)
         while True:
-            n, last, seqs, raws = await self._run("page", index, after, _PAGE)
-            if n:
-                records = _json.loads(f"[{raws}]")
-                result += map(execution_from_record, records, map(int, seqs.split(",")))
-            if n < _PAGE:
+            n, last, seqs, raws = page
+            following = None
+            if n >= _PAGE:
+                following = asyncio.ensure_future(self._run("page", index, last, _PAGE))
+            try:
+                if n:
+                    records = _json.loads(f"[{raws}]")
+                    result += map(execution_from_record, records, map(int, seqs.split(",")))
+            except BaseException:
+                if following is not None:
+                    following.cancel()
+                    with contextlib.suppress(BaseException):
+                        await following
+                raise
+            if following is None:
                 return result
-            after = last
+            page = await following
 
     async def _executions(self, ids: Sequence[tuple[str, float]]) -> list[Execution]:
         """The executions of (id, seq) pairs that still exist, in order."""
