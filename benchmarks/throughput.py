@@ -298,8 +298,17 @@ async def drain_saq(n: int, concurrency: int, timeout_s: float) -> Run:
     queue = Queue.from_url(h.REDIS_URL, name=name)
     try:
         await queue.connect()
-        # A first job through, so the worker is up before the clock starts.
-        await queue.apply("noop", timeout=30)
+        # A first job through, so the worker is up before the clock starts. The worker's
+        # first sweep may abort a job enqueued before it started ("swept"): try again.
+        from saq.queue.base import JobError
+
+        for attempt in range(3):
+            try:
+                await queue.apply("noop", timeout=30)
+                break
+            except JobError:
+                if attempt == 2:
+                    raise
         pending = iter(range(n))
 
         async def enqueuer() -> None:

@@ -28,6 +28,7 @@ from hybrid_router.api.openapi import document
 from hybrid_router.api.quotas import Quotas, rate_limit_storage_uri
 from hybrid_router.api.ui import Dashboard
 from hybrid_router.errors import RouterError
+from hybrid_router.runtime.memory import tune_collector
 from hybrid_router.runtime.service import RouterService
 from hybrid_router.settings import Settings
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
             from hybrid_router.runtime import build_service
 
             running = build_service(settings)
+        tune_collector()
         try:
             await running.start()
         except RouterError as exc:
