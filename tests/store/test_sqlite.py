@@ -11,10 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_router.core.model import ExecutionState, Job
+from hybrid_router.core.model import ExecutionState, Failure, FailureKind, Job
 from hybrid_router.errors import ConfigError, DuplicateExecution, StoreUnavailable
 from hybrid_router.store import store_from_url
-from hybrid_router.store.sqlite import _POSITIONS, SCHEMA_VERSION, SQLiteStore
+from hybrid_router.store._codec import execution_record, job_record
+from hybrid_router.store.sqlite import (
+    _POSITIONS,
+    SCHEMA_VERSION,
+    SQLiteStore,
+    _execution_params,
+    _job_params,
+    _to_row,
+)
 
 from .test_contract import key, make_job, pairs, submit, zeros
 
@@ -447,3 +455,24 @@ def test_store_from_sqlite_url(url: str, path: Path) -> None:
 def test_store_from_a_bad_url_is_a_config_error(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         store_from_url(url)
+
+
+def test_the_rows_written_are_what_the_codec_encodes() -> None:
+    # The store builds a row's parameters from the record's attributes, not through the
+    # codec (a third of the cost): every column must still get what the codec gives it.
+    job = Job("j", ("m1", "m2"), ("US",), ("q1", "q2"), owner="o", priority=2)
+    queued = job.expand()[0]
+    failed = replace(
+        queued,
+        state=ExecutionState.FAILED,
+        attempts=2,
+        error=Failure("RESOURCE_EXHAUSTED", "full", FailureKind.CAPACITY),
+        response=None,
+    )
+    for params, record in (
+        (_job_params(job), job_record(job)),
+        (_execution_params(queued), execution_record(queued)),
+        (_execution_params(failed), execution_record(failed)),
+    ):
+        expected = _to_row(record)
+        assert {k: params[k] for k in expected} == expected
