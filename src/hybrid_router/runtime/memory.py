@@ -22,8 +22,9 @@ DEFAULT_THRESHOLDS_ENV = "HYBRID_ROUTER_GC_DEFAULT_THRESHOLDS"
 # A young collection every this many allocations (CPython's default: 700), a middle one
 # every 20 young ones, a full one every 100 middle ones at most. Executions submitted while
 # the router runs are not frozen (see long_lived): the queue they make grows with what is
-# queued, and so did the collections' walks over it. Draining 50,000 executions took 255 ms
-# of CPU per 1,000 with the defaults, 167 ms with these (180-190 ms at 1,000 either way).
+# queued, and so did the collections' walks over it. Draining 50,000 executions took 304 ms
+# of CPU per 1,000 with the defaults, 219 ms with these (150-160 ms at 1,000 either way;
+# benchmarks/throughput.py, with DEFAULT_THRESHOLDS_ENV set and not).
 THRESHOLDS = (50_000, 20, 100)
 
 
