@@ -23,7 +23,15 @@ from hybrid_router.core.model import (
     Job,
     WaitCode,
 )
-from hybrid_router.core.policy import Decision, Topology, decide, decide_indexed, queue_key
+from hybrid_router.core.policy import (
+    Decision,
+    Share,
+    ShareRule,
+    Topology,
+    decide,
+    decide_indexed,
+    queue_key,
+)
 from hybrid_router.core.queue_index import QueueIndex
 
 
@@ -102,6 +110,10 @@ class World:
     cooling: dict[str, float] = field(default_factory=dict)
     # Admissions per round at most (the manager's ROUND_LIMIT), None: no limit.
     round_limit: int | None = None
+    # Whether each round hands the account's free GPUs out by a rule drawn at random
+    # (policy.Share: the planner may switch rules at any round); False: no Share.
+    share_rules: bool = False
+    freed: dict[str, int] = field(default_factory=dict)  # GPUs scaled down since a round
     now: float = 0.0
     seq: int = 0
     executions: dict[str, Execution] = field(default_factory=dict)
@@ -139,6 +151,11 @@ class World:
             self.cooling[provider] = self.now + self.rng.uniform(0.2, 3.0)
         self.cooling = {p: until for p, until in self.cooling.items() if until > self.now}
         containers = self.containers.values()
+        share = None
+        if self.share_rules:
+            rule = self.rng.choice(list(ShareRule))
+            share = Share(rule, lambda region, model: 1.0 + len(model), dict(self.freed))
+            self.freed.clear()
         decision = decide(
             self.queued(),
             containers,
@@ -146,6 +163,7 @@ class World:
             self.now,
             cooling=self.cooling,
             limit=self.round_limit,
+            share=share,
         )
         incremental = decide_indexed(
             self.index,
@@ -154,6 +172,7 @@ class World:
             self.now,
             cooling=self.cooling,
             limit=self.round_limit,
+            share=share,
         )
         # The whole decision: admissions, wake-up and every wait's reason.
         if incremental != decision:
@@ -249,7 +268,8 @@ class World:
         for container_id in ledger.expired(
             self.containers.values(), self.now, self.topology.shared
         ):
-            del self.containers[container_id]
+            gone = self.containers.pop(container_id)
+            self.freed[gone.region] = self.freed.get(gone.region, 0) + gone.gpus
 
     def _check_limits(self) -> None:
         # What the provider really holds, whichever containers it chose: the promise itself.

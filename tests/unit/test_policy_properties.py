@@ -107,6 +107,7 @@ def test_random_workloads_keep_every_promise(data: st.DataObject, seed: int) -> 
         capacity_rate=data.draw(st.sampled_from([0.0, 0.1])),
         cooling_rate=data.draw(st.sampled_from([0.0, 0.1])),
         round_limit=data.draw(st.sampled_from([None, None, 1, 2])),
+        share_rules=data.draw(st.booleans()),
     )
     run_world(world, jobs)  # limits and lane order are checked at every step
 
@@ -158,6 +159,11 @@ def test_several_inputs_per_container_with_crashes_never_exceed_a_limit(
         job = Job(f"job{n}", tuple(models), tuple(topology.regions), questions)
         jobs.append((data.draw(st.floats(0.0, 5.0)), job))
     jobs.sort(key=lambda pair: pair[0])
-    world = World(topology, random.Random(seed), crash_rate=data.draw(st.sampled_from([0.0, 0.1])))
+    world = World(
+        topology,
+        random.Random(seed),
+        crash_rate=data.draw(st.sampled_from([0.0, 0.1])),
+        share_rules=data.draw(st.booleans()),
+    )
     run_world(world, jobs)  # the provider's GPUs and the ledger's are checked at every step
     assert all(e.state.terminal for e in world.executions.values()), "nothing lost or stuck"

@@ -38,6 +38,7 @@ all used as if healthy, so the execution's own backoff paces the retries (promis
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -101,6 +102,42 @@ class Topology:
     def gpus(self, model: str) -> int:
         spec = self.models.get(model)
         return spec.gpus if spec else 1
+
+
+class ShareRule(enum.Enum):
+    """Where the account's free GPUs go once every lane has a container of its model up
+    and only the account's limit may bind (see Share)."""
+
+    # To the walk's oldest execution that finds no container free: the rule before Share.
+    OLDEST = "oldest"
+    # To the lane with the most expected work per container of its model.
+    LANE_WORK = "lane-work"
+    # GPUs freed since the last round back to their region's lanes first, then LANE_WORK:
+    # each region keeps the share it had.
+    RECLAIM = "reclaim"
+
+
+# A warm call's expected seconds in (region, model): what the estimates keep.
+ExpectedSeconds = Callable[[str, str], float]
+
+
+@dataclass(frozen=True)
+class Share:
+    """How a round hands out the account's free GPUs when only the account may bind and
+    every lane (region, model) with work queued has a container of its model up.
+
+    The walk alone gives each free GPU to the oldest execution that finds no container
+    free, so a region whose head is oldest takes every GPU that frees anywhere, finishes
+    early, and the others pay extra cold starts at the end. No rule wins every workload
+    (core.plan chooses by running each forward). Starvation stays impossible: every lane
+    keeps its container, and a lane with none up is served as before (first containers
+    first, then a head waiting for a GPU).
+    """
+
+    rule: ShareRule
+    expected_s: ExpectedSeconds
+    # GPUs each region's containers freed (scaled down) since the last round.
+    freed: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,6 +238,8 @@ class _Round:
         # GPUs the lanes' heads would need if each waited for one: per region, in all.
         self.need: Counter[str] = Counter()
         self.need_total = 0
+        # Set by share(): how many containers each lane may open this round (None: any).
+        self.quota: Counter[tuple[str, str]] | None = None
         self.admissions: list[Admission] = []
         self.started: set[str] = set()  # admitted this round (open_first's come up again)
         self.waits: dict[str, Wait] = {}
@@ -247,6 +286,27 @@ class _Round:
                 continue
             if (opener := _provider_with_room(self.live.values(), providers, e.model)) is not None:
                 self._open(e, opener, gpus)
+
+    def share(self, queued: Mapping[tuple[str, str], int], share: Share | None) -> None:
+        """Before the walk, when `share` applies (see Share), which lanes may open how many
+        containers on the account's free GPUs; `queued`: how many wait in each lane."""
+        if share is None or share.rule is ShareRule.OLDEST or not self.topology.account_may_bind:
+            return
+        lanes: dict[tuple[str, str], _Lane] = {}
+        for (region, model), count in queued.items():
+            providers = self.usable(self.topology.providers_for(region, model))
+            if not providers or not self.region_open(region):
+                continue
+            up = _containers_up(self.live.values(), providers, model)
+            if not up:
+                return  # its head opens or waits for a GPU, as in the walk alone
+            lanes[(region, model)] = _Lane(count, count * share.expected_s(region, model), up)
+        allotment = _Allotment(self, lanes)
+        if share.rule is ShareRule.RECLAIM:
+            for region, gpus in share.freed.items():
+                allotment.give(gpus, region)
+        allotment.give(allotment.free)
+        self.quota = allotment.quota
 
     def expect(self, lanes: Iterable[tuple[str, str]]) -> None:
         """The (region, model) lanes with executions to walk, before the walk: what backfill
@@ -325,9 +385,11 @@ class _Round:
         region_fits = self.region_used[e.region] + gpus <= region.gpu_limit
         global_fits = self.total_used + gpus <= self.topology.gpu_limit
         opener = None
-        if region_fits and global_fits and not held_for:
+        if region_fits and global_fits and not held_for and self._allotted(e):
             opener = _provider_with_room(self.live.values(), providers, e.model)
         if opener is not None:
+            if self.quota is not None:
+                self.quota[(e.region, e.model)] -= 1
             self._open(e, opener, gpus)
             return None
         model_up = _model_up(self.live.values(), providers, e.model)
@@ -341,6 +403,10 @@ class _Round:
         if region.max_running == 1:  # strict FIFO: nothing passes a waiting head
             self._close_region(e.region, _behind(e, wait))
         return wait
+
+    def _allotted(self, e: Execution) -> bool:
+        """Whether share() left `e`'s lane a free GPU to open a container on."""
+        return self.quota is None or self.quota[(e.region, e.model)] > 0
 
     def _may_take(self, held_for: str | None) -> Callable[[Container], bool] | None:
         """Which idle containers a call may be booked on now (None: none).
@@ -405,7 +471,7 @@ class _Round:
         if _provider_with_room(live, providers, model) is None:
             limit = max(p.max_containers or 0 for p in providers)
             return Wait(WaitCode.MAX_CONTAINERS, region, model, limit=limit)
-        if not region_fits or not global_fits:
+        if not region_fits or not global_fits or not self._allotted(e):
             if model_up:
                 return Wait(WaitCode.BEHIND_CONTAINER, region, model)
             if not region_fits:
@@ -445,6 +511,61 @@ class _Round:
         self._place(e, placed, opened=True)
 
 
+@dataclass(frozen=True)
+class _Lane:
+    """A lane as Share sees it: executions queued, their expected seconds, containers up."""
+
+    queued: int
+    work_s: float
+    up: int
+
+
+class _Allotment:
+    """The account's free GPUs as Share hands them out, one container at a time, each to
+    the lane with the most expected work per container that can take one."""
+
+    def __init__(self, round_: _Round, lanes: Mapping[tuple[str, str], _Lane]) -> None:
+        self.topology = round_.topology
+        self.lanes = lanes
+        self.quota: Counter[tuple[str, str]] = Counter()
+        self.held = Counter(round_.region_used)
+        self.running = Counter(round_.running)
+        self.free = self.topology.gpu_limit - round_.total_used
+
+    def give(self, gpus: int, region: str | None = None) -> None:
+        """Up to `gpus` GPUs, to lanes of `region` (None: of any)."""
+        left = gpus
+        while left > 0 and (lane := self._best(region, left)) is not None:
+            taken = self.topology.gpus(lane[1])
+            self.quota[lane] += 1
+            self.held[lane[0]] += taken
+            self.running[lane[0]] += 1
+            self.free -= taken
+            left -= taken
+
+    def _best(self, region: str | None, gpus: int) -> tuple[str, str] | None:
+        best: tuple[float, tuple[str, str]] | None = None
+        for lane, seen in self.lanes.items():
+            if region is not None and lane[0] != region:
+                continue
+            containers = seen.up + self.quota[lane]
+            if containers >= seen.queued:
+                continue  # each of its executions would have a container
+            if self._fits(lane, min(gpus, self.free)):
+                per_container = seen.work_s / containers
+                if best is None or per_container > best[0]:
+                    best = (per_container, lane)
+        return None if best is None else best[1]
+
+    def _fits(self, lane: tuple[str, str], gpus: int) -> bool:
+        region, model = lane
+        limits = self.topology.regions[region]
+        needed = self.topology.gpus(model)
+        if needed > gpus or self.held[region] + needed > limits.gpu_limit:
+            return False
+        return limits.max_running is None or self.running[region] < limits.max_running
+
+
 def _any(_: Container) -> bool:
     return True
 
@@ -473,6 +594,7 @@ def decide(
     closed: frozenset[str] = frozenset(),
     cooling: Mapping[str, float] | None = None,
     limit: int | None = None,
+    share: Share | None = None,
 ) -> Decision:
     """The admissions that keep every promise at `now`, and when to decide again.
 
@@ -481,7 +603,8 @@ def decide(
     never admitted: the caller expires them. `cooling`: providers cooling down, each with the
     instant its cooldown ends (core.health). `limit`: admit at most that many, the first
     ones in the walk, and ask to decide again at once (`wake_at` = `now`); the next round
-    walks the queue from its head again and so goes on where this one stopped.
+    walks the queue from its head again and so goes on where this one stopped. `share`: how
+    the account's free GPUs are handed out once every lane has a container (see Share).
     """
     round_ = _Round(containers, topology, now, closed, cooling or {}, limit)
     walked = list(_interleaved(queued, topology, now))
@@ -490,6 +613,7 @@ def decide(
         if e.deadline_at is None or e.deadline_at > now:
             heads.setdefault((e.region, e.model), e)
     round_.open_first(heads.values(), lambda e: queue_key(e, now, topology.priority_aging_s))
+    round_.share(Counter((e.region, e.model) for e in walked), share)
     round_.expect(
         {
             (e.region, e.model)
@@ -516,6 +640,7 @@ def decide_indexed(
     closed: frozenset[str] = frozenset(),
     cooling: Mapping[str, float] | None = None,
     limit: int | None = None,
+    share: Share | None = None,
 ) -> Decision:
     """Exactly `decide` over the indexed executions, touching lane heads only.
 
@@ -525,7 +650,7 @@ def decide_indexed(
     the order changes with time rather than with writes, so the full scan decides.
     """
     if topology.priority_aging_s:
-        return decide(index, containers, topology, now, closed, cooling, limit)
+        return decide(index, containers, topology, now, closed, cooling, limit, share)
     round_ = _Round(containers, topology, now, closed, cooling or {}, limit)
     round_.wake(index.next_deadline(now))
     Lane = tuple[tuple[int, int], str, Iterator[Execution], Execution]
@@ -542,6 +667,8 @@ def decide_indexed(
         if lanes:
             turns.append((index.turn(lanes[0][3]), order, lanes, region))
     round_.open_first((lane[3] for _, _, lanes, _ in turns for lane in lanes), queue_key)
+    if share is not None:
+        round_.share(index.lane_sizes(), share)
     round_.expect((region, model) for _, _, lanes, region in turns for _, model, _, _ in lanes)
     heapq.heapify(turns)
     while turns and not round_.full:
@@ -678,8 +805,12 @@ def _new_container_id(e: Execution, now: float, live: Mapping[str, Container]) -
 
 
 def _model_up(live: Iterable[Container], providers: list[ProviderSpec], model: str) -> bool:
+    return _containers_up(live, providers, model) > 0
+
+
+def _containers_up(live: Iterable[Container], providers: list[ProviderSpec], model: str) -> int:
     names = {p.name for p in providers}
-    return any(c.provider in names and c.model == model and not c.orphan for c in live)
+    return sum(1 for c in live if c.provider in names and c.model == model and not c.orphan)
 
 
 def _started(execution: Execution, container: Container, now: float) -> Execution:

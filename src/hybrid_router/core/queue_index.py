@@ -108,6 +108,10 @@ class QueueIndex:
         """Per region with queued executions, how many."""
         return {region: len(keys) for region, keys in self._regions.items()}
 
+    def lane_sizes(self) -> dict[tuple[str, str], int]:
+        """Per (region, model) lane with queued executions, how many."""
+        return {lane: len(keys) for lane, keys in self._lanes.items()}
+
     def position(self, execution_id: str) -> int | None:
         """1-based place in its region's order; None if not indexed."""
         e = self._by_id.get(execution_id)

@@ -16,12 +16,20 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import ledger
 from hybrid_router.core.model import Container, Execution, Job
-from hybrid_router.core.policy import Topology, decide_indexed, opened_its_container
+from hybrid_router.core.policy import (
+    ExpectedSeconds,
+    Share,
+    ShareRule,
+    Topology,
+    decide_indexed,
+    opened_its_container,
+)
 from hybrid_router.core.queue_index import QueueIndex
 
 # Seconds one call takes, given the execution and whether it opens its container.
@@ -48,6 +56,8 @@ class Trace:
     queued: list[Execution] = field(default_factory=list)
     running: dict[str, tuple[float, str]] = field(default_factory=dict)
     containers: list[Container] = field(default_factory=list)
+    # The rules a planner chose (see replay), each with when.
+    plans: list[tuple[float, ShareRule]] = field(default_factory=list)
 
 
 def replay(
@@ -62,6 +72,8 @@ def replay(
     cooling: Mapping[str, float] | None = None,
     max_steps: int | None = None,
     until: float | None = None,
+    share: Share | None = None,
+    planner: Planner | None = None,
 ) -> Trace:
     """Run the policy from `now` until everything has started (or `max_steps` rounds).
 
@@ -71,7 +83,9 @@ def replay(
     cooldowns end. `until`: run to that instant instead, started or not, and stop before
     its round; the trace keeps the state there, to estimate from or to go on from (a
     replay from it makes the same decisions as one that never stopped: between events the
-    policy has nothing new to decide).
+    policy has nothing new to decide). `share`: how the account's free GPUs are handed out
+    (policy.Share); with a `planner`, it chooses the rule at the start and whenever work is
+    submitted, as the scheduler does.
     """
     pending = QueueIndex(queued)
     live = {c.id: c for c in containers}
@@ -82,20 +96,30 @@ def replay(
     trace.ends.update({execution_id: ends for execution_id, (ends, _) in finishing.items()})
     idle_since = {c.id: now for c in live.values() if not c.in_flight and not c.orphan}
     later = list(arrivals)
+    freed: Counter[str] = Counter()  # GPUs scaled down since the last round, per region
     t = now
     steps = 0
+    replan = planner is not None
     while True:
         while later and later[0][0] <= t:
+            replan = planner is not None
             for e in later.pop(0)[1]:
                 pending.add(e)
                 trace.queued_at[e.id] = e.queued_at
+        if replan and planner is not None and pending:
+            share = planner.choose(list(pending), topology, t, finishing, live.values(), cooling)
+            trace.plans.append((t, share.rule))
+            replan = False
         if (until is None and not (pending or later)) or (until is not None and t >= until):
             break
         if max_steps is not None and steps >= max_steps:
             trace.drained = not pending
             break
         steps += 1
-        decision = decide_indexed(pending, live.values(), topology, t, cooling=cooling)
+        if share is not None:
+            share = replace(share, freed=freed)
+            freed = Counter()
+        decision = decide_indexed(pending, live.values(), topology, t, cooling=cooling, share=share)
         for admission in decision.admissions:
             e, container = admission.execution, admission.container
             trace.starts[e.id] = t
@@ -131,6 +155,7 @@ def replay(
                         idle_since[container_id] = ends
         for container_id in ledger.expired(live.values(), t, topology.shared):
             gone = live.pop(container_id)
+            freed[gone.region] += gone.gpus
             if (since := idle_since.pop(container_id, None)) is not None:
                 trace.idle_warm_gpu_s += max(0.0, gone.warm_until - since) * gone.gpus
     for container_id, since in idle_since.items():
@@ -142,6 +167,62 @@ def replay(
     trace.running = finishing
     trace.containers = list(live.values())
     return trace
+
+
+# The rules a planner chooses among, today's first: it wins ties.
+RULES = (ShareRule.OLDEST, ShareRule.LANE_WORK, ShareRule.RECLAIM)
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Chooses how the account's free GPUs are handed out (policy.Share) by running the
+    queue forward under each rule on expected durations and keeping the one that ends it
+    first.
+
+    No one rule wins every workload: on the Beacon burst, handing them to the oldest
+    execution is best with region caps of 4 and 10 GPUs, back to the region that freed them
+    with caps of 10, to the lane with most work per container with 20 GPUs. Where only the
+    regions' limits can bind, there is nothing to choose.
+    """
+
+    call_seconds: CallSeconds  # expected, warm or cold
+    expected_s: ExpectedSeconds  # expected, warm
+    rules: tuple[ShareRule, ...] = RULES
+    max_steps: int | None = None
+
+    def choose(
+        self,
+        queued: Sequence[Execution],
+        topology: Topology,
+        now: float,
+        running: Mapping[str, tuple[float, str]],
+        containers: Iterable[Container],
+        cooling: Mapping[str, float] | None = None,
+    ) -> Share:
+        """The Share whose rule ends `queued` first from this state (ties: the first rule);
+        `running`: the calls in flight as replay takes them."""
+        if not topology.account_may_bind or len(self.rules) == 1:
+            return Share(self.rules[0], self.expected_s)
+        containers = list(containers)
+        best: tuple[float, Share] | None = None
+        for rule in self.rules:
+            share = Share(rule, self.expected_s)
+            trace = replay(
+                queued,
+                topology,
+                now,
+                self.call_seconds,
+                running=running,
+                containers=containers,
+                cooling=cooling,
+                max_steps=self.max_steps,
+                share=share,
+            )
+            ends = max(trace.ends.values(), default=now) if trace.drained else math.inf
+            if best is None or ends < best[0]:
+                best = (ends, share)
+        assert best is not None
+        return best[1]
 
 
 @dataclass(frozen=True)
@@ -169,6 +250,11 @@ class Timings:
             return seconds + jitter(self.cold_start_s) if opened else seconds
 
         return call_seconds
+
+    def planner(self) -> Planner:
+        """A planner that expects every call to take its value, without spread."""
+        expected = replace(self, spread=0.0).sampler()
+        return Planner(expected, lambda region, model: self.call_s[model])
 
 
 @dataclass(frozen=True)
@@ -227,8 +313,10 @@ def simulate(
     topology: Topology,
     timings: Timings,
     max_steps: int | None = None,
+    plan: bool = True,
 ) -> Report:
-    """Run `jobs` (each with its submission instant, in time order) from an idle account.
+    """Run `jobs` (each with its submission instant, in time order) from an idle account,
+    the scheduler planning as it does (`plan`: False plans nothing, today's rule).
 
     Executions of a model no provider serves in their region are left out: the router
     refuses such a job at submission."""
@@ -245,7 +333,15 @@ def simulate(
         arrivals.append((at, batch))
         everything += batch
     start = jobs[0][0] if jobs else 0.0
-    trace = replay((), topology, start, timings.sampler(), arrivals=arrivals, max_steps=max_steps)
+    trace = replay(
+        (),
+        topology,
+        start,
+        timings.sampler(),
+        arrivals=arrivals,
+        max_steps=max_steps,
+        planner=timings.planner() if plan else None,
+    )
     return _report(trace, everything, topology, timings, start)
 
 
@@ -266,7 +362,14 @@ def simulate_queue(
     draw = timings.sampler()
     calls = in_flight(running, now, draw)
     trace = replay(
-        queued, topology, now, draw, running=calls, containers=containers, max_steps=max_steps
+        queued,
+        topology,
+        now,
+        draw,
+        running=calls,
+        containers=containers,
+        max_steps=max_steps,
+        planner=timings.planner(),
     )
     return _report(trace, list(queued), topology, timings, now)
 
