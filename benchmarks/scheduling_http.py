@@ -3,8 +3,9 @@
 `hybrid-router serve` (SQLite) in front of `hybrid-router emulate-modal` (an independent
 Modal stand-in: it picks its own containers, draws its own cold starts and durations) at
 `--time-scale` of production time (default 1/50), on the account of benchmarks/scheduling.py
-(3 regions of 3 GPUs, 10 for the account) and one of its workloads, all submitted at once
-over HTTP (default: the same work as 60 single-model jobs, the case that used to cost 1.75x).
+(3 regions of 3 GPUs, or `--region-gpus`, 10 for the account) and one of its workloads, all
+submitted at once over HTTP (default: the same work as 60 single-model jobs, the case that
+used to cost 1.75x).
 
 Prints, in production seconds: the makespan (first submission to last answer, from the
 router's own timestamps), its anchors from the same workload and timings (the lower bound;
@@ -20,6 +21,7 @@ jobs): do not run it on a busy shared machine more than once. Ports from $BENCH_
 (default 18100-18199).
 
     .venv/bin/python benchmarks/scheduling_http.py [--time-scale 0.02] [--workload single]
+        [--region-gpus 3]
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ ACCOUNT_GPUS = 10
 REGION_GPUS = 3
 
 
-def router_config(store_url: str, emulator_url: str, scale: float) -> dict[str, Any]:
+def router_config(
+    store_url: str, emulator_url: str, scale: float, region_gpus: int = REGION_GPUS
+) -> dict[str, Any]:
     """The benchmark's account, timed for the emulator: the router's scaledown no shorter
     than the emulator's, its timeout above the longest call (a cold start and a 7B run)."""
     return {
         "gpu_limit": ACCOUNT_GPUS,
         "shutdown_grace_s": 1,
         "store": {"url": store_url},
-        "regions": {r: {"gpu_limit": REGION_GPUS} for r in REGIONS},
+        "regions": {r: {"gpu_limit": region_gpus} for r in REGIONS},
         "models": {m: {"gpus": 1} for m in MODELS},
         "providers": {
             f"modal-{r.lower()}": {
@@ -89,11 +93,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=0.02)
     parser.add_argument("--workload", choices=("single", "three"), default="single")
+    parser.add_argument(
+        "--region-gpus", type=int, default=REGION_GPUS, help="10: only the account binds"
+    )
     args = parser.parse_args()
+    region_gpus = args.region_gpus
     scale = args.time_scale
     jobs = beacon_jobs(single_model=args.workload == "single")
     mean = Timings({m: sum(call_bounds(m)) / 2 for m in MODELS}, cold_start_s=sum(COLD_START_S) / 2)
-    topo = topology(REGION_GPUS)
+    topo = topology(region_gpus)
     policy_alone = simulate(jobs, topo, mean)
     policy_drawn = simulate(jobs, topo, EmulatorTimings(mean.call_s, mean.cold_start_s))
     executions = [e for _, job in jobs for e in job.expand()]
@@ -103,9 +111,8 @@ def main() -> int:
         emulator = start_emulator(tmp, gpu_limit=ACCOUNT_GPUS, time_scale=scale, poll_after_s=None)
         router = None
         try:
-            router = start_router(
-                router_config(f"sqlite:///{tmp / 'router.db'}", emulator.url, scale), tmp
-            )
+            store_url = f"sqlite:///{tmp / 'router.db'}"
+            router = start_router(router_config(store_url, emulator.url, scale, region_gpus), tmp)
             with httpx.Client(base_url=router.url, timeout=30.0) as client:
                 began = time.time()
                 for _, job in jobs:
@@ -161,9 +168,9 @@ def main() -> int:
     if stats["peak_held"] > ACCOUNT_GPUS:
         over.append(f"account peak {stats['peak_held']} > {ACCOUNT_GPUS}")
     over += [
-        f"{region} peak {peak} > {REGION_GPUS}"
+        f"{region} peak {peak} > {region_gpus}"
         for region, peak in stats["peak_held_by_region"].items()
-        if peak > REGION_GPUS
+        if peak > region_gpus
     ]
     name = "60 single-model jobs" if args.workload == "single" else "20 jobs of 3 models"
     print(
@@ -182,7 +189,7 @@ def main() -> int:
     )
     print(
         f"GPUs at peak: account {stats['peak_held']} of {ACCOUNT_GPUS}, per region "
-        f"{stats['peak_held_by_region']} of {REGION_GPUS}; refused for capacity "
+        f"{stats['peak_held_by_region']} of {region_gpus}; refused for capacity "
         f"{stats['refusals']}; failed {len(failed)}; calls repeated {repeated}"
     )
     print(f"FIFO per (region, model): {out_of_order} calls out of order")

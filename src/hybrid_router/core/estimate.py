@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hybrid_router.core import simulate
 from hybrid_router.core.model import Container, Execution
-from hybrid_router.core.policy import Topology
+from hybrid_router.core.policy import Share, Topology
 
 MAX_STEPS = 2_000
 # Seeds a (region, model)'s expected call duration until one is observed.
@@ -48,6 +48,15 @@ class Durations:
             seconds if previous is None else previous + self.alpha * (seconds - previous)
         )
 
+    def copy(self) -> Durations:
+        """A copy that later observations leave as it is (to plan or estimate in a thread
+        while calls go on)."""
+        return replace(self, observed=dict(self.observed))
+
+    def of_call(self, e: Execution, opened: bool) -> float:
+        """Expected seconds of `e`'s call, cold if it opens its container (CallSeconds)."""
+        return self(e.region, e.model, opened)
+
     def __call__(self, region: str, model: str, cold: bool = False) -> float:
         """Expected seconds of one call, from what was observed of this kind, else guessed."""
         if (seen := self.observed.get((region, model, cold))) is not None:
@@ -75,18 +84,17 @@ def forecast(
     now: float,
     duration: Durations,
     cooling: Mapping[str, float] | None = None,
+    share: Share | None = None,
 ) -> Forecast:
     """When each queued execution is expected to start, and each queued or running one to
     finish, in seconds from `now`.
 
     Assumes every call succeeds after its expected duration, cold or warm, and providers
-    cooling down (`cooling`, see core.health) stay down until their cooldowns end.
+    cooling down (`cooling`, see core.health) stay down until their cooldowns end. `share`:
+    the scheduler's, as planned (policy.Share).
     Executions whose start lies beyond MAX_STEPS policy rounds are left out (unknown).
     """
-
-    def call_seconds(e: Execution, opened: bool) -> float:
-        return duration(e.region, e.model, opened)
-
+    call_seconds = duration.of_call
     trace = simulate.replay(
         queued,
         topology,
@@ -96,6 +104,7 @@ def forecast(
         containers=containers,
         cooling=cooling,
         max_steps=MAX_STEPS,
+        share=share,
     )
     return Forecast(
         {execution_id: at - now for execution_id, at in trace.starts.items()},
@@ -112,6 +121,7 @@ def probe_starts(
     now: float,
     duration: Durations,
     cooling: Mapping[str, float] | None = None,
+    share: Share | None = None,
 ) -> dict[str, float]:
     """Seconds from `now` until each probe would start were it queued now, behind the
     executions queued; each probe alone (probes do not compete with one another).
@@ -124,7 +134,7 @@ def probe_starts(
     result: dict[str, float] = {}
     for probe in probes:
         starts = forecast(
-            [*queued, probe], running, containers, topology, now, duration, cooling
+            [*queued, probe], running, containers, topology, now, duration, cooling, share
         ).starts
         if probe.id in starts:
             result[probe.id] = starts[probe.id]

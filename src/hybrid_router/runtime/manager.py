@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from hybrid_router.core import ledger, policy, retry
+from hybrid_router.core import ledger, policy, retry, simulate
 from hybrid_router.core.estimate import Durations
 from hybrid_router.core.health import HealthBoard
 from hybrid_router.core.model import (
@@ -66,6 +68,12 @@ RECONCILE_S = 10.0
 RECONCILE_CHECKS = 3
 # At most this many results go into one group commit.
 MAX_RESULTS_PER_WRITE = 2_000
+# The planner (simulate.Planner) runs the queue forward once per rule: past this many
+# queued it would hold the GIL for seconds, and the rule chosen last stays.
+PLAN_MAX_QUEUED = 2_000
+# ...and it plans again after a submission only once the last plan is older than this
+# many times what it cost (real time): at most a tenth of the process's time.
+PLAN_COST_FACTOR = 10.0
 
 
 @dataclass
@@ -144,6 +152,17 @@ class RegionQueueManager:
         self._launch_slack_s = store.lease_ttl_s
         # Set when the store refused a write for a stale fencing token: leadership is lost.
         self.fenced = asyncio.Event()
+        # How the account's free GPUs are handed out (policy.Share), as last planned; None
+        # where only the regions' limits can bind.
+        self.share: policy.Share | None = None
+        if topology.account_may_bind:
+            self.share = policy.Share(policy.ShareRule.OLDEST, durations)
+        # GPUs scaled down since the last round, per region (Share's `freed`).
+        self._freed: Counter[str] = Counter()
+        self._plan_wanted = False
+        self._planning: asyncio.Task[None] | None = None
+        self._planned_at = -math.inf
+        self._plan_cost_s = 0.0
 
     async def start(self) -> None:
         """Recover what a crashed predecessor left running, then start scheduling."""
@@ -173,6 +192,10 @@ class RegionQueueManager:
             self._recorder_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recorder_task
+        if self._planning is not None:
+            self._planning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._planning
 
     def wake(self) -> None:
         """Something changed (submission, completion, cancellation): decide again."""
@@ -188,11 +211,13 @@ class RegionQueueManager:
             if e.state is ExecutionState.QUEUED and e.id not in self.index:
                 if e.id not in self.running:
                     self.index.add(e)
+        self._plan_wanted = True
         self.wake()
 
     def announce(self, job: JobKey) -> None:
         """Another replica stored this job: load its executions at the next round."""
         self._announced.add(job)
+        self._plan_wanted = True
         self.wake()
 
     def forget(self, execution_ids: Iterable[str]) -> None:
@@ -249,6 +274,7 @@ class RegionQueueManager:
             self._announced.clear()
             with long_lived():
                 self.index = QueueIndex(await self.store.queued())
+            self._plan_wanted = True
         events = [execution_event(e, at=now) for e in after if e.state.terminal]
         for key in cancelled_jobs:
             found = await self.store.job_with_counts(key)
@@ -290,6 +316,7 @@ class RegionQueueManager:
                     reconcile_at = self.clock() + RECONCILE_S
                 with self.steps.step():
                     wake_at = await self._admit_round()
+                self._plan_if_due()
             except StoreFenced:
                 log.warning("another replica leads now: this one stops admitting")
                 self._admitting = False
@@ -336,7 +363,8 @@ class RegionQueueManager:
             if gone:
                 await self.store.save_containers([], gone)
                 for container_id in gone:
-                    del self.ledger[container_id]
+                    released = self.ledger.pop(container_id)
+                    self._freed[released.region] += released.gpus
             await self._expire_overdue(now)
             modes = await self.store.region_modes()
             closed = frozenset(r for r, mode in modes.items() if not mode.admits)
@@ -348,12 +376,62 @@ class RegionQueueManager:
                 closed,
                 self.health.cooling(now),
                 limit=ROUND_LIMIT,
+                share=self._round_share(),
             )
             self.rounds += 1
             self.waits = decision.waits
             if decision.admissions and self._admitting:
                 await self._admit(decision.admissions, now)
             return decision.wake_at
+
+    def _round_share(self) -> policy.Share | None:
+        """The planned Share, with the GPUs freed since the last round."""
+        if self.share is None:
+            return None
+        freed, self._freed = dict(self._freed), Counter()
+        return replace(self.share, freed=freed)
+
+    def _plan_if_due(self) -> None:
+        """Choose the Share again in the background once work was submitted, the last plan
+        is done and old enough, and the queue is short enough (see PLAN_MAX_QUEUED)."""
+        if self.share is None or not self._plan_wanted:
+            return
+        if not 0 < len(self.index) <= PLAN_MAX_QUEUED:
+            return
+        if self._planning is not None and not self._planning.done():
+            return
+        if time.perf_counter() - self._planned_at < self._plan_cost_s * PLAN_COST_FACTOR:
+            return
+        self._plan_wanted = False
+        self._planning = asyncio.create_task(self._plan(), name="plan")
+
+    async def _plan(self) -> None:
+        """Run the queue as it stands forward under each rule, on the observed durations
+        (a copy: the planner runs in a thread while calls go on), and keep the rule that
+        ends it first."""
+        began = time.perf_counter()
+        now = self.clock()
+        durations = self.durations.copy()
+        queued = list(self.index)
+        planner = simulate.Planner(durations.of_call, durations, max_steps=10 * len(queued) + 100)
+        calls = simulate.in_flight(self.running.values(), now, durations.of_call)
+        containers = list(self.ledger.values())
+        cooling = self.health.cooling(now)
+        try:
+            plan = await asyncio.to_thread(
+                planner.choose, queued, self.topology, now, calls, containers, cooling
+            )
+        except Exception:
+            log.exception("planning failed: the rule planned last stays")
+            return
+        finally:
+            self._planned_at = time.perf_counter()
+            self._plan_cost_s = self._planned_at - began
+        changed = self.share is None or plan.rule is not self.share.rule
+        self.share = replace(plan, expected_s=self.durations)
+        if changed:
+            log.info("the account's free GPUs now go by rule %s", plan.rule.value)
+            self.wake()
 
     async def _admit(self, admissions: tuple[policy.Admission, ...], now: float) -> None:
         """Record a round's admissions in one write, then send their calls."""

@@ -102,11 +102,20 @@ class _Snapshot:
     durations: Durations
     # Providers cooling down after failures, with when each may be tried again.
     cooling: Mapping[str, float]
+    # How the scheduler hands out the account's free GPUs (policy.Share), as planned.
+    share: policy.Share | None = None
 
     def forecast(self, topology: Topology, now: float) -> estimate.Forecast:
         """estimate.forecast from this snapshot."""
         return estimate.forecast(
-            self.queued, self.running, self.containers, topology, now, self.durations, self.cooling
+            self.queued,
+            self.running,
+            self.containers,
+            topology,
+            now,
+            self.durations,
+            self.cooling,
+            self.share,
         )
 
     def probe_starts(
@@ -122,6 +131,7 @@ class _Snapshot:
             now,
             self.durations,
             self.cooling,
+            self.share,
         )
 
 
@@ -477,19 +487,22 @@ class RouterService:
     async def _snapshot(self, now: float) -> _Snapshot:
         """What estimates run on: the leader's own view, else the store's, and a copy of
         the observed durations (the estimate runs in a thread while calls go on)."""
+        durations = self.durations.copy()
         manager = self.leadership.manager
         cooling: Mapping[str, float] = {}
+        share = None
         if manager is not None:
             queued: list[Execution] = list(manager.index)
             running: list[Execution] = list(manager.running.values())
             containers = list(manager.ledger.values())
             cooling = manager.health.cooling(now)
+            if manager.share is not None:
+                share = replace(manager.share, expected_s=durations)
         else:
             queued = await self.store.queued()
             running = await self.store.running()
             containers = await self.store.containers()
-        durations = replace(self.durations, observed=dict(self.durations.observed))
-        return _Snapshot(queued, running, containers, durations, cooling)
+        return _Snapshot(queued, running, containers, durations, cooling, share)
 
     async def soonest_region(self, model: str) -> str:
         """The region where an execution of `model` queued now is estimated to start
