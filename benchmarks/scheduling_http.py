@@ -31,6 +31,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -47,13 +48,18 @@ REGION_GPUS = 3
 
 
 def router_config(
-    store_url: str, emulator_url: str, scale: float, region_gpus: int = REGION_GPUS
+    store_url: str,
+    emulator_url: str,
+    scale: float,
+    region_gpus: int = REGION_GPUS,
+    share_free_gpus: str = "planned",
 ) -> dict[str, Any]:
     """The benchmark's account, timed for the emulator: the router's scaledown no shorter
     than the emulator's, its timeout above the longest call (a cold start and a 7B run)."""
     return {
         "gpu_limit": ACCOUNT_GPUS,
         "shutdown_grace_s": 1,
+        "share_free_gpus": share_free_gpus,
         "store": {"url": store_url},
         "regions": {r: {"gpu_limit": region_gpus} for r in REGIONS},
         "models": {m: {"gpus": 1} for m in MODELS},
@@ -96,23 +102,31 @@ def main() -> int:
     parser.add_argument(
         "--region-gpus", type=int, default=REGION_GPUS, help="10: only the account binds"
     )
+    parser.add_argument(
+        "--share-free-gpus", choices=("planned", "oldest"), default="planned",
+        help="the router's share_free_gpus (oldest: the rule before the planner)",
+    )  # fmt: skip
     args = parser.parse_args()
     region_gpus = args.region_gpus
     scale = args.time_scale
     jobs = beacon_jobs(single_model=args.workload == "single")
     mean = Timings({m: sum(call_bounds(m)) / 2 for m in MODELS}, cold_start_s=sum(COLD_START_S) / 2)
-    topo = topology(region_gpus)
+    topo = replace(topology(region_gpus), planned_share=args.share_free_gpus == "planned")
     policy_alone = simulate(jobs, topo, mean)
     policy_drawn = simulate(jobs, topo, EmulatorTimings(mean.call_s, mean.cold_start_s))
     executions = [e for _, job in jobs for e in job.expand()]
     bound, _ = lower_bound(executions, topo, mean)
 
+    planned: list[str] = []
     with temp_dir() as tmp:
         emulator = start_emulator(tmp, gpu_limit=ACCOUNT_GPUS, time_scale=scale, poll_after_s=None)
         router = None
         try:
             store_url = f"sqlite:///{tmp / 'router.db'}"
-            router = start_router(router_config(store_url, emulator.url, scale, region_gpus), tmp)
+            config = router_config(
+                store_url, emulator.url, scale, region_gpus, args.share_free_gpus
+            )
+            router = start_router(config, tmp)
             with httpx.Client(base_url=router.url, timeout=30.0) as client:
                 began = time.time()
                 for _, job in jobs:
@@ -139,6 +153,8 @@ def main() -> int:
         finally:
             if router is not None:
                 router.stop()
+                log = router.log.read_text(errors="replace").splitlines()
+                planned = [line.split("free GPUs now ")[-1] for line in log if "go by rule" in line]
             emulator.stop()
 
     seen = [e for view in views.values() for e in view["executions"]]
@@ -193,6 +209,7 @@ def main() -> int:
         f"{stats['refusals']}; failed {len(failed)}; calls repeated {repeated}"
     )
     print(f"FIFO per (region, model): {out_of_order} calls out of order")
+    print(f"the router's plans: {'; '.join(planned) or 'none (its free GPUs go to the oldest)'}")
     print(f"run took {time.time() - began:.0f} s")
     return 1 if over or out_of_order or failed else 0
 

@@ -819,6 +819,7 @@ def simulate(
         ("cold starts", lambda r: str(r.cold_starts)),
         ("idle warm GPU-seconds", lambda r: f"{r.idle_warm_gpu_s:,.0f}"),
         ("wait p50 / p95", lambda r: f"{r.wait_p50_s:,.0f} / {r.wait_p95_s:,.0f} s"),
+        ("account's free GPUs go", lambda r: " then ".join(r.share_rules) or "-"),
         *(
             (f"{region} finishes", lambda r, region=region: _finish(r.region_finish_s, region))
             for region in regions

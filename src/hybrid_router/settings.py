@@ -227,6 +227,9 @@ class Settings(BaseModel):
     retry_base_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     priority_aging_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # How the account's free GPUs are handed out when only its limit binds: as the scheduler
+    # plans by running the queue forward ("planned"), or always to the oldest execution.
+    share_free_gpus: Literal["planned", "oldest"] = "planned"
     # No users: the router runs open (everyone is the admin "anonymous").
     users: dict[str, UserConfig] = Field(default_factory=dict)
 
@@ -279,6 +282,7 @@ class Settings(BaseModel):
             models=self.model_specs(),
             providers=self.provider_specs(),
             priority_aging_s=self.priority_aging_s,
+            planned_share=self.share_free_gpus == "planned",
         )
 
     def provider_specs(self) -> dict[str, ProviderSpec]:

@@ -43,6 +43,15 @@ def test_the_default_config_in_production_seconds() -> None:
     assert set(report["region_finish_s"]) == {"US", "EU", "ASIA"}
 
 
+def test_where_only_the_account_binds_it_plans_where_free_gpus_go() -> None:
+    # Caps of 10 per region under the account's 10: the account binds, the planner chooses.
+    planned = figures("--jobs", "20", "--questions", "3", "--region-limit", "10")
+    assert planned["share_rules"] == ["reclaim"]
+    assert planned["ratio"] <= 1.05
+    # Caps of 3 per region: only the regions bind, nothing to plan.
+    assert figures("--jobs", "20", "--questions", "3")["share_rules"] == []
+
+
 def test_overrides_change_the_plan() -> None:
     more = figures("--jobs", "4", "--questions", "1", "--region-limit", "10", "--gpu-limit", "30")
     assert more["usable_gpus"] == 30

@@ -97,7 +97,8 @@ def test_the_planned_schedule_never_ends_later_than_the_oldest_first_one(
 ) -> None:
     topo = three_regions(account, caps)
     planned = simulate(beacon(6), topo, TIMINGS)
-    assert planned.makespan_s <= simulate(beacon(6), topo, TIMINGS, plan=False).makespan_s
+    oldest = simulate(beacon(6), replace(topo, planned_share=False), TIMINGS)
+    assert planned.makespan_s <= oldest.makespan_s
     assert planned.drained
 
 
@@ -105,6 +106,6 @@ def test_the_planner_beats_the_oldest_first_rule_where_only_the_account_binds() 
     # The scheduling benchmark's case: the oldest-first rule takes 1.068x of the bound.
     topo = three_regions(10, 10)
     planned = simulate(beacon(20), topo, TIMINGS)
-    today = simulate(beacon(20), topo, TIMINGS, plan=False)
+    today = simulate(beacon(20), replace(topo, planned_share=False), TIMINGS)
     assert planned.makespan_s < today.makespan_s
     assert planned.ratio <= 1.05

@@ -75,6 +75,14 @@ class Topology:
     # where a head waiting for a GPU keeps every idle container in its scope from reuse; kept
     # as the reference the property tests and benchmarks compare with.
     backfill: bool = True
+    # Whether the scheduler plans how the account's free GPUs are handed out (Share,
+    # simulate.Planner); False: they always go to the oldest execution (the rule before).
+    planned_share: bool = True
+
+    @property
+    def plans_share(self) -> bool:
+        """Whether there is a Share to plan: planned, and the account's limit may bind."""
+        return self.planned_share and self.account_may_bind
 
     def providers_for(self, region: str, model: str) -> list[ProviderSpec]:
         """Providers serving `model` in `region`, in config order."""

@@ -106,7 +106,7 @@ def replay(
             for e in later.pop(0)[1]:
                 pending.add(e)
                 trace.queued_at[e.id] = e.queued_at
-        if replan and planner is not None and pending:
+        if replan and planner is not None and pending and topology.plans_share:
             share = planner.choose(list(pending), topology, t, finishing, live.values(), cooling)
             trace.plans.append((t, share.rule))
             replan = False
@@ -201,7 +201,7 @@ class Planner:
     ) -> Share:
         """The Share whose rule ends `queued` first from this state (ties: the first rule);
         `running`: the calls in flight as replay takes them."""
-        if not topology.account_may_bind or len(self.rules) == 1:
+        if not topology.plans_share or len(self.rules) == 1:
             return Share(self.rules[0], self.expected_s)
         containers = list(containers)
         best: tuple[float, Share] | None = None
@@ -272,6 +272,9 @@ class Report:
     wait_p50_s: float
     wait_p95_s: float
     drained: bool
+    # How the account's free GPUs went (policy.ShareRule values), as planned, in turn;
+    # empty where only the regions' limits can bind.
+    share_rules: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -313,10 +316,9 @@ def simulate(
     topology: Topology,
     timings: Timings,
     max_steps: int | None = None,
-    plan: bool = True,
 ) -> Report:
     """Run `jobs` (each with its submission instant, in time order) from an idle account,
-    the scheduler planning as it does (`plan`: False plans nothing, today's rule).
+    planning the account's free GPUs as the scheduler does (Topology.planned_share).
 
     Executions of a model no provider serves in their region are left out: the router
     refuses such a job at submission."""
@@ -340,7 +342,7 @@ def simulate(
         timings.sampler(),
         arrivals=arrivals,
         max_steps=max_steps,
-        planner=timings.planner() if plan else None,
+        planner=timings.planner(),
     )
     return _report(trace, everything, topology, timings, start)
 
@@ -418,6 +420,11 @@ def _report(
         wait_p50_s=_quantile(waits, 0.5),
         wait_p95_s=_quantile(waits, 0.95),
         drained=trace.drained,
+        share_rules=tuple(
+            rule.value
+            for n, (_, rule) in enumerate(trace.plans)
+            if n == 0 or rule is not trace.plans[n - 1][1]
+        ),
     )
 
 

@@ -155,7 +155,7 @@ class RegionQueueManager:
         # How the account's free GPUs are handed out (policy.Share), as last planned; None
         # where only the regions' limits can bind.
         self.share: policy.Share | None = None
-        if topology.account_may_bind:
+        if topology.plans_share:
             self.share = policy.Share(policy.ShareRule.OLDEST, durations)
         # GPUs scaled down since the last round, per region (Share's `freed`).
         self._freed: Counter[str] = Counter()
