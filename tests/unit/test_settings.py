@@ -128,6 +128,14 @@ def test_top_level_options_have_defaults(tmp_path: Path) -> None:
     assert (http.keep_alive_timeout_s, http.header_timeout_s, http.body_timeout_s) == (5, 10, 30)
 
 
+def test_the_account_s_free_gpus_are_planned_unless_told_oldest_first(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, BASE)).topology().planned_share
+    oldest = load_settings(write(tmp_path, 'share_free_gpus = "oldest"\n' + BASE))
+    assert not oldest.topology().planned_share
+    message = config_error(tmp_path, 'share_free_gpus = "fastest"\n' + BASE)
+    assert "share_free_gpus" in message and "'planned' or 'oldest'" in message
+
+
 def test_connection_timeouts_must_be_positive(tmp_path: Path) -> None:
     message = config_error(tmp_path, BASE + "\n[http]\nheader_timeout_s = 0\n")
     assert "http.header_timeout_s" in message

@@ -53,6 +53,15 @@ class Durations:
         while calls go on)."""
         return replace(self, observed=dict(self.observed))
 
+    def drifted(self, since: Durations, by: float) -> bool:
+        """Whether a kind of call was first observed after `since` was copied, or its
+        average has moved by more than the fraction `by` since."""
+        for key, seconds in self.observed.items():
+            before = since.observed.get(key)
+            if before is None or abs(seconds - before) > by * before:
+                return True
+        return False
+
     def of_call(self, e: Execution, opened: bool) -> float:
         """Expected seconds of `e`'s call, cold if it opens its container (CallSeconds)."""
         return self(e.region, e.model, opened)

@@ -107,7 +107,10 @@ def replay(
                 pending.add(e)
                 trace.queued_at[e.id] = e.queued_at
         if replan and planner is not None and pending and topology.plans_share:
-            share = planner.choose(list(pending), topology, t, finishing, live.values(), cooling)
+            incumbent = share.rule if share is not None else None
+            share = planner.choose(
+                list(pending), topology, t, finishing, live.values(), cooling, incumbent
+            )
             trace.plans.append((t, share.rule))
             replan = False
         if (until is None and not (pending or later)) or (until is not None and t >= until):
@@ -198,14 +201,17 @@ class Planner:
         running: Mapping[str, tuple[float, str]],
         containers: Iterable[Container],
         cooling: Mapping[str, float] | None = None,
+        incumbent: ShareRule | None = None,
     ) -> Share:
-        """The Share whose rule ends `queued` first from this state (ties: the first rule);
-        `running`: the calls in flight as replay takes them."""
+        """The Share whose rule ends `queued` first from this state; `running`: the calls
+        in flight as replay takes them. Ties go to the `incumbent` (the rule planned last: a
+        plan made again changes the rule only for a gain), else to the first rule."""
         if not topology.plans_share or len(self.rules) == 1:
             return Share(self.rules[0], self.expected_s)
         containers = list(containers)
+        rules = sorted(self.rules, key=lambda rule: rule is not incumbent)
         best: tuple[float, Share] | None = None
-        for rule in self.rules:
+        for rule in rules:
             share = Share(rule, self.expected_s)
             trace = replay(
                 queued,
@@ -316,9 +322,11 @@ def simulate(
     topology: Topology,
     timings: Timings,
     max_steps: int | None = None,
+    planner: Planner | None = None,
 ) -> Report:
     """Run `jobs` (each with its submission instant, in time order) from an idle account,
-    planning the account's free GPUs as the scheduler does (Topology.planned_share).
+    planning the account's free GPUs as the scheduler does (Topology.planned_share; a
+    `planner` instead of one expecting `timings` without spread).
 
     Executions of a model no provider serves in their region are left out: the router
     refuses such a job at submission."""
@@ -342,7 +350,7 @@ def simulate(
         timings.sampler(),
         arrivals=arrivals,
         max_steps=max_steps,
-        planner=timings.planner(),
+        planner=planner or timings.planner(),
     )
     return _report(trace, everything, topology, timings, start)
 

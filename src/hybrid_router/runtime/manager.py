@@ -71,8 +71,11 @@ MAX_RESULTS_PER_WRITE = 2_000
 # The planner (simulate.Planner) runs the queue forward once per rule: past this many
 # queued it would hold the GIL for seconds, and the rule chosen last stays.
 PLAN_MAX_QUEUED = 2_000
-# ...and it plans again after a submission only once the last plan is older than this
-# many times what it cost (real time): at most a tenth of the process's time.
+# ...and it plans again after a submission, or once a kind of call's average duration has
+# moved by more than PLAN_DRIFT since the last plan (the first plan of a burst is made on
+# guesses, before any call of it has ended), and only once the last plan is older than
+# PLAN_COST_FACTOR times what it cost (real time): at most a tenth of the process's time.
+PLAN_DRIFT = 0.2
 PLAN_COST_FACTOR = 10.0
 
 
@@ -160,6 +163,7 @@ class RegionQueueManager:
         # GPUs scaled down since the last round, per region (Share's `freed`).
         self._freed: Counter[str] = Counter()
         self._plan_wanted = False
+        self._planned_on = durations.copy()  # the durations the last plan expected
         self._planning: asyncio.Task[None] | None = None
         self._planned_at = -math.inf
         self._plan_cost_s = 0.0
@@ -392,9 +396,12 @@ class RegionQueueManager:
         return replace(self.share, freed=freed)
 
     def _plan_if_due(self) -> None:
-        """Choose the Share again in the background once work was submitted, the last plan
-        is done and old enough, and the queue is short enough (see PLAN_MAX_QUEUED)."""
-        if self.share is None or not self._plan_wanted:
+        """Choose the Share again in the background once work was submitted or durations
+        moved (PLAN_DRIFT), the last plan is done and old enough, and the queue is short
+        enough (see PLAN_MAX_QUEUED)."""
+        if self.share is None:
+            return
+        if not self._plan_wanted and not self.durations.drifted(self._planned_on, PLAN_DRIFT):
             return
         if not 0 < len(self.index) <= PLAN_MAX_QUEUED:
             return
@@ -411,15 +418,16 @@ class RegionQueueManager:
         ends it first."""
         began = time.perf_counter()
         now = self.clock()
-        durations = self.durations.copy()
+        self._planned_on = durations = self.durations.copy()
         queued = list(self.index)
         planner = simulate.Planner(durations.of_call, durations, max_steps=10 * len(queued) + 100)
+        incumbent = self.share.rule if self.share is not None else None
         calls = simulate.in_flight(self.running.values(), now, durations.of_call)
         containers = list(self.ledger.values())
         cooling = self.health.cooling(now)
         try:
             plan = await asyncio.to_thread(
-                planner.choose, queued, self.topology, now, calls, containers, cooling
+                planner.choose, queued, self.topology, now, calls, containers, cooling, incumbent
             )
         except Exception:
             log.exception("planning failed: the rule planned last stays")
