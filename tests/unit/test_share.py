@@ -109,3 +109,17 @@ def test_the_planner_beats_the_oldest_first_rule_where_only_the_account_binds() 
     today = simulate(beacon(20), replace(topo, planned_share=False), TIMINGS)
     assert planned.makespan_s < today.makespan_s
     assert planned.ratio <= 1.05
+
+
+def test_only_lanes_of_their_region_s_highest_priority_get_the_free_gpus() -> None:
+    topo = topology(regions=("US", "EU"), region_limit=4, global_limit=4)
+    up = [busy("a", "e0"), busy("b", "e9"), busy("c", "e20", region="EU")]
+    # US: "a" at priority 5 (1 s calls), "b" at 0 (100 s calls: more work per container).
+    queued = [
+        execution(1, "a", priority=5),
+        execution(2, "a", priority=5),
+        execution(3, "b"),
+        execution(4, "b"),
+    ]
+    decision = decide(queued, up, topo, 100.0, share=share(ShareRule.LANE_WORK))
+    assert [a.execution.id for a in decision.admissions] == ["e1"]

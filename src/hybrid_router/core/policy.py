@@ -28,6 +28,10 @@ provider picks which of its idle containers serves a call, so a call is booked o
 expiring first (see _free_slot): a model whose container expiring first is needed takes no
 call on the others either.
 
+Sharing the account: once every lane has a container of its model up and only the account's
+limit can bind, no head waits for a GPU, and the account's free GPUs go by a rule the
+scheduler plans (Share): to the oldest execution as above, or where they shorten the whole.
+
 Busy containers' spare input slots stay usable throughout: they free no GPU by waiting.
 Each execution left queued gets the reason it waits (core.model.Wait).
 
@@ -137,9 +141,10 @@ class Share:
     The walk alone gives each free GPU to the oldest execution that finds no container
     free, so a region whose head is oldest takes every GPU that frees anywhere, finishes
     early, and the others pay extra cold starts at the end. No rule wins every workload
-    (core.plan chooses by running each forward). Starvation stays impossible: every lane
-    keeps its container, and a lane with none up is served as before (first containers
-    first, then a head waiting for a GPU).
+    (simulate.Planner chooses by running each forward). Starvation stays impossible: every
+    lane keeps its container, and a lane with none up is served as before (first containers
+    first, then a head waiting for a GPU). No head waits for a GPU while a Share applies, so
+    the executions a lane's opening passes all wait behind containers of their own model.
     """
 
     rule: ShareRule
@@ -295,20 +300,33 @@ class _Round:
             if (opener := _provider_with_room(self.live.values(), providers, e.model)) is not None:
                 self._open(e, opener, gpus)
 
-    def share(self, queued: Mapping[tuple[str, str], int], share: Share | None) -> None:
+    def allot(
+        self,
+        share: Share | None,
+        heads: Mapping[tuple[str, str], Execution],
+        queued: Mapping[tuple[str, str], int],
+        key: Callable[[Execution], tuple[int, int]],
+    ) -> None:
         """Before the walk, when `share` applies (see Share), which lanes may open how many
-        containers on the account's free GPUs; `queued`: how many wait in each lane."""
+        containers on the account's free GPUs. `heads`: each lane's first execution;
+        `queued`: how many wait in each lane. Only lanes whose head has its region's highest
+        priority take part, as in first containers first."""
         if share is None or share.rule is ShareRule.OLDEST or not self.topology.account_may_bind:
             return
-        lanes: dict[tuple[str, str], _Lane] = {}
-        for (region, model), count in queued.items():
+        up: dict[tuple[str, str], int] = {}
+        top: dict[str, int] = {}
+        for (region, model), e in heads.items():
             providers = self.usable(self.topology.providers_for(region, model))
-            if not providers or not self.region_open(region):
-                continue
-            up = _containers_up(self.live.values(), providers, model)
-            if not up:
-                return  # its head opens or waits for a GPU, as in the walk alone
-            lanes[(region, model)] = _Lane(count, count * share.expected_s(region, model), up)
+            if providers and self.region_open(region):
+                up[(region, model)] = _containers_up(self.live.values(), providers, model)
+                top[region] = min(top.get(region, key(e)[0]), key(e)[0])
+        if not all(up.values()):
+            return  # a lane's head opens or waits for a GPU, as in the walk alone
+        lanes = {
+            lane: _Lane(queued[lane], queued[lane] * share.expected_s(*lane), containers)
+            for lane, containers in up.items()
+            if key(heads[lane])[0] == top[lane[0]]
+        }
         allotment = _Allotment(self, lanes)
         if share.rule is ShareRule.RECLAIM:
             for region, gpus in share.freed.items():
@@ -620,8 +638,12 @@ def decide(
     for e in walked:
         if e.deadline_at is None or e.deadline_at > now:
             heads.setdefault((e.region, e.model), e)
-    round_.open_first(heads.values(), lambda e: queue_key(e, now, topology.priority_aging_s))
-    round_.share(Counter((e.region, e.model) for e in walked), share)
+
+    def key(e: Execution) -> tuple[int, int]:
+        return queue_key(e, now, topology.priority_aging_s)
+
+    round_.open_first(heads.values(), key)
+    round_.allot(share, heads, Counter((e.region, e.model) for e in walked), key)
     round_.expect(
         {
             (e.region, e.model)
@@ -676,7 +698,8 @@ def decide_indexed(
             turns.append((index.turn(lanes[0][3]), order, lanes, region))
     round_.open_first((lane[3] for _, _, lanes, _ in turns for lane in lanes), queue_key)
     if share is not None:
-        round_.share(index.lane_sizes(), share)
+        heads = {(region, model): e for _, _, lanes, region in turns for _, model, _, e in lanes}
+        round_.allot(share, heads, index.lane_sizes(), queue_key)
     round_.expect((region, model) for _, _, lanes, region in turns for _, model, _, _ in lanes)
     heapq.heapify(turns)
     while turns and not round_.full:
