@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.api.conftest import default_config, started
 
 
 async def wait_for(client: httpx.AsyncClient, job_id: str, *states: str) -> dict[str, Any]:
@@ -95,3 +98,21 @@ async def test_metrics_show_queues_outcomes_and_gpus(client: httpx.AsyncClient) 
     assert 'hybrid_router_gpu_limit{region="US"} 3.0' in lines
     assert 'hybrid_router_region_admitting{region="EU"} 0.0' in lines
     assert "hybrid_router_leader 1.0" in lines
+
+
+async def test_the_account_says_where_its_free_gpus_go(tmp_path: Path) -> None:
+    # The built-in config: 3 regions of 3 GPUs under 10, only the regions' limits bind.
+    async with started(default_config(tmp_path / "regions")) as c:
+        assert (await c.get("/queue/status")).json()["account"]["free_gpus_go"] is None
+    # 5 GPUs for the account: it binds, and the scheduler plans once work is submitted.
+    async with started(default_config(tmp_path / "account", gpu_limit=5)) as c:
+        account = (await c.get("/queue/status")).json()["account"]
+        assert account["free_gpus_go"] == "oldest"  # nothing planned yet
+        body = job("burst", "US", "EU", "ASIA", questions=["a", "b", "c", "d"])
+        assert (await c.post("/jobs", json={**body, "prompt": None})).status_code == 202
+        await wait_for(c, "burst", "succeeded")
+        account = (await c.get("/queue/status")).json()["account"]
+        assert account["free_gpus_go"] in ("oldest", "lane-work", "reclaim")
+    oldest = default_config(tmp_path / "oldest", gpu_limit=5, share_free_gpus="oldest")
+    async with started(oldest) as c:
+        assert (await c.get("/queue/status")).json()["account"]["free_gpus_go"] == "oldest"

@@ -15,7 +15,9 @@ router = APIRouter(tags=["queues"])
 async def queue_status(service: ServiceDep, user: UserDep) -> QueueStatus:
     """Every region by canonical name, and the account-wide GPUs."""
     statuses = await service.queue_status()
-    return QueueStatus.from_statuses(statuses, service.topology.gpu_limit, _viewer(user))
+    return QueueStatus.from_statuses(
+        statuses, service.topology.gpu_limit, _viewer(user), service.share_rule()
+    )
 
 
 @router.get("/queue/status/{region}")

@@ -652,6 +652,14 @@ class AccountGpus(BaseModel):
     gpus_in_use: int
     gpus_warm: int
     gpu_limit: int
+    free_gpus_go: str | None = Field(
+        default=None,
+        description="Where the account's free GPUs go once every region's models have a "
+        "container up and only the account's limit binds, as the scheduler last planned: "
+        "oldest (to the oldest execution), lane-work (to the model with the most work per "
+        "container), reclaim (back to the region that freed them first); null where only "
+        "the regions' limits bind, or on a replica that does not lead",
+    )
 
 
 class QueueStatus(BaseModel):
@@ -663,16 +671,21 @@ class QueueStatus(BaseModel):
 
     @classmethod
     def from_statuses(
-        cls, statuses: dict[str, RegionStatus], gpu_limit: int, viewer: str | None = None
+        cls,
+        statuses: dict[str, RegionStatus],
+        gpu_limit: int,
+        viewer: str | None = None,
+        free_gpus_go: str | None = None,
     ) -> QueueStatus:
         """From the service's region statuses and the account-wide `gpu_limit`, as `viewer`
-        may see them (see RegionQueue.from_status)."""
+        may see them (see RegionQueue.from_status), and the rule the scheduler planned."""
         return cls(
             queues={name: RegionQueue.from_status(s, viewer) for name, s in statuses.items()},
             account=AccountGpus(
                 gpus_in_use=sum(s.gpus_in_use for s in statuses.values()),
                 gpus_warm=sum(s.gpus_warm for s in statuses.values()),
                 gpu_limit=gpu_limit,
+                free_gpus_go=free_gpus_go,
             ),
             timestamp=now_iso(),
         )

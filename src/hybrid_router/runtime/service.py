@@ -680,6 +680,16 @@ class RouterService:
         name = self.region_named(region)
         return (await self.queue_status())[name]
 
+    def share_rule(self) -> str | None:
+        """How the account's free GPUs go (policy.ShareRule's value), as the scheduler last
+        planned, or always to the oldest (share_free_gpus = "oldest"); None where only the
+        regions' limits can bind, or on a replica that does not lead (it does not plan)."""
+        manager = self.leadership.manager
+        if manager is None or not self.topology.account_may_bind:
+            return None
+        rule = manager.share.rule if manager.share is not None else policy.ShareRule.OLDEST
+        return rule.value
+
     async def queue_status(self) -> dict[str, RegionStatus]:
         """Every region's queue and GPU picture, by canonical name, from counters (and, on
         the leader, its own view of the ledger and of the calls it makes)."""
