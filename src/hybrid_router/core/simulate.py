@@ -172,7 +172,8 @@ def replay(
     return trace
 
 
-# The rules a planner chooses among, today's first: it wins ties.
+# The rules a planner chooses among; the first (the rule before the planner) wins ties when
+# no rule was planned before.
 RULES = (ShareRule.OLDEST, ShareRule.LANE_WORK, ShareRule.RECLAIM)
 
 
@@ -182,10 +183,11 @@ class Planner:
     queue forward under each rule on expected durations and keeping the one that ends it
     first.
 
-    No one rule wins every workload: on the Beacon burst, handing them to the oldest
-    execution is best with region caps of 4 and 10 GPUs, back to the region that freed them
-    with caps of 10, to the lane with most work per container with 20 GPUs. Where only the
-    regions' limits can bind, there is nothing to choose.
+    No one rule wins every workload: on the Beacon burst (benchmarks/scheduling_grid.py),
+    handing them to the oldest execution is best with region caps of 4 under an account of
+    10, back to the region that freed them with caps of 10 under 10, to the lane with the
+    most work per container with caps of 8 under 20. Where only the regions' limits can
+    bind, there is nothing to choose.
     """
 
     call_seconds: CallSeconds  # expected, warm or cold
