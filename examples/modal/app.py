@@ -119,10 +119,12 @@ def generate(prompt: str, temperature: float, max_tokens: int) -> dict[str, obje
             temperature=temperature if sampled else None,
             pad_token_id=tokenizer.eos_token_id,
         )
-    new_tokens = output[0][inputs["input_ids"].shape[1] :]
+    prompt_length = inputs["input_ids"].shape[1]
+    new_tokens = output[0][prompt_length:]
     return {
         "text": tokenizer.decode(new_tokens, skip_special_tokens=True),
         "tokens_generated": int(new_tokens.shape[0]),
+        "prompt_tokens": int(prompt_length),
         "inference_time": time.monotonic() - started,
     }
 

@@ -1,11 +1,12 @@
 """hybrid-router's Modal web-endpoint protocol, as the example's endpoint speaks it.
 
 Request: a JSON object `{"model", "prompt", "temperature", "max_tokens", "region"}`.
-Reply: 200 `{"success": true, "response", "inference_time", "tokens_generated", "model",
-"region"}`; a request the endpoint cannot serve gets 400 `{"success": false, "error"}` (the
-router fails it without retrying), a model that failed to generate gets 500 (the router
-retries it). Calls longer than 150 s need nothing here: Modal answers them with a 303 to a
-result URL, and the router follows it.
+Reply: 200 `{"success": true, "response", "inference_time", "tokens_generated",
+"prompt_tokens", "model", "region"}` (`prompt_tokens` is optional to the router); a request
+the endpoint cannot serve gets 400 `{"success": false, "error"}` (the router fails it without
+retrying), a model that failed to generate gets 500 (the router retries it). Calls longer
+than 150 s need nothing here: Modal answers them with a 303 to a result URL, and the router
+follows it.
 
 Plain Python, no Modal import: a test calls `handle` directly, with any `generate`.
 """
@@ -39,6 +40,7 @@ class Generation:
     text: str
     tokens_generated: int
     inference_time: float
+    prompt_tokens: int | None = None  # the prompt's, chat template included
 
 
 Generate = Callable[[Call], Awaitable[Generation]]
@@ -98,6 +100,7 @@ async def handle(
         "response": generation.text,
         "inference_time": generation.inference_time,
         "tokens_generated": generation.tokens_generated,
+        "prompt_tokens": generation.prompt_tokens,
         "model": call.model,
         "region": region,
     }

@@ -118,14 +118,17 @@ def test_a_completion_is_a_queued_job_the_queue_status_counts(url: str) -> None:
         ("US", "mistral-7b", answer.message.content)
     ]
     assert httpx.get(f"{url}/queue/status/US").json()["completed"] == completed + 1
-    # The provider's count of generated tokens, kept with the execution (the simulator
-    # counts words; it reports no prompt tokens).
+    # The provider's counts of generated and prompt tokens, kept with the execution (the
+    # simulator counts words: "hi" is one).
     generated = ran["executions"][0]["tokens_generated"]
     assert generated == len(answer.message.content.split())
+    assert ran["executions"][0]["prompt_tokens"] == 1
     assert completion.usage is not None
-    assert (completion.usage.completion_tokens, completion.usage.total_tokens) == (
+    usage = completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        1,
         generated,
-        generated,
+        generated + 1,
     )
 
 

@@ -105,7 +105,7 @@ async def test_a_call_is_answered_in_the_routers_shape(protocol: ModuleType) -> 
 
     async def generate(call: Any) -> Any:
         seen.append(call)
-        return protocol.Generation(f"answer to {call.prompt}", 5, 1.25)
+        return protocol.Generation(f"answer to {call.prompt}", 5, 1.25, prompt_tokens=12)
 
     status, reply = await protocol.handle(body(), region="US", models=MODELS, generate=generate)
 
@@ -115,6 +115,7 @@ async def test_a_call_is_answered_in_the_routers_shape(protocol: ModuleType) -> 
         "response": "answer to Is the sky blue?",
         "inference_time": 1.25,
         "tokens_generated": 5,
+        "prompt_tokens": 12,
         "model": "mistral-7b",
         "region": "US",
     }
@@ -183,7 +184,12 @@ class _OnGpu:
     async def aio(self, prompt: str, temperature: float, max_tokens: int) -> dict[str, object]:
         if self.fail:
             raise TimeoutError("input timed out")
-        return {"text": f"{self.model}: {prompt}", "tokens_generated": 3, "inference_time": 0.5}
+        return {
+            "text": f"{self.model}: {prompt}",
+            "tokens_generated": 3,
+            "prompt_tokens": 9,
+            "inference_time": 0.5,
+        }
 
 
 async def _provider_for_endpoint(
@@ -210,6 +216,7 @@ async def test_the_router_runs_a_call_on_the_endpoint(
     assert completion.response == "mistral-7b: Is the sky blue?"
     assert completion.inference_time == 0.5
     assert completion.tokens_generated == 3
+    assert completion.prompt_tokens == 9
     assert completion.metadata == {"model": "mistral-7b", "region": "US"}
 
 

@@ -28,6 +28,7 @@ async def test_success_returns_the_text_and_the_container(kit: Kit) -> None:
     assert "Is the sky blue?" in completion.response
     assert completion.inference_time is not None and completion.inference_time > 0
     assert completion.tokens_generated is not None and completion.tokens_generated > 0
+    assert completion.prompt_tokens == len("Is the sky blue?".split())  # the emulator counts words
     assert completion.metadata["cold_start"] is True
     assert completion.metadata["region"] == "US"
     assert (await emulator.stats())["arrivals"] == [["US", SMALL, "job-1:0:llama:US"]]

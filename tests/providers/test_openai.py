@@ -37,6 +37,7 @@ async def test_success(kit: Kit, suffix: str) -> None:
 
     assert completion.response.startswith(f"[simulated {SMALL} in EU]")
     assert completion.tokens_generated is not None and completion.tokens_generated > 0
+    assert completion.prompt_tokens == len("Is the sky blue?".split())  # the emulator counts words
     assert completion.inference_time is not None and completion.inference_time > 0
     assert completion.metadata["model"] == SMALL
     assert completion.metadata["finish_reason"] == "stop"

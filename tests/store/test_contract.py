@@ -123,6 +123,7 @@ def every_field(execution: Execution) -> Execution:
         response="an earlier answer",
         inference_time=12.5,
         tokens_generated=42,
+        prompt_tokens=17,
         error=Failure("PROVIDER_BUSY", "429 from provider", FailureKind.CAPACITY),
     )
 

@@ -327,6 +327,32 @@ async def test_a_version_3_file_gets_jobs_keyed_by_owner_and_id(tmp_path: Path) 
     db.close()
 
 
+async def test_a_version_5_file_gets_the_prompt_token_counts(tmp_path: Path) -> None:
+    path = tmp_path / "router.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await submit(store, make_job("old", models=("m",), questions=("q",)))
+    await store.close()
+    with sqlite3.connect(path) as db:  # as a file of the release before prompt counts
+        db.execute("ALTER TABLE executions DROP COLUMN prompt_tokens")
+        db.execute("PRAGMA user_version = 5")
+    db.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        (queued,) = await store.queued()
+        assert queued.prompt_tokens is None
+        running = replace(queued, state=ExecutionState.RUNNING, container_id="c", attempts=1)
+        await store.admit([running], [])
+        done = replace(running, state=ExecutionState.SUCCEEDED, response="ok", prompt_tokens=7)
+        await store.finish([(done, "c")], [])
+        (after,) = await store.executions_of(key("old"))
+        assert (after.state, after.prompt_tokens) == (ExecutionState.SUCCEEDED, 7)
+    finally:
+        await store.close()
+
+
 async def test_positions_count_over_the_queue_index(tmp_path: Path) -> None:
     path = tmp_path / "router.db"
     store = SQLiteStore(path)

@@ -287,6 +287,9 @@ class ExecutionOut(BaseModel):
     tokens_generated: int | None = Field(
         default=None, description="Tokens the provider generated, when it says."
     )
+    prompt_tokens: int | None = Field(
+        default=None, description="Tokens of the prompt, when the provider says."
+    )
     error: ExecutionError | None
 
     @classmethod
@@ -312,6 +315,7 @@ class ExecutionOut(BaseModel):
             response=e.response,
             inference_time=e.inference_time,
             tokens_generated=e.tokens_generated,
+            prompt_tokens=e.prompt_tokens,
             error=_error(e),
         )
 
@@ -824,8 +828,8 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage | None = Field(
         default=None,
-        description="Token counts; null when the provider reported none. Providers that count "
-        "only the tokens they generate (Modal endpoints) leave prompt_tokens at 0.",
+        description="Token counts; null when the provider reported none. A provider that "
+        "counts only the tokens it generates leaves prompt_tokens at 0.",
     )
     hybrid_router: RouterDetails
 
@@ -841,9 +845,9 @@ class ChatCompletion(BaseModel):
                 None
                 if answer.tokens_generated is None
                 else Usage(
-                    prompt_tokens=0,
+                    prompt_tokens=answer.prompt_tokens or 0,
                     completion_tokens=answer.tokens_generated,
-                    total_tokens=answer.tokens_generated,
+                    total_tokens=(answer.prompt_tokens or 0) + answer.tokens_generated,
                 )
             ),
             hybrid_router=RouterDetails(

@@ -123,6 +123,7 @@ class Completion:
     response: str
     inference_time: float | None = None
     tokens_generated: int | None = None
+    prompt_tokens: int | None = None  # the prompt's, when the provider counts them
     metadata: dict[str, object] = field(default_factory=dict)
 
 
@@ -223,6 +224,7 @@ class Execution:
     response: str | None = None
     inference_time: float | None = None
     tokens_generated: int | None = None  # as the provider counted them, when it did
+    prompt_tokens: int | None = None  # the prompt's, likewise
     error: Failure | None = None
 
     @property

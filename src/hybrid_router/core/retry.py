@@ -61,6 +61,7 @@ def succeeded(execution: Execution, completion: Completion, now: float) -> Execu
         response=completion.response,
         inference_time=completion.inference_time,
         tokens_generated=completion.tokens_generated,
+        prompt_tokens=completion.prompt_tokens,
         error=None,
     )
 

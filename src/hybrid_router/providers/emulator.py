@@ -226,6 +226,7 @@ def _modal_reply(task: asyncio.Task[Completion], model: str, region: str) -> Res
             "response": completion.response,
             "inference_time": completion.inference_time,
             "tokens_generated": completion.tokens_generated,
+            "prompt_tokens": completion.prompt_tokens,
             "model": model,
             "region": region,
             **completion.metadata,
@@ -240,6 +241,7 @@ def _chat_reply(task: asyncio.Task[Completion], model: str) -> Response:
         return JSONResponse({"error": error}, status_code=_STATUS_BY_KIND[failure.kind])
     completion = task.result()
     tokens = completion.tokens_generated or 0
+    prompt = completion.prompt_tokens or 0
     return JSONResponse(
         {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -253,7 +255,11 @@ def _chat_reply(task: asyncio.Task[Completion], model: str) -> Response:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": tokens,
+                "total_tokens": prompt + tokens,
+            },
         }
     )
 

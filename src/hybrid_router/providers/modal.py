@@ -28,7 +28,9 @@ from hybrid_router.providers.base import InferenceRequest, ProviderFailure, dead
 # out back to back; these bound the pause only when a server answers a poll at once.
 _MIN_POLL_S = 0.05
 _MAX_POLL_S = 0.5
-_KNOWN_FIELDS = frozenset({"success", "status", "response", "inference_time", "tokens_generated"})
+_KNOWN_FIELDS = frozenset(
+    {"success", "status", "response", "inference_time", "tokens_generated", "prompt_tokens"}
+)
 
 
 @dataclass(frozen=True)
@@ -120,5 +122,6 @@ class ModalProvider(HttpProvider):
             response=text,
             inference_time=reported_time if reported_time is not None else elapsed_s,
             tokens_generated=integer(data.get("tokens_generated")),
+            prompt_tokens=integer(data.get("prompt_tokens")),
             metadata={k: v for k, v in data.items() if k not in _KNOWN_FIELDS},
         )

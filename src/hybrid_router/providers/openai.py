@@ -54,7 +54,8 @@ class OpenAIProvider(HttpProvider):
         if not isinstance(text, str):
             raise bad_response(self.spec.name, "reply without choices[0].message.content")
         usage = data.get("usage")
-        tokens = integer(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+        counts = usage if isinstance(usage, dict) else {}
+        tokens = integer(counts.get("completion_tokens"))
         metadata: dict[str, object] = {
             key: value
             for key, value in (
@@ -66,5 +67,9 @@ class OpenAIProvider(HttpProvider):
         }
         # Chat completions report no run time: the call's wall time is the honest measure.
         return Completion(
-            response=text, inference_time=elapsed_s, tokens_generated=tokens, metadata=metadata
+            response=text,
+            inference_time=elapsed_s,
+            tokens_generated=tokens,
+            prompt_tokens=integer(counts.get("prompt_tokens")),
+            metadata=metadata,
         )

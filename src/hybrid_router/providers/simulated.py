@@ -113,6 +113,7 @@ class SimulatedCloud:
             response=text,
             inference_time=run_s,
             tokens_generated=min(request.max_tokens, len(text.split())),
+            prompt_tokens=len(request.text.split()),
             metadata={"container_id": container.id, "cold_start": cold},
         )
 

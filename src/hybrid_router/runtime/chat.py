@@ -48,6 +48,7 @@ class ChatAnswer:
     attempts: int
     queue_wait_s: float | None
     tokens_generated: int | None = None
+    prompt_tokens: int | None = None
 
 
 async def job_request(service: RouterService, request: ChatRequest) -> JobRequest:
@@ -128,6 +129,7 @@ def answer(status: JobStatus) -> ChatAnswer:
             attempts=e.attempts,
             queue_wait_s=None if e.started_at is None else max(0.0, e.started_at - e.queued_at),
             tokens_generated=e.tokens_generated,
+            prompt_tokens=e.prompt_tokens,
         )
     if e.error is not None:
         tries = f"{e.attempts} attempt{'s' if e.attempts != 1 else ''}"

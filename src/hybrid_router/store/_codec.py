@@ -39,7 +39,8 @@ EXECUTION_FIELDS = ("state", *_EXECUTION_PLAIN, *ERROR_FIELDS)
 # core.retry); the rest is its request, fixed at submission, which a write never repeats.
 EXECUTION_LIFE_FIELDS = (
     "state", "attempts", "waits", "not_before", "started_at", "finished_at", "provider",
-    "container_id", "response", "inference_time", "tokens_generated", *ERROR_FIELDS,
+    "container_id", "response", "inference_time", "tokens_generated", "prompt_tokens",
+    *ERROR_FIELDS,
 )  # fmt: skip
 # What decoding assumes for a field an execution's record leaves out.
 EXECUTION_DEFAULTS: dict[str, Any] = {

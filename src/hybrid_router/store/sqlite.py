@@ -68,7 +68,7 @@ from hybrid_router.store._codec import (
 from hybrid_router.store._group_commit import GroupCommit, Submission
 from hybrid_router.store.base import Recorded, Submitted
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Columns added since version 1, by the version that added them: a file written by an older
 # version gets them on open (nullable or with a default, so existing rows need no value).
 _ADDED_COLUMNS = {
@@ -76,6 +76,7 @@ _ADDED_COLUMNS = {
     # Set from the job's owner by _TO_V4.
     4: (("executions", "owner TEXT NOT NULL DEFAULT 'anonymous'"),),
     5: (("executions", "tokens_generated INTEGER"),),
+    6: (("executions", "prompt_tokens INTEGER"),),
 }
 # Read connections: the API's reads run side by side on them, and a long one (the leader
 # reading the whole queue) leaves the others free.
@@ -148,6 +149,7 @@ _SCHEMA = (
         response       TEXT,
         inference_time REAL,
         tokens_generated INTEGER,
+        prompt_tokens  INTEGER,
         error_code     TEXT,
         error_message  TEXT,
         error_kind     TEXT,
