@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from hybrid_router.core.model import JobState
+from hybrid_router.errors import StoreUnavailable
 from hybrid_router.providers import build_provider
 from hybrid_router.providers.simulated import SimulatedCloud
 from hybrid_router.runtime.events import RedisBus
@@ -131,3 +132,30 @@ async def test_a_call_not_sent_soon_after_admission_is_never_sent(replica: Repli
     assert execution.attempts == 1 and execution.waits == 1  # no attempt spent on it
     cloud: SimulatedCloud = leader.cloud  # type: ignore[attr-defined]
     assert len(cloud.stats()["arrivals"]) == 1  # type: ignore[arg-type]
+
+
+async def test_stopping_ends_the_campaign_even_when_the_store_swallows_its_cancel(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen under load: a cancel landing in a renewal came out of the Redis client as its
+    # own timeout, which the campaign takes for Redis away; it went on renewing, and
+    # stop() waited for it forever.
+    leader = replica("a")
+    await leader.start()
+    renew = leader.store.renew_scheduler_lock
+    renewing = asyncio.Event()
+
+    async def renew_swallowing_cancels() -> bool:
+        renewing.set()
+        try:
+            await asyncio.sleep(LEASE_S)
+            return await renew()
+        except asyncio.CancelledError:
+            raise StoreUnavailable("timed out") from None
+
+    monkeypatch.setattr(leader.store, "renew_scheduler_lock", renew_swallowing_cancels)
+    await asyncio.wait_for(renewing.wait(), 5)
+    stopping = asyncio.create_task(leader.leadership.stop())
+    done, _ = await asyncio.wait([stopping], timeout=5)
+    assert done, "stop() still waits for the campaign"
+    assert not leader.leadership.is_leader

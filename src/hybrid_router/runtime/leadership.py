@@ -40,6 +40,10 @@ class Leadership:
         self.clock = clock
         self.manager: RegionQueueManager | None = None
         self._campaign: asyncio.Task[None] | None = None
+        # Set by stop(): the campaign ends at its next step even if the cancel that stop()
+        # sends is lost (a library that turns a CancelledError into its own timeout error,
+        # which the loop takes for a store away, would keep it renewing forever).
+        self._stopping = False
 
     @property
     def is_leader(self) -> bool:
@@ -59,6 +63,7 @@ class Leadership:
 
     async def stop(self) -> None:
         """Stop campaigning; as leader, let running calls finish within the grace period."""
+        self._stopping = True
         if self._campaign is not None:
             self._campaign.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,11 +110,11 @@ class Leadership:
         ttl = self.store.lease_ttl_s
         assert ttl is not None
         renewed_at = self.clock()
-        while True:
+        while not self._stopping:
             manager = self.manager
             if manager is None:
                 await asyncio.sleep(ttl / 3)
-                if await self._try_to_lead():
+                if not self._stopping and await self._try_to_lead():
                     renewed_at = self.clock()
                 continue
             # asyncio.timeout, not wait_for: on 3.11 a cancel that lands as wait_for times
