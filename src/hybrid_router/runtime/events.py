@@ -191,6 +191,9 @@ class RedisBus:
         self._listening = asyncio.Event()
         self._outbox: list[Event] = []
         self._sender: asyncio.Task[None] | None = None
+        # Set by close(): the listener ends even if the cancel close() sends is lost (the
+        # Redis client may turn it into its own timeout error, which the listener retries).
+        self._closing = False
 
     async def start(self) -> None:
         """Start listening; returns once subscribed (or after a bounded wait if Redis is down)."""
@@ -242,6 +245,7 @@ class RedisBus:
                 async with asyncio.timeout(5.0):
                     await asyncio.shield(sender)
             sender.cancel()
+        self._closing = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,7 +255,7 @@ class RedisBus:
 
     async def _listen(self) -> None:
         delay = 0.1
-        while True:
+        while not self._closing:
             try:
                 async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._channel)
