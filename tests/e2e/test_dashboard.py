@@ -173,3 +173,25 @@ def test_the_dashboard_follows_the_first_job_live(procs: Procs, browser: Browser
     assert result.locator("img, b").count() == 0
     assert other.title() == "hybrid-router"
     assert errors == []
+
+
+def test_where_only_the_account_binds_it_says_where_free_gpus_go(
+    procs: Procs, browser: Browser
+) -> None:
+    emulator = procs.emulator(gpu_limit=5, time_scale=TIME_SCALE)
+    config = write_config(
+        procs.tmp_path / "router.toml",
+        store=procs.tmp_path / "router.db",
+        gpu_limit=5,  # under the regions' 9: the account's limit binds
+        regions=LIMITS,
+        urls={r: emulator.region_url(r) for r in LIMITS},
+        time_scale=TIME_SCALE,
+    )
+    with config.open("a", encoding="utf-8") as users:
+        users.write(f'\n[users.root]\napi_key_sha256 = "{_sha(ROOT_KEY)}"\nrole = "admin"\n')
+    router = procs.serve(config)
+    page = browser.new_page()
+    _sign_in(page, router.url, ROOT_KEY)
+    account = page.locator("#account-text")
+    # Nothing planned yet: the rule before the planner.
+    expect(account).to_contain_text("of 5 GPUs (account limit); free GPUs go to the oldest")

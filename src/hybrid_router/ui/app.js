@@ -290,8 +290,18 @@ function renderAccount() {
   $("account-bar").replaceWith(
     Object.assign(gpuBar(a.gpus_in_use, a.gpus_warm, a.gpu_limit, label), { id: "account-bar" }),
   );
-  fill($("account-text"), gpuLegend(a.gpus_in_use, a.gpus_warm, a.gpu_limit, " (account limit)"));
+  const legend = gpuLegend(a.gpus_in_use, a.gpus_warm, a.gpu_limit, " (account limit)");
+  const rule = SHARE_RULES[a.free_gpus_go];
+  if (rule) legend.push(`; free GPUs go ${rule}`);
+  fill($("account-text"), legend);
 }
+
+// Where the account's free GPUs go when only its limit binds, as the scheduler planned.
+const SHARE_RULES = {
+  oldest: "to the oldest execution",
+  "lane-work": "to the model with the most work per container",
+  reclaim: "back to the region that freed them",
+};
 
 function warmLeft(container) {
   if (container.warm_left_s === null) return null;
