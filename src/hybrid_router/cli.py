@@ -1017,7 +1017,8 @@ def _summary_table(job: JobOut) -> Table:
 
 def _account_line(status: QueueStatus) -> str:
     a = status.account
-    return f"account  GPUs busy+warm/limit  {_gpu_bar(a.gpus_in_use, a.gpus_warm, a.gpu_limit)}"
+    line = f"account  GPUs busy+warm/limit  {_gpu_bar(a.gpus_in_use, a.gpus_warm, a.gpu_limit)}"
+    return f"{line}  free GPUs go: {a.free_gpus_go}" if a.free_gpus_go else line
 
 
 def _queues_table(queues: dict[str, RegionQueue]) -> Table:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from hybrid_router import __version__
 from hybrid_router.cli import app
-from tests.client.conftest import OWNER_KEYS
+from tests.client.conftest import OWNER_KEYS, serve_router
 
 MODELS = "llama3.2-1b,mistral-7b,qwen2.5-1.5b"
 Cli = Callable[..., Result]
@@ -187,3 +188,10 @@ def test_version_help_and_completion() -> None:
     assert "<bool>" not in submit and "<list" not in submit and "--deadline" in submit
     serve = " ".join(runner.invoke(app, ["serve", "--help"]).stdout.split())
     assert "--insecure Serve on a non-loopback address although the config has no [users]" in serve
+
+
+def test_status_says_where_the_account_s_free_gpus_go_when_it_binds(tmp_path: Path) -> None:
+    with serve_router(tmp_path, gpu_limit=5) as url:  # under the regions' 3 x 3
+        status = CliRunner().invoke(app, ["status", "--url", url])
+    assert status.exit_code == 0, status.output
+    assert "free GPUs go: oldest" in status.stdout.splitlines()[0]  # nothing planned yet
