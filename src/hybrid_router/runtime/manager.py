@@ -155,10 +155,11 @@ class RegionQueueManager:
         self._launch_slack_s = store.lease_ttl_s
         # Set when the store refused a write for a stale fencing token: leadership is lost.
         self.fenced = asyncio.Event()
-        # How the account's free GPUs are handed out (policy.Share), as last planned; None
-        # where only the regions' limits can bind.
+        # How the account's free GPUs are handed out (policy.Share): to the oldest until a
+        # plan says otherwise (and always, unless Topology.plans_share); None where only the
+        # regions' limits can bind.
         self.share: policy.Share | None = None
-        if topology.plans_share:
+        if topology.account_may_bind:
             self.share = policy.Share(policy.ShareRule.OLDEST, durations)
         # GPUs scaled down since the last round, per region (Share's `freed`).
         self._freed: Counter[str] = Counter()
@@ -399,7 +400,7 @@ class RegionQueueManager:
         """Choose the Share again in the background once work was submitted or durations
         moved (PLAN_DRIFT), the last plan is done and old enough, and the queue is short
         enough (see PLAN_MAX_QUEUED)."""
-        if self.share is None:
+        if not self.topology.plans_share:
             return
         if not self._plan_wanted and not self.durations.drifted(self._planned_on, PLAN_DRIFT):
             return
@@ -435,7 +436,7 @@ class RegionQueueManager:
         finally:
             self._planned_at = time.perf_counter()
             self._plan_cost_s = self._planned_at - began
-        changed = self.share is None or plan.rule is not self.share.rule
+        changed = incumbent is not plan.rule
         self.share = replace(plan, expected_s=self.durations)
         if changed:
             log.info("the account's free GPUs now go by rule %s", plan.rule.value)

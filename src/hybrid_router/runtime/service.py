@@ -107,23 +107,28 @@ class _Snapshot:
 
     def forecast(self, topology: Topology, now: float) -> estimate.Forecast:
         """estimate.forecast from this snapshot."""
-        return estimate.forecast(
-            self.queued,
-            self.running,
-            self.containers,
-            topology,
-            now,
-            self.durations,
-            self.cooling,
-            self.share,
-        )
+        return estimate.forecast(*self._inputs(topology, now))
 
     def probe_starts(
         self, probes: Iterable[Execution], topology: Topology, now: float
     ) -> dict[str, float]:
         """estimate.probe_starts from this snapshot."""
-        return estimate.probe_starts(
-            probes,
+        return estimate.probe_starts(probes, *self._inputs(topology, now))
+
+    def _inputs(
+        self, topology: Topology, now: float
+    ) -> tuple[
+        list[Execution],
+        list[Execution],
+        list[Container],
+        Topology,
+        float,
+        Durations,
+        Mapping[str, float],
+        policy.Share | None,
+    ]:
+        """What both estimates take, in their order."""
+        return (
             self.queued,
             self.running,
             self.containers,
@@ -685,10 +690,9 @@ class RouterService:
         planned, or always to the oldest (share_free_gpus = "oldest"); None where only the
         regions' limits can bind, or on a replica that does not lead (it does not plan)."""
         manager = self.leadership.manager
-        if manager is None or not self.topology.account_may_bind:
+        if manager is None or manager.share is None:
             return None
-        rule = manager.share.rule if manager.share is not None else policy.ShareRule.OLDEST
-        return rule.value
+        return manager.share.rule.value
 
     async def queue_status(self) -> dict[str, RegionStatus]:
         """Every region's queue and GPU picture, by canonical name, from counters (and, on
